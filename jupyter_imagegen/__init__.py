@@ -1,0 +1,32 @@
+"""jupyter_imagegen: generate images from prompts inside Jupyter."""
+from __future__ import annotations
+
+from .config import ImageConfig, mask_token
+from .errors import ConfigError, ImageAPIError, ImageGenError, ImageRetryableError, RequestError
+from .events import Event
+from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact", "ConfigError", "Event", "ImageAPIError", "ImageClient", "ImageConfig",
+    "ImageGenError", "ImageRequest", "ImageResponse", "ImageRetryableError", "InputImage",
+    "RequestError", "Usage", "mask_token", "load_ipython_extension", "unload_ipython_extension",
+]
+
+
+def __getattr__(name):  # lazy: importing the package must not import aiohttp/IPython
+    if name == "ImageClient":
+        from .client import ImageClient
+        return ImageClient
+    raise AttributeError(name)
+
+
+def load_ipython_extension(ipython):
+    from .ipython.magic import load_ipython_extension as _load
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .ipython.magic import unload_ipython_extension as _unload
+    _unload(ipython)

@@ -1,0 +1,359 @@
+"""Data model: ImageRequest -> ImageResponse(artifacts).
+
+`Artifact` holds the raw bytes of one image exactly as received; `.image` decodes
+them lazily into a PIL image. Jupyter displays an Artifact through `_repr_png_`
+/ `_repr_jpeg_`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import RequestError
+
+MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
+                  "gif": "image/gif"}
+FORMAT_BY_MIME = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
+EXT_BY_MIME = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+
+#: the largest input image we will send (OpenAI's documented limit for edits is 50 MB per file;
+#: we stop at 25 MB so a request body stays well under the APIs' limits)
+MAX_INPUT_BYTES = 25 * 1024 * 1024
+#: input images above this many pixels are refused (a decompression bomb guard, 16k x 16k)
+MAX_INPUT_PIXELS = 16384 * 16384
+
+_DATA_URL = re.compile(r"^data:(?P<mime>image/[a-zA-Z0-9.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$", re.S)
+
+
+def sniff_mime(data: bytes) -> Optional[str]:
+    """The image type of `data` from its magic bytes, or None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+def _image_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            return im.size
+    except Exception:
+        return None, None
+
+
+@dataclass
+class Usage:
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    total_tokens: Optional[int] = None
+    cost: Optional[float] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_api(cls, raw: Any) -> Optional["Usage"]:
+        if not isinstance(raw, dict):
+            return None
+        def num(*keys):
+            for k in keys:
+                v = raw.get(k)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return v
+            return None
+        return cls(input_tokens=num("input_tokens", "prompt_tokens"),
+                   output_tokens=num("output_tokens", "completion_tokens"),
+                   total_tokens=num("total_tokens"),
+                   cost=num("cost"), raw=raw)
+
+    def __add__(self, other: Optional["Usage"]) -> "Usage":
+        if other is None:
+            return self
+        def add(a, b):
+            return b if a is None else a if b is None else a + b
+        return Usage(add(self.input_tokens, other.input_tokens), add(self.output_tokens, other.output_tokens),
+                     add(self.total_tokens, other.total_tokens), add(self.cost, other.cost), {})
+
+
+class Artifact:
+    """One image: the bytes received, their mime type, and a lazily decoded PIL view."""
+
+    __slots__ = ("data", "mime_type", "index", "revised_prompt", "source_url", "metadata",
+                 "path", "_size", "_image")
+
+    def __init__(self, data: bytes, mime_type: Optional[str] = None, *, index: int = 0,
+                 revised_prompt: Optional[str] = None, source_url: Optional[str] = None,
+                 metadata: Optional[Dict[str, Any]] = None, path: Optional[str] = None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Artifact data must be bytes, not {type(data).__name__}")
+        self.data = bytes(data)
+        sniffed = sniff_mime(self.data)
+        self.mime_type = sniffed or mime_type or "application/octet-stream"
+        self.index = index
+        self.revised_prompt = revised_prompt
+        self.source_url = source_url
+        self.metadata: Dict[str, Any] = dict(metadata or {})
+        self.path = path
+        self._size: Optional[Tuple[Optional[int], Optional[int]]] = None
+        self._image = None
+
+    # -- geometry -------------------------------------------------------------------------------
+    @property
+    def size(self) -> Tuple[Optional[int], Optional[int]]:
+        if self._size is None:
+            self._size = _image_size(self.data)
+        return self._size
+
+    @property
+    def width(self) -> Optional[int]:
+        return self.size[0]
+
+    @property
+    def height(self) -> Optional[int]:
+        return self.size[1]
+
+    @property
+    def format(self) -> str:
+        return FORMAT_BY_MIME.get(self.mime_type, "bin")
+
+    @property
+    def extension(self) -> str:
+        return EXT_BY_MIME.get(self.mime_type, ".bin")
+
+    # -- PIL view -------------------------------------------------------------------------------
+    @property
+    def image(self):
+        """The image as a PIL.Image (decoded on first access, then kept)."""
+        if self._image is None:
+            from PIL import Image
+            im = Image.open(io.BytesIO(self.data))
+            im.load()
+            self._image = im
+        return self._image
+
+    def verify(self) -> bool:
+        """True when the bytes decode as an image (Pillow's verify, no full decode)."""
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(self.data)) as im:
+                im.verify()
+            return True
+        except Exception:
+            return False
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the original bytes (no re-encoding). A directory gets a generated file name."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / f"image-{self.index}{self.extension}"
+        elif not p.suffix:
+            p = p.with_suffix(self.extension)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(self.data)
+        os.replace(tmp, p)
+        self.path = str(p)
+        return p
+
+    def to_data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+    # -- Jupyter display ------------------------------------------------------------------------
+    def _repr_png_(self) -> Optional[bytes]:
+        if self.mime_type == "image/png":
+            return self.data
+        if self.mime_type in ("image/jpeg",):
+            return None
+        try:  # webp/gif: convert for frontends that do not render them
+            buf = io.BytesIO()
+            self.image.save(buf, format="PNG")
+            return buf.getvalue()
+        except Exception:
+            return None
+
+    def _repr_jpeg_(self) -> Optional[bytes]:
+        return self.data if self.mime_type == "image/jpeg" else None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Artifact) and other.data == self.data and other.mime_type == self.mime_type
+
+    def __hash__(self) -> int:
+        return hash((self.mime_type, self.data))
+
+    def __repr__(self) -> str:
+        w, h = self.size
+        dims = f"{w}x{h}" if w else "?x?"
+        return f"<Artifact {self.format} {dims} {len(self.data):,} bytes index={self.index}>"
+
+
+InputImageLike = Union[str, os.PathLike, bytes, bytearray, "Artifact", Any]
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input image normalised to bytes + mime type, validated before anything is sent."""
+    data: bytes = field(repr=False)
+    mime_type: str
+    name: str = "image.png"
+
+    @classmethod
+    def from_any(cls, value: InputImageLike, *, max_bytes: int = MAX_INPUT_BYTES,
+                 label: str = "input image") -> "InputImage":
+        name = "image"
+        if isinstance(value, InputImage):
+            return value
+        if isinstance(value, Artifact):
+            data, name = value.data, f"image-{value.index}"
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        elif isinstance(value, str) and value.startswith("data:"):
+            m = _DATA_URL.match(value)
+            if not m or not m.group("mime"):
+                raise RequestError(f"{label}: a data URL must look like 'data:image/png;base64,...' "
+                                   f"(got {value[:30]!r}...)")
+            try:
+                data = base64.b64decode(m.group("data"), validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError(f"{label}: the data URL's base64 payload is not valid base64") from None
+        elif isinstance(value, (str, os.PathLike)):
+            p = Path(value).expanduser()
+            if not p.is_file():
+                raise RequestError(f"{label}: no such file {str(p)!r}")
+            size = p.stat().st_size
+            if size > max_bytes:
+                raise RequestError(f"{label}: {p.name} is {size / 1e6:.1f} MB; the limit is "
+                                   f"{max_bytes / 1e6:.0f} MB — downscale or compress it first")
+            data, name = p.read_bytes(), p.stem
+        elif hasattr(value, "save") and hasattr(value, "mode") and hasattr(value, "size"):  # PIL image
+            buf = io.BytesIO()
+            im = value
+            if im.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                im = im.convert("RGBA")
+            im.save(buf, format="PNG")
+            data = buf.getvalue()
+        else:
+            raise RequestError(f"{label}: expected a file path, bytes, a data URL, a PIL image or an "
+                               f"Artifact, got {type(value).__name__}")
+        if len(data) > max_bytes:
+            raise RequestError(f"{label}: {len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB "
+                               "limit — downscale or compress it first")
+        mime = sniff_mime(data)
+        if mime is None:
+            raise RequestError(f"{label}: not a PNG, JPEG, WebP or GIF image "
+                               f"(starts with {data[:8]!r})")
+        _check_decodable(data, label)
+        return cls(data=data, mime_type=mime, name=name + EXT_BY_MIME[mime])
+
+    def to_data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+def _check_decodable(data: bytes, label: str) -> None:
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_INPUT_PIXELS:
+                raise RequestError(f"{label}: {w}x{h} pixels is over the limit of {MAX_INPUT_PIXELS:,} "
+                                   "(a possible decompression bomb) — resize it first")
+            im.verify()
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise RequestError(f"{label}: refused as a possible decompression bomb ({e})") from None
+    except Exception as e:
+        raise RequestError(f"{label}: the image data is damaged and cannot be decoded ({e})") from None
+
+
+API_TYPES = ("openrouter_chat", "openai_images", "openai_responses")
+
+
+@dataclass
+class ImageRequest:
+    """What to generate. Fields left as None take the client's configuration."""
+    prompt: str
+    model: Optional[str] = None
+    api_type: Optional[str] = None
+    base_url: Optional[str] = None
+    n: int = 1
+    size: Optional[str] = None              # "1024x1024", "1536x1024", "auto"
+    aspect_ratio: Optional[str] = None      # "16:9" (mapped to a size where the API takes sizes)
+    quality: Optional[str] = None           # "low" | "medium" | "high" | "auto" | "standard" | "hd"
+    output_format: Optional[str] = None     # "png" | "jpeg" | "webp"
+    background: Optional[str] = None        # "transparent" | "opaque" | "auto"
+    images: Sequence[InputImageLike] = field(default_factory=list)
+    mask: Optional[InputImageLike] = None
+    params: Dict[str, Any] = field(default_factory=dict)    # extra provider body fields
+    headers: Dict[str, str] = field(default_factory=dict, repr=False)
+    stream: bool = False
+    partial_images: Optional[int] = None
+    timeout: Optional[float] = None
+    max_attempts: Optional[int] = None
+    token: Optional[str] = field(default=None, repr=False)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def replace(self, **changes: Any) -> "ImageRequest":
+        import dataclasses
+        changes.setdefault("request_id", uuid.uuid4().hex[:12])
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ImageResponse:
+    """The outcome of one `generate` call. `success` is False for API failures (never raised)."""
+    request_id: str
+    success: bool
+    artifacts: List[Artifact] = field(default_factory=list)
+    text: Optional[str] = None
+    revised_prompt: Optional[str] = None
+    usage: Optional[Usage] = None
+    error: Optional[str] = None
+    status_code: Optional[int] = None
+    suggestions: List[str] = field(default_factory=list)
+    api_url: str = ""
+    auth_hint: Optional[str] = None
+    elapsed: float = 0.0
+    attempts: int = 0
+    model: Optional[str] = None
+    api_type: Optional[str] = None
+    request: Optional[ImageRequest] = field(default=None, repr=False)
+    errors: List[str] = field(default_factory=list)   # per-image failures of a fan-out
+    from_cache: bool = False
+    paths: List[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> list:
+        """The artifacts as PIL images."""
+        return [a.image for a in self.artifacts]
+
+    @property
+    def image(self):
+        """The first image as a PIL image (None when there is none)."""
+        return self.artifacts[0].image if self.artifacts else None
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    def raise_for_error(self) -> "ImageResponse":
+        if not self.success:
+            from .errors import ImageAPIError
+            raise ImageAPIError(self.status_code, self.error or "image generation failed", self.api_url)
+        return self
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .display import response_mimebundle
+        return response_mimebundle(self)
