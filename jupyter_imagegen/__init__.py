@@ -23,10 +23,10 @@ def __getattr__(name):  # lazy: importing the package must not import aiohttp/IP
 
 
 def load_ipython_extension(ipython):
-    from .ipython.magic import load_ipython_extension as _load
+    from .magic import load_ipython_extension as _load
     _load(ipython)
 
 
 def unload_ipython_extension(ipython):
-    from .ipython.magic import unload_ipython_extension as _unload
+    from .magic import unload_ipython_extension as _unload
     _unload(ipython)

@@ -1,0 +1,472 @@
+"""ImageClient: one aiohttp session, retries with backoff and Retry-After, events, fan-out, cancel.
+
+Providers (one per wire format) build the HTTP call and parse the answer; everything that
+touches the network or time lives here.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import events as ev
+from .config import DEFAULT_BASE_URLS, DEFAULT_MODELS, ImageConfig, mask_token, validate_api_type, validate_base_url
+from .errors import ConfigError, ImageAPIError, ImageRetryableError, RequestError
+from .events import Event, EventCallback
+from .providers import get_provider
+from .providers.base import HttpCall, ImageRef, Parsed, Provider, Resolved, error_message_from_body
+from .retry import is_retryable_status, next_delay, parse_retry_after
+from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sniff_mime
+
+log = logging.getLogger("jupyter_imagegen")
+
+USER_AGENT = "jupyter-imagegen/0.1"
+
+
+def redact_url(url: str) -> str:
+    """scheme://host/path of a URL: query strings (signed download URLs) are dropped."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+@dataclass
+class _CallOutcome:
+    index: int
+    parsed: Optional[Parsed] = None
+    artifacts: List[Artifact] = field(default_factory=list)
+    error: Optional[ImageAPIError] = None
+    attempts: int = 0
+
+
+class ImageClient:
+    """Async client for the three image wire formats.
+
+    >>> async with ImageClient(ImageConfig.from_env()) as client:
+    ...     resp = await client.generate(ImageRequest("a lighthouse at dusk"))
+    """
+
+    def __init__(self, config: Optional[ImageConfig] = None, *, on_event: Optional[EventCallback] = None,
+                 session: Optional[aiohttp.ClientSession] = None):
+        self.config = config if config is not None else ImageConfig.from_env()
+        self._on_event = on_event
+        self._session = session
+        self._own_session = session is None
+        self._session_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._sync_loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"<ImageClient {c.api_type} {c.effective_base_url} model={c.effective_model} "
+                f"token={c.masked_token}>")
+
+    # -- session lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> "ImageClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is not None and not self._session.closed:
+            if not self._own_session or self._session_loop is loop:
+                return self._session
+            # the session belongs to another (finished) loop: it cannot be reused here
+            old, self._session = self._session, None
+            old.detach()  # its loop cannot run here; let go of it without closing from the wrong loop
+        connector = aiohttp.TCPConnector(limit=max(8, self.config.max_concurrency * 2), enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT},
+                                              trust_env=False)
+        self._session_loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session (idempotent)."""
+        s, self._session = self._session, None
+        if s is not None and self._own_session and not s.closed:
+            await s.close()
+
+    def close_sync(self) -> None:
+        """Close from synchronous code (scripts, atexit)."""
+        s = self._session
+        if s is not None and not s.closed and self._own_session:
+            loop = self._session_loop
+            if loop is not None and not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(s.close())
+            self._session = None
+        if self._sync_loop is not None and not self._sync_loop.is_closed():
+            self._sync_loop.close()
+            self._sync_loop = None
+
+    # -- request resolution ---------------------------------------------------------------------
+    def resolve(self, request: ImageRequest) -> Tuple[Resolved, Provider]:
+        """Fold the configuration into a request and validate it. Raises RequestError/ConfigError."""
+        if not isinstance(request, ImageRequest):
+            raise TypeError(f"generate() takes an ImageRequest, not {type(request).__name__}")
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise RequestError("the prompt is empty: write what the image should show")
+        cfg = self.config
+        api_type = validate_api_type(request.api_type, "api_type") if request.api_type else cfg.api_type
+        base = validate_base_url(request.base_url, "base_url") if request.base_url else cfg.base_url
+        if base is None or (base in DEFAULT_BASE_URLS.values() and base != DEFAULT_BASE_URLS[api_type]):
+            base = DEFAULT_BASE_URLS[api_type]  # a vendor's default URL does not carry over to the other vendor
+        model = request.model or (cfg.model if api_type == cfg.api_type and cfg.model else DEFAULT_MODELS[api_type])
+        if request.stream:
+            raise RequestError("streaming (stream=True) is not supported yet; leave it off")
+        inputs = [InputImage.from_any(v, label=f"input image {i + 1}") for i, v in enumerate(request.images or [])]
+        mask = InputImage.from_any(request.mask, label="mask") if request.mask is not None else None
+        resolved = Resolved(request=request, api_type=api_type, base_url=base, model=model, inputs=inputs, mask=mask)
+        provider = get_provider(api_type)
+        provider.validate(resolved)
+        if request.timeout is not None and (not isinstance(request.timeout, (int, float)) or request.timeout <= 0):
+            raise RequestError(f"timeout={request.timeout!r} must be a positive number of seconds")
+        if request.max_attempts is not None and (not isinstance(request.max_attempts, int) or request.max_attempts < 1):
+            raise RequestError(f"max_attempts={request.max_attempts!r} must be a whole number >= 1")
+        return resolved, provider
+
+    def _token(self, request: ImageRequest) -> Tuple[str, str]:
+        token = request.token or self.config.token
+        if not token:
+            raise ConfigError(f"no API token: set the {self.config.token_source} environment variable "
+                              "(or pass token=...); nothing was sent")
+        hint = (f"token {mask_token(token)} (passed with the request)" if request.token
+                else self.config.auth_hint)
+        return token, hint
+
+    # -- events ---------------------------------------------------------------------------------
+    async def _emit(self, callbacks: List[EventCallback], type_: str, request_id: str, **data: Any) -> None:
+        event = Event(type_, request_id, data)
+        for cb in callbacks:
+            try:
+                result = cb(event)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broken display must not break the request
+                log.warning("event callback failed for %s", type_, exc_info=True)
+
+    # -- public API -----------------------------------------------------------------------------
+    async def generate(self, request: ImageRequest, *, on_event: Optional[EventCallback] = None) -> ImageResponse:
+        """Generate images. API failures come back as `success=False`; bad input raises RequestError."""
+        resolved, provider = self.resolve(request)
+        token, auth_hint = self._token(request)
+        callbacks = [cb for cb in (self._on_event, on_event) if cb is not None]
+        rid = request.request_id
+        max_attempts = request.max_attempts or self.config.max_attempts
+        timeout = float(request.timeout or self.config.timeout)
+        calls = provider.calls_needed(resolved)
+        api_url = provider.build(resolved).url
+        scrub = _Scrubber(token)
+        t0 = time.monotonic()
+        await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type, model=resolved.model,
+                         api_url=api_url, n=request.n, calls=calls, prompt=request.prompt)
+        ctx = _CallContext(self, provider, resolved, token, callbacks, rid, max_attempts, timeout, scrub,
+                           fanout=calls > 1)
+        try:
+            if calls == 1:
+                outcomes = [await ctx.run(0)]
+            else:
+                sem = asyncio.Semaphore(self.config.max_concurrency)
+
+                async def limited(i: int) -> _CallOutcome:
+                    async with sem:
+                        return await ctx.run(i)
+
+                outcomes = list(await asyncio.gather(*(limited(i) for i in range(calls))))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._emit(callbacks, ev.GENERATION_FAILED, rid, error="cancelled",
+                                            api_url=api_url, auth_hint=auth_hint, status_code=None,
+                                            cancelled=True))
+            raise
+        resp = self._assemble(resolved, outcomes, rid, api_url, auth_hint, time.monotonic() - t0)
+        if resp.success:
+            await self._emit(callbacks, ev.GENERATION_COMPLETED, rid, artifact_count=len(resp.artifacts),
+                             elapsed=resp.elapsed, attempts=resp.attempts, failed=len(resp.errors),
+                             api_url=api_url)
+        else:
+            await self._emit(callbacks, ev.GENERATION_FAILED, rid, error=resp.error, api_url=api_url,
+                             auth_hint=auth_hint, status_code=resp.status_code)
+        return resp
+
+    def generate_sync(self, request: ImageRequest, *, on_event: Optional[EventCallback] = None) -> ImageResponse:
+        """Blocking `generate` for scripts; inside a running loop (Jupyter) it uses the kernel runner."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._sync_loop is None or self._sync_loop.is_closed():
+                self._sync_loop = asyncio.new_event_loop()
+            return self._sync_loop.run_until_complete(self.generate(request, on_event=on_event))
+        from .runner import run_sync
+        return run_sync(self.generate(request, on_event=on_event))
+
+    # -- result assembly ------------------------------------------------------------------------
+    def _assemble(self, r: Resolved, outcomes: List[_CallOutcome], rid: str, api_url: str, auth_hint: str,
+                  elapsed: float) -> ImageResponse:
+        artifacts: List[Artifact] = []
+        texts: List[str] = []
+        usage: Optional[Usage] = None
+        revised = None
+        errors: List[str] = []
+        last_error: Optional[ImageAPIError] = None
+        for o in sorted(outcomes, key=lambda o: o.index):
+            if o.error is not None:
+                last_error = o.error
+                errors.append(f"image {o.index + 1}: {o.error.message}" if len(outcomes) > 1 else o.error.message)
+                continue
+            for a in o.artifacts:
+                a.index = len(artifacts)
+                artifacts.append(a)
+            p = o.parsed
+            if p is not None:
+                if p.text and p.text not in texts:
+                    texts.append(p.text)
+                revised = revised or p.revised_prompt
+                if p.usage is not None:
+                    usage = p.usage if usage is None else usage + p.usage
+        attempts = sum(o.attempts for o in outcomes)
+        resp = ImageResponse(request_id=rid, success=bool(artifacts), artifacts=artifacts,
+                             text="\n".join(texts) or None, revised_prompt=revised, usage=usage,
+                             api_url=api_url, auth_hint=auth_hint, elapsed=elapsed, attempts=attempts,
+                             model=r.model, api_type=r.api_type, request=r.request, errors=errors)
+        if errors:
+            if artifacts:
+                resp.error = f"{len(errors)} of {len(outcomes)} calls failed: " + "; ".join(errors)
+            else:
+                resp.error = errors[0] if len(errors) == 1 else f"all {len(errors)} calls failed: " + "; ".join(errors)
+            if last_error is not None:
+                resp.status_code = last_error.status
+                resp.suggestions = suggestions_for(last_error, r, auth_hint, self.config)
+                if last_error.code == "no_image" and not resp.text:
+                    resp.text = None
+        return resp
+
+
+class _Scrubber:
+    """Replaces the token wherever a server (or a library) echoes it back."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.mask = mask_token(token)
+
+    def __call__(self, text: Optional[str]) -> str:
+        if not text:
+            return text or ""
+        return text.replace(self.token, self.mask) if self.token else text
+
+
+class _CallContext:
+    """Everything one HTTP call (with its retries) needs; `run(index)` is one call of a fan-out."""
+
+    def __init__(self, client: ImageClient, provider: Provider, r: Resolved, token: str,
+                 callbacks: List[EventCallback], rid: str, max_attempts: int, timeout: float,
+                 scrub: _Scrubber, fanout: bool):
+        self.client, self.provider, self.r, self.token = client, provider, r, token
+        self.callbacks, self.rid, self.max_attempts, self.timeout = callbacks, rid, max_attempts, timeout
+        self.scrub, self.fanout = scrub, fanout
+        self.cfg = client.config
+
+    async def run(self, index: int) -> _CallOutcome:
+        out = _CallOutcome(index)
+        call = self.provider.build(self.r)
+        for attempt in range(1, self.max_attempts + 1):
+            out.attempts = attempt
+            await self.client._emit(self.callbacks, ev.API_CALL, self.rid, attempt=attempt,
+                                    max_attempts=self.max_attempts, api_url=call.url, index=index,
+                                    fanout=self.fanout)
+            try:
+                out.parsed = await self._attempt(call)
+                out.artifacts = await self._materialise(out.parsed, call.url)
+                return out
+            except ImageRetryableError as e:
+                e.message = self.scrub(e.message)
+                if attempt >= self.max_attempts:
+                    e.message = (f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: {e.message}"
+                                 if attempt > 1 else e.message)
+                    out.error = e
+                    return out
+                delay = next_delay(attempt, e.retry_after, base=self.cfg.backoff_base,
+                                   maximum=self.cfg.backoff_max, retry_after_max=self.cfg.retry_after_max)
+                await self.client._emit(self.callbacks, ev.API_RETRY, self.rid, attempt=attempt,
+                                        status_code=e.status, delay=delay, reason=e.message,
+                                        retry_after=e.retry_after, index=index, api_url=call.url)
+                await asyncio.sleep(delay)
+            except ImageAPIError as e:
+                e.message = self.scrub(e.message)
+                out.error = e
+                return out
+        return out  # pragma: no cover - the loop always returns
+
+    def _headers(self) -> Dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        headers.update(self.r.request.headers or {})
+        return headers
+
+    async def _attempt(self, call: HttpCall) -> Parsed:
+        session = self.client._get_session()
+        timeout = aiohttp.ClientTimeout(total=self.timeout, connect=self.cfg.connect_timeout)
+        kwargs: Dict[str, Any] = {"headers": self._headers(), "timeout": timeout}
+        if call.form is not None:
+            form = aiohttp.FormData()
+            for f in call.form:
+                if f.filename is not None:
+                    form.add_field(f.name, f.value, filename=f.filename, content_type=f.content_type)
+                else:
+                    form.add_field(f.name, f.value)
+            kwargs["data"] = form
+        else:
+            kwargs["json"] = call.json
+        cap = self.cfg.max_response_bytes
+        try:
+            async with session.request(call.method, call.url, **kwargs) as resp:
+                status = resp.status
+                ctype = resp.headers.get("Content-Type", "")
+                if resp.content_length is not None and resp.content_length > cap:
+                    raise ImageAPIError(status, f"the response is {resp.content_length / 1e6:.0f} MB, over the "
+                                        f"{cap / 1e6:.0f} MB limit; refused", call.url)
+                if resp.content_length is not None:
+                    body = await resp.read()
+                else:
+                    buf = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        buf += chunk
+                        if len(buf) > cap:
+                            raise ImageAPIError(status, f"the response is over the {cap / 1e6:.0f} MB limit; refused",
+                                                call.url)
+                    body = bytes(buf)
+                retry_after = parse_retry_after(resp.headers)
+        except asyncio.TimeoutError:
+            raise ImageRetryableError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
+                                      call.url) from None
+        except aiohttp.ClientPayloadError as e:
+            raise ImageRetryableError(None, f"the connection broke while reading the response ({_short(e)})",
+                                      call.url) from None
+        except aiohttp.ClientConnectorError as e:
+            raise ImageRetryableError(None, f"cannot connect to {e.host}:{e.port} ({_short(e.os_error) or 'refused'})",
+                                      call.url) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError) as e:
+            raise ImageRetryableError(None, f"the connection was reset ({_short(e) or type(e).__name__})",
+                                      call.url) from None
+        except aiohttp.ClientError as e:
+            raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
+
+        if status >= 400 or not (200 <= status < 300):
+            message, code = error_message_from_body(status, body, ctype)
+            message = f"HTTP {status}: {message}"
+            if is_retryable_status(status):
+                raise ImageRetryableError(status, message, call.url, retry_after=retry_after, code=code)
+            raise ImageAPIError(status, message, call.url, code=code)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
+            raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
+        return self.provider.parse(payload, call.url)
+
+    async def _materialise(self, parsed: Parsed, api_url: str) -> List[Artifact]:
+        arts = []
+        for ref in parsed.images:
+            if ref.data is None and ref.url:
+                data, mime = await self._download(ref.url)
+                arts.append(Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=redact_url(ref.url)))
+            else:
+                if sniff_mime(ref.data or b"") is None:
+                    raise ImageAPIError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
+                arts.append(Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt))
+        return arts
+
+    async def _download(self, url: str) -> Tuple[bytes, str]:
+        """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only."""
+        shown = redact_url(url)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs", url)
+        cap = self.cfg.max_download_bytes
+        session = self.client._get_session()
+        timeout = aiohttp.ClientTimeout(total=self.cfg.download_timeout, connect=self.cfg.connect_timeout)
+        last: Optional[str] = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                async with session.get(url, timeout=timeout, allow_redirects=True, max_redirects=5) as resp:
+                    if resp.status != 200:
+                        last = f"HTTP {resp.status}"
+                        if is_retryable_status(resp.status):
+                            raise _TransientDownload(last)
+                        break
+                    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                    if not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
+                        raise ImageAPIError(None, f"the image URL {shown} served {ctype or 'no content type'}, "
+                                            "not an image", url)
+                    if resp.content_length is not None and resp.content_length > cap:
+                        raise ImageAPIError(None, f"the image at {shown} is {resp.content_length / 1e6:.0f} MB, "
+                                            f"over the {cap / 1e6:.0f} MB download limit", url)
+                    buf = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        buf += chunk
+                        if len(buf) > cap:
+                            raise ImageAPIError(None, f"the image at {shown} is over the {cap / 1e6:.0f} MB "
+                                                "download limit", url)
+                    data = bytes(buf)
+                    mime = sniff_mime(data)
+                    if mime is None:
+                        raise ImageAPIError(None, f"the file at {shown} is not a PNG, JPEG, WebP or GIF image", url)
+                    return data, mime
+            except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
+                    aiohttp.ClientPayloadError) as e:
+                last = str(e) or type(e).__name__
+                if attempt < self.max_attempts:
+                    delay = next_delay(attempt, None, base=self.cfg.backoff_base, maximum=self.cfg.backoff_max,
+                                       retry_after_max=self.cfg.retry_after_max)
+                    await self.client._emit(self.callbacks, ev.API_RETRY, self.rid, attempt=attempt,
+                                            status_code=None, delay=delay, reason=f"download failed: {last}",
+                                            retry_after=None, index=None, api_url=shown)
+                    await asyncio.sleep(delay)
+            except aiohttp.ClientError as e:
+                last = _short(e)
+                break
+        raise ImageAPIError(None, f"could not download the image from {shown}: {last}", url)
+
+
+class _TransientDownload(Exception):
+    pass
+
+
+def _short(e: Any) -> str:
+    s = str(e) if e is not None else ""
+    return s[:200]
+
+
+def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageConfig) -> List[str]:
+    """What a user can do about an error, in plain words."""
+    s = err.status
+    src = cfg.token_source
+    if s == 401:
+        return [f"The API rejected the key ({auth_hint}). Check {src}: it must be a key for "
+                f"{urlsplit(r.base_url).netloc} ({r.api_type})."]
+    if s == 403:
+        return ["The key is valid but not allowed to use this model (organisation verification, credits or "
+                "region). Check the account's settings, or try another model."]
+    if s == 402:
+        return ["The account is out of credits: add credits or use another key."]
+    if s == 404:
+        return [f"Check the model name ({r.model!r}) and the base URL ({r.base_url}); "
+                f"the format is {r.api_type}."]
+    if s == 400 or s == 422:
+        return ["The API refused the request as written: fix the option it names and run again."]
+    if s == 429:
+        return ["Rate limited: wait a little, ask for fewer images at once (-n), or raise the retries."]
+    if err.code == "no_image":
+        return ["The model answered without an image: rephrase the prompt, or choose an image-capable model."]
+    if s is not None and s >= 500:
+        return ["The service is having trouble; try again in a minute."]
+    if s is None and "timed out" in err.message:
+        return ["The server is slow: raise the timeout (--timeout, IMAGE_TIMEOUT) or try again."]
+    if s is None:
+        return [f"Check the network and the base URL ({r.base_url})."]
+    return []

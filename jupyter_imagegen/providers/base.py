@@ -1,0 +1,199 @@
+"""What every wire format shares: the resolved request, the HTTP call description, the parsed result.
+
+A provider only *builds* an HTTP call from a request and *parses* an answer into images.
+It does no I/O, no retries, no display and holds no globals: the client does those.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import ImageAPIError, RequestError
+from ..types import ImageRequest, InputImage, Usage, sniff_mime
+
+MAX_N = 10            # the most images one request may ask for (OpenAI's own limit for n)
+MAX_FANOUT_N = 16     # for one-image-per-call formats the client fans out up to this many calls
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_RATIO = re.compile(r"^(\d{1,2}):(\d{1,2})$")
+
+
+@dataclass
+class Resolved:
+    """An ImageRequest with the configuration folded in: what one provider call needs."""
+    request: ImageRequest
+    api_type: str
+    base_url: str
+    model: str
+    inputs: List[InputImage] = field(default_factory=list)
+    mask: Optional[InputImage] = None
+
+    @property
+    def prompt(self) -> str:
+        return self.request.prompt
+
+
+@dataclass
+class FormField:
+    name: str
+    value: Any                      # str, or bytes for files
+    filename: Optional[str] = None
+    content_type: Optional[str] = None
+
+
+@dataclass
+class HttpCall:
+    """One HTTP request to make. `form` is rebuilt into aiohttp.FormData on every attempt."""
+    method: str
+    url: str
+    json: Optional[Dict[str, Any]] = None
+    form: Optional[List[FormField]] = None
+    stream: bool = False
+
+    def describe(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+@dataclass
+class ImageRef:
+    """An image found in a response: inline bytes, or a URL the client must download."""
+    data: Optional[bytes] = None
+    mime_type: Optional[str] = None
+    url: Optional[str] = None
+    revised_prompt: Optional[str] = None
+
+
+@dataclass
+class Parsed:
+    images: List[ImageRef] = field(default_factory=list)
+    text: Optional[str] = None
+    revised_prompt: Optional[str] = None
+    usage: Optional[Usage] = None
+    model: Optional[str] = None
+
+
+def decode_b64(value: Any, what: str, api_url: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ImageAPIError(200, f"{what} is not a base64 string", api_url)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # some gateways send urlsafe or unpadded base64
+            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError):
+            raise ImageAPIError(200, f"{what} is not valid base64 (truncated?)", api_url) from None
+
+
+_DATA_URL = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,", re.I)
+
+
+def image_ref_from_url(url: Any, api_url: str, revised_prompt: Optional[str] = None) -> ImageRef:
+    """A `data:` URL becomes inline bytes; an http(s) URL is left for the client to download."""
+    if not isinstance(url, str) or not url:
+        raise ImageAPIError(200, "an image entry has no URL", api_url)
+    m = _DATA_URL.match(url)
+    if m:
+        data = decode_b64(url[m.end():], "an image data URL", api_url)
+        return ImageRef(data=data, mime_type=sniff_mime(data) or m.group(1) or None,
+                        revised_prompt=revised_prompt)
+    if url.startswith(("http://", "https://")):
+        return ImageRef(url=url, revised_prompt=revised_prompt)
+    raise ImageAPIError(200, f"an image URL has an unsupported scheme: {url[:40]!r}", api_url)
+
+
+def parse_size(size: str) -> Tuple[int, int]:
+    m = _SIZE.match(size)
+    if not m:
+        raise RequestError(f"size {size!r} must look like '1024x1024' (width x height) or 'auto'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_ratio(ratio: str) -> Tuple[int, int]:
+    m = _RATIO.match(ratio.strip())
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        raise RequestError(f"aspect ratio {ratio!r} must look like '16:9'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def nearest(value: float, options: Sequence[Tuple[str, float]]) -> str:
+    return min(options, key=lambda o: abs(o[1] - value))[0]
+
+
+def error_message_from_body(status: Optional[int], body: bytes, content_type: str = "") -> Tuple[str, Optional[str]]:
+    """A readable message (and error code) from an error body of either vendor, or an HTML page."""
+    text = body.decode("utf-8", "replace").strip()
+    if text:
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            err = payload.get("error")
+            if isinstance(err, dict):
+                msg = err.get("message") or json.dumps(err)[:300]
+                code = err.get("code")
+                meta = err.get("metadata")
+                if isinstance(meta, dict) and meta.get("raw") and isinstance(meta["raw"], str):
+                    msg = f"{msg} ({meta['raw'][:200]})"
+                return str(msg), (str(code) if code is not None else None)
+            if isinstance(err, str):
+                return err, None
+            if payload.get("message"):
+                return str(payload["message"]), None
+        if "html" in content_type.lower() or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+            title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+            detail = f" ({title.group(1).strip()[:80]})" if title else ""
+            return f"the server answered with an HTML page instead of JSON{detail}; a proxy or gateway may be failing", None
+        return text[:300], None
+    return f"HTTP {status} with an empty body", None
+
+
+class Provider:
+    """Base class: subclasses set `api_type`, `path`, and implement build() and parse()."""
+    api_type = ""
+    #: True when one call returns one image, so n > 1 means several calls
+    one_image_per_call = True
+
+    def calls_needed(self, r: Resolved) -> int:
+        """How many HTTP calls produce r.request.n images (1, or n for a fan-out)."""
+        return r.request.n if self.one_image_per_call else 1
+
+    def max_n(self, r: Resolved) -> int:
+        return MAX_FANOUT_N if self.one_image_per_call else MAX_N
+
+    def validate(self, r: Resolved) -> None:
+        req = r.request
+        if not isinstance(req.n, int) or isinstance(req.n, bool) or not 1 <= req.n <= self.max_n(r):
+            raise RequestError(f"n={req.n!r}: ask for 1 to {self.max_n(r)} images with {r.api_type}")
+        if req.output_format is not None and req.output_format.lower() not in OUTPUT_FORMATS + ("jpg",):
+            raise RequestError(f"output format {req.output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+        if req.size and req.aspect_ratio:
+            raise RequestError("give either a size or an aspect ratio, not both")
+        if req.aspect_ratio:
+            parse_ratio(req.aspect_ratio)
+
+    def url(self, r: Resolved, path: str) -> str:
+        return r.base_url.rstrip("/") + path
+
+    def build(self, r: Resolved) -> HttpCall:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parse(self, payload: Any, api_url: str) -> Parsed:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def output_format(req: ImageRequest) -> Optional[str]:
+    if not req.output_format:
+        return None
+    f = req.output_format.lower()
+    return "jpeg" if f == "jpg" else f
+
+
+def no_image_error(api_url: str, text: Optional[str], detail: str = "") -> ImageAPIError:
+    said = f" It said: {text.strip()[:400]!r}" if text and text.strip() else ""
+    return ImageAPIError(200, f"the model returned no image{detail}.{said}", api_url, code="no_image")

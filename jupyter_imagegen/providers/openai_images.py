@@ -1,0 +1,148 @@
+"""OpenAI `POST /images/generations` (JSON) and `POST /images/edits` (multipart, with input images)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..errors import ImageAPIError, RequestError
+from ..types import Usage
+from .base import (FormField, HttpCall, ImageRef, Parsed, Provider, Resolved, decode_b64,
+                   image_ref_from_url, nearest, no_image_error, output_format, parse_ratio, parse_size)
+
+GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+SIZES = {
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+    "dall-e-2": ("256x256", "512x512", "1024x1024"),
+}
+QUALITIES = {
+    "dall-e-3": ("standard", "hd"),
+    "dall-e-2": ("standard",),
+}
+GPT_IMAGE_QUALITIES = ("low", "medium", "high", "auto")
+
+
+def is_dalle(model: str) -> bool:
+    return model.startswith("dall-e")
+
+
+def is_gpt_image(model: str) -> bool:
+    return model.startswith("gpt-image") or model.startswith("chatgpt-image")
+
+
+def sizes_for(model: str):
+    if is_gpt_image(model):
+        return GPT_IMAGE_SIZES
+    return SIZES.get(model)
+
+
+def size_for_aspect(model: str, ratio: str) -> str:
+    """The supported size closest to an aspect ratio ('16:9' -> '1536x1024' for gpt-image)."""
+    w, h = parse_ratio(ratio)
+    options = [s for s in (sizes_for(model) or GPT_IMAGE_SIZES) if s != "auto"]
+    return nearest(w / h, [(s, parse_size(s)[0] / parse_size(s)[1]) for s in options])
+
+
+class OpenAIImagesProvider(Provider):
+    api_type = "openai_images"
+    one_image_per_call = False
+
+    def calls_needed(self, r: Resolved) -> int:
+        # dall-e-3 accepts only n=1: fan out instead of failing
+        return r.request.n if r.model == "dall-e-3" else 1
+
+    def max_n(self, r: Resolved) -> int:
+        return 16 if r.model == "dall-e-3" else 10
+
+    def validate(self, r: Resolved) -> None:
+        super().validate(r)
+        req, model = r.request, r.model
+        if req.size:
+            allowed = sizes_for(model)
+            if allowed and req.size not in allowed:
+                raise RequestError(f"size {req.size!r} is not available for {model}; use one of: "
+                                   f"{', '.join(allowed)} (or --aspect to pick the nearest)")
+            if not allowed and req.size != "auto":
+                parse_size(req.size)
+        if req.quality:
+            allowed_q = GPT_IMAGE_QUALITIES if is_gpt_image(model) else QUALITIES.get(model)
+            if allowed_q and req.quality not in allowed_q:
+                raise RequestError(f"quality {req.quality!r} is not available for {model}; use one of: "
+                                   f"{', '.join(allowed_q)}")
+        if is_dalle(model) and req.output_format:
+            raise RequestError(f"{model} always returns PNG; output format is for gpt-image models")
+        if model == "dall-e-3" and r.inputs:
+            raise RequestError("dall-e-3 cannot edit images; use gpt-image-1 (or dall-e-2) with input images")
+        if model == "dall-e-2" and len(r.inputs) > 1:
+            raise RequestError("dall-e-2 edits take exactly one input image")
+
+    def _fields(self, r: Resolved, n: int) -> Dict[str, Any]:
+        req, model = r.request, r.model
+        body: Dict[str, Any] = {"model": model, "prompt": req.prompt}
+        if n != 1:
+            body["n"] = n
+        size = req.size or (size_for_aspect(model, req.aspect_ratio) if req.aspect_ratio else None)
+        if size:
+            body["size"] = size
+        if req.quality:
+            body["quality"] = req.quality
+        fmt = output_format(req)
+        if fmt:
+            body["output_format"] = fmt
+        if req.background:
+            body["background"] = req.background
+        if is_dalle(model):
+            body["response_format"] = "b64_json"
+        if req.stream:
+            body["stream"] = True
+            if req.partial_images is not None:
+                body["partial_images"] = req.partial_images
+        body.update(req.params)
+        return body
+
+    def build(self, r: Resolved) -> HttpCall:
+        n = 1 if self.calls_needed(r) > 1 else r.request.n
+        body = self._fields(r, n)
+        if not r.inputs:
+            return HttpCall("POST", self.url(r, "/images/generations"), json=body, stream=r.request.stream)
+        form: List[FormField] = []
+        for k, v in body.items():
+            form.append(FormField(k, v if isinstance(v, str) else _form_value(v)))
+        name = "image[]" if len(r.inputs) > 1 else "image"
+        for img in r.inputs:
+            form.append(FormField(name, img.data, filename=img.name, content_type=img.mime_type))
+        if r.mask is not None:
+            form.append(FormField("mask", r.mask.data, filename=r.mask.name, content_type=r.mask.mime_type))
+        return HttpCall("POST", self.url(r, "/images/edits"), form=form, stream=r.request.stream)
+
+    def parse(self, payload: Any, api_url: str) -> Parsed:
+        if not isinstance(payload, dict):
+            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+        if isinstance(payload.get("error"), dict):
+            err = payload["error"]
+            raise ImageAPIError(200, str(err.get("message") or err), api_url, code=err.get("code"))
+        data = payload.get("data")
+        if not isinstance(data, list):
+            raise ImageAPIError(200, "the response has no 'data' list", api_url)
+        out = Parsed(usage=Usage.from_api(payload.get("usage")))
+        for i, item in enumerate(data):
+            if not isinstance(item, dict):
+                continue
+            rp = item.get("revised_prompt")
+            if item.get("b64_json"):
+                out.images.append(ImageRef(data=decode_b64(item["b64_json"], f"data[{i}].b64_json", api_url),
+                                           revised_prompt=rp))
+            elif item.get("url"):
+                out.images.append(image_ref_from_url(item["url"], api_url, rp))
+            if rp and not out.revised_prompt:
+                out.revised_prompt = rp
+        if not out.images:
+            raise no_image_error(api_url, None, " (the 'data' list is empty)")
+        return out
+
+
+def _form_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        import json
+        return json.dumps(v)
+    return str(v)

@@ -1,0 +1,93 @@
+"""OpenAI `POST /responses` with the `image_generation` tool and `input_image` parts."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..errors import ImageAPIError, RequestError
+from ..types import Usage
+from .base import (HttpCall, ImageRef, Parsed, Provider, Resolved, decode_b64, no_image_error,
+                   output_format)
+from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, size_for_aspect
+
+
+class OpenAIResponsesProvider(Provider):
+    api_type = "openai_responses"
+    one_image_per_call = True
+
+    def validate(self, r: Resolved) -> None:
+        super().validate(r)
+        req = r.request
+        if req.size and req.size not in GPT_IMAGE_SIZES:
+            raise RequestError(f"size {req.size!r} is not available for the image_generation tool; use one of: "
+                               f"{', '.join(GPT_IMAGE_SIZES)} (or --aspect to pick the nearest)")
+        if req.quality and req.quality not in GPT_IMAGE_QUALITIES:
+            raise RequestError(f"quality {req.quality!r}: use one of {', '.join(GPT_IMAGE_QUALITIES)}")
+
+    def build(self, r: Resolved) -> HttpCall:
+        req = r.request
+        tool: Dict[str, Any] = {"type": "image_generation"}
+        size = req.size or (size_for_aspect("gpt-image-1", req.aspect_ratio) if req.aspect_ratio else None)
+        if size:
+            tool["size"] = size
+        if req.quality:
+            tool["quality"] = req.quality
+        fmt = output_format(req)
+        if fmt:
+            tool["output_format"] = fmt
+        if req.background:
+            tool["background"] = req.background
+        if req.stream and req.partial_images is not None:
+            tool["partial_images"] = req.partial_images
+        params = dict(req.params)
+        if isinstance(params.get("tool"), dict):  # image_generation tool options (e.g. model, moderation)
+            tool.update(params.pop("tool"))
+        if r.inputs:
+            content: List[Dict[str, Any]] = [{"type": "input_text", "text": req.prompt}]
+            content += [{"type": "input_image", "image_url": img.to_data_url()} for img in r.inputs]
+            input_: Any = [{"role": "user", "content": content}]
+        else:
+            input_ = req.prompt
+        body: Dict[str, Any] = {
+            "model": r.model,
+            "input": input_,
+            "tools": [tool],
+            "tool_choice": {"type": "image_generation"},
+        }
+        if req.stream:
+            body["stream"] = True
+        body.update(params)
+        return HttpCall("POST", self.url(r, "/responses"), json=body, stream=req.stream)
+
+    def parse(self, payload: Any, api_url: str) -> Parsed:
+        if not isinstance(payload, dict):
+            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+        if isinstance(payload.get("error"), dict):
+            err = payload["error"]
+            raise ImageAPIError(200, str(err.get("message") or err), api_url, code=err.get("code"))
+        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
+        texts: List[str] = []
+        for i, item in enumerate(payload.get("output") or []):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "image_generation_call":
+                if item.get("status") == "failed" or not item.get("result"):
+                    continue
+                rp = item.get("revised_prompt")
+                out.images.append(ImageRef(data=decode_b64(item["result"], f"output[{i}].result", api_url),
+                                           revised_prompt=rp))
+                out.revised_prompt = out.revised_prompt or rp
+            elif item.get("type") == "message":
+                for part in item.get("content") or []:
+                    if isinstance(part, dict) and part.get("type") == "output_text" and part.get("text"):
+                        texts.append(part["text"])
+                    elif isinstance(part, dict) and part.get("type") == "refusal" and part.get("refusal"):
+                        texts.append(part["refusal"])
+        out.text = "\n".join(texts) or None
+        if not out.images:
+            status = payload.get("status")
+            detail = ""
+            if status and status != "completed":
+                reason = (payload.get("incomplete_details") or {}).get("reason")
+                detail = f" (response status: {status}{', ' + reason if reason else ''})"
+            raise no_image_error(api_url, out.text, detail)
+        return out

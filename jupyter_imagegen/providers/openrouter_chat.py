@@ -1,0 +1,97 @@
+"""OpenRouter `POST /chat/completions` with `modalities: ["image", "text"]` and `image_config`."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..errors import ImageAPIError, RequestError
+from ..types import Usage
+from .base import (HttpCall, Parsed, Provider, Resolved, image_ref_from_url, nearest, no_image_error,
+                   parse_ratio, parse_size)
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+IMAGE_SIZES = ("1K", "2K", "4K")
+
+
+def aspect_for_size(size: str) -> str:
+    """The supported aspect ratio closest to a 'WxH' size."""
+    w, h = parse_size(size)
+    return nearest(w / h, [(a, parse_ratio(a)[0] / parse_ratio(a)[1]) for a in ASPECT_RATIOS])
+
+
+class OpenRouterChatProvider(Provider):
+    api_type = "openrouter_chat"
+    one_image_per_call = True
+
+    def validate(self, r: Resolved) -> None:
+        super().validate(r)
+        req = r.request
+        if req.aspect_ratio and req.aspect_ratio not in ASPECT_RATIOS:
+            raise RequestError(f"aspect ratio {req.aspect_ratio!r} is not offered by OpenRouter; use one of: "
+                               f"{', '.join(ASPECT_RATIOS)}")
+        if req.size and req.size not in IMAGE_SIZES and req.size != "auto":
+            parse_size(req.size)  # raises with a clear message when malformed
+
+    def build(self, r: Resolved) -> HttpCall:
+        req = r.request
+        if r.inputs:
+            content: Any = [{"type": "text", "text": req.prompt}]
+            content += [{"type": "image_url", "image_url": {"url": img.to_data_url()}} for img in r.inputs]
+        else:
+            content = req.prompt
+        body: Dict[str, Any] = {
+            "model": r.model,
+            "messages": [{"role": "user", "content": content}],
+            "modalities": ["image", "text"],
+        }
+        image_config: Dict[str, Any] = {}
+        if req.aspect_ratio:
+            image_config["aspect_ratio"] = req.aspect_ratio
+        elif req.size in IMAGE_SIZES:
+            image_config["image_size"] = req.size
+        elif req.size and req.size != "auto":
+            image_config["aspect_ratio"] = aspect_for_size(req.size)
+        if req.quality:
+            image_config["quality"] = req.quality
+        if req.output_format:
+            image_config["output_format"] = "jpeg" if req.output_format == "jpg" else req.output_format
+        if req.background:
+            image_config["background"] = req.background
+        if image_config:
+            body["image_config"] = image_config
+        if req.stream:
+            body["stream"] = True
+        extra = dict(req.params)
+        if isinstance(extra.get("image_config"), dict):
+            body.setdefault("image_config", {}).update(extra.pop("image_config"))
+        body.update(extra)
+        return HttpCall("POST", self.url(r, "/chat/completions"), json=body, stream=req.stream)
+
+    def parse(self, payload: Any, api_url: str) -> Parsed:
+        if not isinstance(payload, dict):
+            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+        err = payload.get("error")
+        if isinstance(err, dict):  # OpenRouter can send a 200 whose body is an error from the upstream
+            code = err.get("code")
+            raise ImageAPIError(code if isinstance(code, int) else 200, str(err.get("message") or err), api_url)
+        choices = payload.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ImageAPIError(200, "the response has no choices", api_url)
+        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
+        texts: List[str] = []
+        for choice in choices:
+            msg = (choice or {}).get("message") or {}
+            content = msg.get("content")
+            if isinstance(content, str) and content.strip():
+                texts.append(content.strip())
+            elif isinstance(content, list):
+                texts += [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            for img in msg.get("images") or []:
+                if isinstance(img, dict):
+                    url = (img.get("image_url") or {}).get("url") if isinstance(img.get("image_url"), dict) else img.get("image_url")
+                    out.images.append(image_ref_from_url(url, api_url))
+        out.text = "\n".join(t for t in texts if t) or None
+        if not out.images:
+            reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+            detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
+            raise no_image_error(api_url, out.text or (choices[0].get("message") or {}).get("refusal"), detail)
+        return out
