@@ -20,8 +20,10 @@ from . import events as ev
 from .config import DEFAULT_BASE_URLS, DEFAULT_MODELS, ImageConfig, mask_token, validate_api_type, validate_base_url
 from .errors import ConfigError, ImageAPIError, ImageRetryableError, RequestError
 from .events import Event, EventCallback
+from .cache import RequestCache, request_key
 from .providers import get_provider
-from .providers.base import HttpCall, ImageRef, Parsed, Provider, Resolved, error_message_from_body
+from .providers.base import HttpCall, Parsed, Provider, Resolved, StreamBroken, error_message_from_body
+from .sse import SSEError, SSEParser
 from .retry import is_retryable_status, next_delay, parse_retry_after
 from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sniff_mime
 
@@ -53,8 +55,13 @@ class ImageClient:
     """
 
     def __init__(self, config: Optional[ImageConfig] = None, *, on_event: Optional[EventCallback] = None,
-                 session: Optional[aiohttp.ClientSession] = None):
+                 session: Optional[aiohttp.ClientSession] = None, cache: Any = None):
         self.config = config if config is not None else ImageConfig.from_env()
+        if cache is None:
+            cache = self.config.cache
+        if cache is True:
+            cache = RequestCache(self.config.cache_dir, self.config.cache_max_bytes)
+        self.cache: Optional[RequestCache] = cache or None
         self._on_event = on_event
         self._session = session
         self._own_session = session is None
@@ -118,8 +125,6 @@ class ImageClient:
         if base is None or (base in DEFAULT_BASE_URLS.values() and base != DEFAULT_BASE_URLS[api_type]):
             base = DEFAULT_BASE_URLS[api_type]  # a vendor's default URL does not carry over to the other vendor
         model = request.model or (cfg.model if api_type == cfg.api_type and cfg.model else DEFAULT_MODELS[api_type])
-        if request.stream:
-            raise RequestError("streaming (stream=True) is not supported yet; leave it off")
         inputs = [InputImage.from_any(v, label=f"input image {i + 1}") for i, v in enumerate(request.images or [])]
         mask = InputImage.from_any(request.mask, label="mask") if request.mask is not None else None
         resolved = Resolved(request=request, api_type=api_type, base_url=base, model=model, inputs=inputs, mask=mask)
@@ -157,9 +162,22 @@ class ImageClient:
     async def generate(self, request: ImageRequest, *, on_event: Optional[EventCallback] = None) -> ImageResponse:
         """Generate images. API failures come back as `success=False`; bad input raises RequestError."""
         resolved, provider = self.resolve(request)
-        token, auth_hint = self._token(request)
         callbacks = [cb for cb in (self._on_event, on_event) if cb is not None]
         rid = request.request_id
+        use_cache = self.cache is not None and request.cache is not False
+        key = request_key(resolved) if use_cache else None
+        if use_cache and not request.fresh:
+            hit = self.cache.response(key, resolved, rid, provider.build(resolved).url,
+                                      self.config.auth_hint if not request.token else None)
+            if hit is not None:  # no token needed: nothing is sent
+                await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
+                                 model=resolved.model, api_url=hit.api_url, n=request.n, calls=0,
+                                 prompt=request.prompt)
+                await self._emit(callbacks, ev.CACHE_HIT, rid, artifact_count=len(hit.artifacts), key=key[:12])
+                await self._emit(callbacks, ev.GENERATION_COMPLETED, rid, artifact_count=len(hit.artifacts),
+                                 elapsed=0.0, attempts=0, failed=0, api_url=hit.api_url, from_cache=True)
+                return hit
+        token, auth_hint = self._token(request)
         max_attempts = request.max_attempts or self.config.max_attempts
         timeout = float(request.timeout or self.config.timeout)
         calls = provider.calls_needed(resolved)
@@ -187,6 +205,11 @@ class ImageClient:
                                             cancelled=True))
             raise
         resp = self._assemble(resolved, outcomes, rid, api_url, auth_hint, time.monotonic() - t0)
+        if use_cache and resp.success and not resp.errors:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.cache.put, key, resp)
+            except OSError as e:  # a full or read-only disk must not lose the images we have
+                log.warning("could not write the request cache: %s", e)
         if resp.success:
             await self._emit(callbacks, ev.GENERATION_COMPLETED, rid, artifact_count=len(resp.artifacts),
                              elapsed=resp.elapsed, attempts=resp.attempts, failed=len(resp.errors),
@@ -282,7 +305,7 @@ class _CallContext:
                                     max_attempts=self.max_attempts, api_url=call.url, index=index,
                                     fanout=self.fanout)
             try:
-                out.parsed = await self._attempt(call)
+                out.parsed = await self._attempt(call, index)
                 out.artifacts = await self._materialise(out.parsed, call.url)
                 return out
             except ImageRetryableError as e:
@@ -304,15 +327,16 @@ class _CallContext:
                 return out
         return out  # pragma: no cover - the loop always returns
 
-    def _headers(self) -> Dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+    def _headers(self, call: HttpCall) -> Dict[str, str]:
+        accept = "text/event-stream" if call.stream else "application/json"
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
         headers.update(self.r.request.headers or {})
         return headers
 
-    async def _attempt(self, call: HttpCall) -> Parsed:
+    async def _attempt(self, call: HttpCall, index: int) -> Parsed:
         session = self.client._get_session()
         timeout = aiohttp.ClientTimeout(total=self.timeout, connect=self.cfg.connect_timeout)
-        kwargs: Dict[str, Any] = {"headers": self._headers(), "timeout": timeout}
+        kwargs: Dict[str, Any] = {"headers": self._headers(call), "timeout": timeout}
         if call.form is not None:
             form = aiohttp.FormData()
             for f in call.form:
@@ -328,6 +352,9 @@ class _CallContext:
             async with session.request(call.method, call.url, **kwargs) as resp:
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")
+                retry_after = parse_retry_after(resp.headers)
+                if call.stream and status == 200 and ctype.startswith("text/event-stream"):
+                    return await self._read_stream(resp, call, index)
                 if resp.content_length is not None and resp.content_length > cap:
                     raise ImageAPIError(status, f"the response is {resp.content_length / 1e6:.0f} MB, over the "
                                         f"{cap / 1e6:.0f} MB limit; refused", call.url)
@@ -341,7 +368,6 @@ class _CallContext:
                             raise ImageAPIError(status, f"the response is over the {cap / 1e6:.0f} MB limit; refused",
                                                 call.url)
                     body = bytes(buf)
-                retry_after = parse_retry_after(resp.headers)
         except asyncio.TimeoutError:
             raise ImageRetryableError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
                                       call.url) from None
@@ -354,6 +380,8 @@ class _CallContext:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError) as e:
             raise ImageRetryableError(None, f"the connection was reset ({_short(e) or type(e).__name__})",
                                       call.url) from None
+        except StreamBroken as e:
+            raise ImageRetryableError(None, f"the stream broke: {e}", call.url) from None
         except aiohttp.ClientError as e:
             raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
 
@@ -369,6 +397,28 @@ class _CallContext:
             kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
             raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
         return self.provider.parse(payload, call.url)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, call: HttpCall, index: int) -> Parsed:
+        """Fold a server-sent-event stream into partial-image events and the final Parsed result."""
+        state = self.provider.stream_state(call.url)
+        parser = SSEParser(self.cfg.max_response_bytes)
+        partials = 0
+        try:
+            async for chunk in resp.content.iter_any():
+                for event in parser.feed(chunk):
+                    for part in state.on_event(event):
+                        partials += 1
+                        await self.client._emit(
+                            self.callbacks, ev.PARTIAL_IMAGE, self.rid, index=index,
+                            partial_index=part.partial_index, artifact=Artifact(part.data, index=index))
+            for event in parser.close():
+                state.on_event(event)
+        except SSEError as e:
+            raise ImageAPIError(200, str(e), call.url) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as e:
+            raise StreamBroken(f"the connection dropped after {partials} partial image(s) "
+                               f"({_short(e) or type(e).__name__})") from None
+        return state.finish()
 
     async def _materialise(self, parsed: Parsed, api_url: str) -> List[Artifact]:
         arts = []

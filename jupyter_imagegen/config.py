@@ -19,6 +19,9 @@ ENV_CONNECT_TIMEOUT = "IMAGE_CONNECT_TIMEOUT"
 ENV_MAX_ATTEMPTS = "IMAGE_MAX_ATTEMPTS"
 ENV_MAX_RETRIES = "IMAGE_MAX_RETRIES"
 ENV_CONCURRENCY = "IMAGE_MAX_CONCURRENCY"
+ENV_CACHE = "IMAGE_CACHE"
+ENV_CACHE_DIR = "IMAGE_CACHE_DIR"
+ENV_CACHE_MAX_MB = "IMAGE_CACHE_MAX_MB"
 
 DEFAULT_BASE_URLS = {
     "openrouter_chat": "https://openrouter.ai/api/v1",
@@ -76,6 +79,15 @@ def _number(value: Any, source: str, *, kind=float, minimum: float = 0, allow_ze
     return v
 
 
+def _boolean(value: Any, source: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{source}={value!r} must be 1/0 (or true/false, yes/no, on/off)")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """Client settings. `token` never appears in repr; use `masked_token` for hints."""
@@ -93,6 +105,9 @@ class ImageConfig:
     max_download_bytes: int = 64 * 1024 * 1024
     max_response_bytes: int = 256 * 1024 * 1024
     download_timeout: float = 60.0
+    cache: bool = False               # the request cache (on by default in the magic and the form)
+    cache_dir: Optional[str] = None   # default: $IMAGE_CACHE_DIR or ~/.cache/jupyter-imagegen
+    cache_max_bytes: int = 512 * 1024 * 1024
     token_source: str = ENV_TOKEN
 
     def __post_init__(self) -> None:
@@ -134,6 +149,12 @@ class ImageConfig:
             kw["max_attempts"] = _number(get(ENV_MAX_RETRIES), ENV_MAX_RETRIES, kind=int, minimum=0, allow_zero=True) + 1
         if get(ENV_CONCURRENCY):
             kw["max_concurrency"] = _number(get(ENV_CONCURRENCY), ENV_CONCURRENCY, kind=int, minimum=1, allow_zero=True)
+        if get(ENV_CACHE):
+            kw["cache"] = _boolean(get(ENV_CACHE), ENV_CACHE)
+        if get(ENV_CACHE_DIR):
+            kw["cache_dir"] = get(ENV_CACHE_DIR)
+        if get(ENV_CACHE_MAX_MB):
+            kw["cache_max_bytes"] = int(_number(get(ENV_CACHE_MAX_MB), ENV_CACHE_MAX_MB) * 1024 * 1024)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(kw) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

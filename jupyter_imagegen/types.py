@@ -304,6 +304,9 @@ class ImageRequest:
     timeout: Optional[float] = None
     max_attempts: Optional[int] = None
     token: Optional[str] = field(default=None, repr=False)
+    seed: Optional[int] = None              # a new seed is a new sample (and a new cache key)
+    cache: Optional[bool] = None            # None: the client's setting; False: skip the cache
+    fresh: bool = False                     # ignore a cached answer, call the API, store the new one
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def replace(self, **changes: Any) -> "ImageRequest":

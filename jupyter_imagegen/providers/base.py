@@ -176,6 +176,10 @@ class Provider:
             raise RequestError("give either a size or an aspect ratio, not both")
         if req.aspect_ratio:
             parse_ratio(req.aspect_ratio)
+        if req.partial_images is not None and (not isinstance(req.partial_images, int) or not 0 <= req.partial_images <= 3):
+            raise RequestError(f"partial_images={req.partial_images!r}: ask for 0 to 3 partial images")
+        if req.partial_images and not req.stream:
+            raise RequestError("partial images need streaming: set stream=True (--stream)")
 
     def url(self, r: Resolved, path: str) -> str:
         return r.base_url.rstrip("/") + path
@@ -184,6 +188,9 @@ class Provider:
         raise NotImplementedError
 
     def parse(self, payload: Any, api_url: str) -> Parsed:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stream_state(self, api_url: str) -> "StreamState":  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -197,3 +204,44 @@ def output_format(req: ImageRequest) -> Optional[str]:
 def no_image_error(api_url: str, text: Optional[str], detail: str = "") -> ImageAPIError:
     said = f" It said: {text.strip()[:400]!r}" if text and text.strip() else ""
     return ImageAPIError(200, f"the model returned no image{detail}.{said}", api_url, code="no_image")
+
+
+@dataclass
+class PartialImage:
+    """A partial (in-progress) image from a stream."""
+    data: bytes
+    partial_index: int
+    image_index: int = 0
+
+
+class StreamBroken(Exception):
+    """The stream ended before its final event: the attempt is retried, never returned half-done."""
+
+
+class StreamState:
+    """Folds a provider's server-sent events into partial images and, at the end, a Parsed result."""
+
+    def __init__(self, api_url: str):
+        self.api_url = api_url
+
+    def on_event(self, event: Any) -> List[PartialImage]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self) -> Parsed:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def sse_json(event: Any, api_url: str) -> Any:
+    try:
+        return json.loads(event.data)
+    except ValueError:
+        raise StreamBroken(f"a stream event is not valid JSON ({event.data[:60]!r})") from None
+
+
+def raise_stream_error(payload: Any, api_url: str) -> None:
+    """An error delivered inside a stream (both vendors put an `error` object in the event)."""
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        err = payload["error"]
+        code = err.get("code")
+        raise ImageAPIError(code if isinstance(code, int) else 200, str(err.get("message") or err), api_url,
+                            code=None if isinstance(code, int) else code)

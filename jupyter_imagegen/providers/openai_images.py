@@ -5,8 +5,9 @@ from typing import Any, Dict, List
 
 from ..errors import ImageAPIError, RequestError
 from ..types import Usage
-from .base import (FormField, HttpCall, ImageRef, Parsed, Provider, Resolved, decode_b64,
-                   image_ref_from_url, nearest, no_image_error, output_format, parse_ratio, parse_size)
+from .base import (FormField, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken,
+                   StreamState, decode_b64, image_ref_from_url, nearest, no_image_error, output_format,
+                   parse_ratio, parse_size, raise_stream_error, sse_json)
 
 GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 SIZES = {
@@ -46,8 +47,8 @@ class OpenAIImagesProvider(Provider):
     one_image_per_call = False
 
     def calls_needed(self, r: Resolved) -> int:
-        # dall-e-3 accepts only n=1: fan out instead of failing
-        return r.request.n if r.model == "dall-e-3" else 1
+        # dall-e-3 accepts only n=1, and a stream carries one image: fan out instead
+        return r.request.n if (r.model == "dall-e-3" or r.request.stream) else 1
 
     def max_n(self, r: Resolved) -> int:
         return 16 if r.model == "dall-e-3" else 10
@@ -71,6 +72,8 @@ class OpenAIImagesProvider(Provider):
             raise RequestError(f"{model} always returns PNG; output format is for gpt-image models")
         if model == "dall-e-3" and r.inputs:
             raise RequestError("dall-e-3 cannot edit images; use gpt-image-1 (or dall-e-2) with input images")
+        if req.stream and is_dalle(model):
+            raise RequestError(f"{model} cannot stream; streaming is for gpt-image models")
         if model == "dall-e-2" and len(r.inputs) > 1:
             raise RequestError("dall-e-2 edits take exactly one input image")
 
@@ -113,6 +116,9 @@ class OpenAIImagesProvider(Provider):
             form.append(FormField("mask", r.mask.data, filename=r.mask.name, content_type=r.mask.mime_type))
         return HttpCall("POST", self.url(r, "/images/edits"), form=form, stream=r.request.stream)
 
+    def stream_state(self, api_url: str) -> StreamState:
+        return ImagesStream(api_url)
+
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
             raise ImageAPIError(200, "the response is not a JSON object", api_url)
@@ -146,3 +152,29 @@ def _form_value(v: Any) -> str:
         import json
         return json.dumps(v)
     return str(v)
+
+
+class ImagesStream(StreamState):
+    """`image_generation.partial_image` events, then `image_generation.completed` (edits: `image_edit.*`)."""
+
+    def __init__(self, api_url: str):
+        super().__init__(api_url)
+        self.final = None
+
+    def on_event(self, event) -> List[PartialImage]:
+        payload = sse_json(event, self.api_url)
+        raise_stream_error(payload, self.api_url)
+        kind = payload.get("type") or event.event
+        if kind.endswith(".partial_image"):
+            data = decode_b64(payload.get("b64_json"), "a partial image", self.api_url)
+            return [PartialImage(data, int(payload.get("partial_image_index") or 0))]
+        if kind.endswith(".completed"):
+            data = decode_b64(payload.get("b64_json"), "the final image", self.api_url)
+            self.final = Parsed(images=[ImageRef(data=data)], usage=Usage.from_api(payload.get("usage")))
+        return []
+
+    def finish(self) -> Parsed:
+        if self.final is None:
+            raise StreamBroken("the stream ended before the final image")
+        return self.final
+

@@ -5,8 +5,8 @@ from typing import Any, Dict, List
 
 from ..errors import ImageAPIError, RequestError
 from ..types import Usage
-from .base import (HttpCall, ImageRef, Parsed, Provider, Resolved, decode_b64, no_image_error,
-                   output_format)
+from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
+                   decode_b64, no_image_error, output_format, raise_stream_error, sse_json)
 from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, size_for_aspect
 
 
@@ -43,7 +43,7 @@ class OpenAIResponsesProvider(Provider):
             tool.update(params.pop("tool"))
         if r.inputs:
             content: List[Dict[str, Any]] = [{"type": "input_text", "text": req.prompt}]
-            content += [{"type": "input_image", "image_url": img.to_data_url()} for img in r.inputs]
+            content += [{"type": "input_image", "image_url": img.to_data_url(), "detail": "auto"} for img in r.inputs]
             input_: Any = [{"role": "user", "content": content}]
         else:
             input_ = req.prompt
@@ -57,6 +57,9 @@ class OpenAIResponsesProvider(Provider):
             body["stream"] = True
         body.update(params)
         return HttpCall("POST", self.url(r, "/responses"), json=body, stream=req.stream)
+
+    def stream_state(self, api_url: str) -> StreamState:
+        return ResponsesStream(api_url, self)
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
@@ -91,3 +94,34 @@ class OpenAIResponsesProvider(Provider):
                 detail = f" (response status: {status}{', ' + reason if reason else ''})"
             raise no_image_error(api_url, out.text, detail)
         return out
+
+
+class ResponsesStream(StreamState):
+    """`response.image_generation_call.partial_image` events, then `response.completed` with the response."""
+
+    def __init__(self, api_url: str, provider: "OpenAIResponsesProvider"):
+        super().__init__(api_url)
+        self.provider = provider
+        self.final = None
+
+    def on_event(self, event) -> List[PartialImage]:
+        payload = sse_json(event, self.api_url)
+        raise_stream_error(payload, self.api_url)
+        kind = payload.get("type") or event.event
+        if kind == "response.image_generation_call.partial_image":
+            data = decode_b64(payload.get("partial_image_b64"), "a partial image", self.api_url)
+            return [PartialImage(data, int(payload.get("partial_image_index") or 0))]
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = payload.get("response") or {}
+            if kind == "response.failed":
+                err = response.get("error") or {}
+                raise ImageAPIError(200, str(err.get("message") or "the response failed"), self.api_url,
+                                    code=err.get("code"))
+            self.final = self.provider.parse(response, self.api_url)
+        return []
+
+    def finish(self) -> Parsed:
+        if self.final is None:
+            raise StreamBroken("the stream ended before response.completed")
+        return self.final
+

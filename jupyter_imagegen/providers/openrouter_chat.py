@@ -5,8 +5,9 @@ from typing import Any, Dict, List
 
 from ..errors import ImageAPIError, RequestError
 from ..types import Usage
-from .base import (HttpCall, Parsed, Provider, Resolved, image_ref_from_url, nearest, no_image_error,
-                   parse_ratio, parse_size)
+from .base import (HttpCall, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
+                   image_ref_from_url, nearest, no_image_error, parse_ratio, parse_size, raise_stream_error,
+                   sse_json)
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGE_SIZES = ("1K", "2K", "4K")
@@ -58,6 +59,8 @@ class OpenRouterChatProvider(Provider):
             image_config["background"] = req.background
         if image_config:
             body["image_config"] = image_config
+        if req.seed is not None:
+            body["seed"] = req.seed
         if req.stream:
             body["stream"] = True
         extra = dict(req.params)
@@ -65,6 +68,9 @@ class OpenRouterChatProvider(Provider):
             body.setdefault("image_config", {}).update(extra.pop("image_config"))
         body.update(extra)
         return HttpCall("POST", self.url(r, "/chat/completions"), json=body, stream=req.stream)
+
+    def stream_state(self, api_url: str) -> StreamState:
+        return ChatStream(api_url)
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
@@ -95,3 +101,44 @@ class OpenRouterChatProvider(Provider):
             detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
             raise no_image_error(api_url, out.text or (choices[0].get("message") or {}).get("refusal"), detail)
         return out
+
+
+class ChatStream(StreamState):
+    """`data: {chat.completion.chunk}` lines (images in `delta.images`), closed by `data: [DONE]`."""
+
+    def __init__(self, api_url: str):
+        super().__init__(api_url)
+        self.done = False
+        self.text: List[str] = []
+        self.images = []
+        self.usage = None
+        self.model = None
+        self.finish_reason = None
+
+    def on_event(self, event) -> List[PartialImage]:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return []
+        payload = sse_json(event, self.api_url)
+        raise_stream_error(payload, self.api_url)
+        self.model = payload.get("model") or self.model
+        if payload.get("usage"):
+            self.usage = Usage.from_api(payload["usage"])
+        for choice in payload.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.text.append(delta["content"])
+            for img in delta.get("images") or []:
+                url = (img.get("image_url") or {}).get("url") if isinstance(img, dict) else None
+                self.images.append(image_ref_from_url(url, self.api_url))
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        return []
+
+    def finish(self) -> Parsed:
+        if not self.done:
+            raise StreamBroken("the stream ended before [DONE]")
+        text = "".join(self.text).strip() or None
+        if not self.images:
+            raise no_image_error(self.api_url, text)
+        return Parsed(images=self.images, text=text, usage=self.usage, model=self.model)
+
