@@ -1,0 +1,559 @@
+"""`%%imagegen` / `%imagegen`: generate images from a notebook cell.
+
+    %load_ext jupyter_imagegen
+
+    %%imagegen -n 4 --aspect 16:9 --out fox
+    a red fox in fresh snow, {style}
+
+    %imagegen --size 1024x1024 a lighthouse at dusk
+
+Options come from IPython's `magic_arguments`, so `%%imagegen?` shows them. The cell body (or,
+for the line form, the text after the options) is the prompt; `{name}` / `{expr}` are replaced
+by notebook values as IPython does for shell commands (`{{` and `}}` for literal braces), and an
+unknown name is an error rather than left as is. Every mistake in the options, the prompt or the
+configuration is a one-line ``UsageError`` and nothing is sent.
+
+The magic blocks until the images are there (so "Run all" stays in order), shows a live event
+log updated in place, then the gallery; it returns the ImageResponse (so ``_`` works). Interrupt
+the kernel to cancel: the request is cancelled cleanly and the cell stops with KeyboardInterrupt.
+"""
+from __future__ import annotations
+
+import argparse
+import keyword
+import os
+import re
+import string
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring  # noqa: F401
+
+from . import events as ev
+from .config import ENV_CACHE, ImageConfig, validate_api_type, validate_base_url
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown
+from .errors import ConfigError, RequestError
+from .types import Artifact, ImageRequest, ImageResponse, InputImage
+
+__all__ = ["ImageGenMagics", "load_ipython_extension", "unload_ipython_extension", "expand_variables",
+           "split_options", "resolve_image", "save_artifacts", "build_request", "FAULT_HEADER"]
+
+#: the emulator's fault-injection header (sent by --fault; real APIs ignore it)
+FAULT_HEADER = "X-Emulator-Fault"
+
+API_ALIASES = {
+    "openrouter": "openrouter_chat", "chat": "openrouter_chat",
+    "openai": "openai_images", "images": "openai_images",
+    "responses": "openai_responses",
+}
+QUALITIES = ("low", "medium", "high", "auto", "standard", "hd")
+FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+BACKGROUNDS = ("transparent", "opaque", "auto")
+
+_SIZE = re.compile(r"^\d{2,5}x\d{2,5}$")
+_ASPECT = re.compile(r"^\d{1,2}:\d{1,2}$")
+
+
+# --------------------------------------------------------------------------------------------
+# option value types (argparse turns ArgumentTypeError into "argument --x: message")
+# --------------------------------------------------------------------------------------------
+def _api(value: str) -> str:
+    v = value.strip().lower().replace("-", "_")
+    v = API_ALIASES.get(v, v)
+    try:
+        return validate_api_type(v, "--api")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a known API; use openrouter_chat, openai_images or openai_responses") from None
+
+
+def _base_url(value: str) -> str:
+    try:
+        return validate_base_url(value, "--base-url")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--base-url=", "")) from None
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of images (1, 2, 4...), got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"ask for at least 1 image, got {n}")
+    return n
+
+
+def _retries(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of retries (0, 1, 2...), got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"retries cannot be negative, got {n}")
+    return n
+
+
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not s > 0 or s != s or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return s
+
+
+def _pixels(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels (0 = full size), got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels (0 = full size), got {n}")
+    return n
+
+
+def _size(value: str) -> str:
+    v = value.strip().lower().replace("×", "x")
+    if v == "auto" or _SIZE.match(v):
+        return v
+    raise argparse.ArgumentTypeError(f"{value!r} is not a size; write WIDTHxHEIGHT like 1024x1024, or auto")
+
+
+def _aspect(value: str) -> str:
+    v = value.strip()
+    if _ASPECT.match(v) and not v.startswith("0") and ":0" not in v:
+        return v
+    raise argparse.ArgumentTypeError(f"{value!r} is not an aspect ratio; write W:H like 16:9 or 1:1")
+
+
+def _choice(options: Sequence[str], what: str, mapping: Optional[Dict[str, str]] = None):
+    def check(value: str) -> str:
+        v = value.strip().lower()
+        if mapping is not None and v in mapping:
+            return mapping[v]
+        if v in options:
+            return v
+        raise argparse.ArgumentTypeError(f"{value!r} is not a {what}; use one of: {', '.join(options)}")
+    return check
+
+
+def _identifier(value: str) -> str:
+    if not value.isidentifier() or keyword.iskeyword(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a valid Python variable name")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# pure helpers (tested directly)
+# --------------------------------------------------------------------------------------------
+_FORMATTER = string.Formatter()
+
+
+def expand_variables(text: str, ns: Dict[str, Any], *, where: str = "the prompt") -> str:
+    """Replace `{name}` / `{expr}` with values from `ns`, as IPython does for shell commands.
+
+    `{{` and `}}` are literal braces. Unlike IPython's lenient expansion, a name that is not
+    defined (or an expression that fails) raises UsageError with one readable line.
+    """
+    if "{" not in text and "}" not in text:
+        return text
+    try:
+        parsed = list(_FORMATTER.parse(text))
+    except ValueError as e:
+        raise UsageError(f"unbalanced braces in {where} ({e}); write {{{{ and }}}} for literal braces") from None
+    out: List[str] = []
+    for literal, field, spec, conversion in parsed:
+        out.append(literal)
+        if field is None:
+            continue
+        expr = f"{field}:{spec}" if spec else field  # as IPython's FullEvalFormatter: ':' is slicing
+        if not expr.strip():
+            raise UsageError(f"empty {{}} in {where}: put a variable name inside, or write {{{{}}}} for literal braces")
+        try:
+            value = eval(expr, ns)  # noqa: S307 - the user's own notebook namespace, like IPython
+        except NameError as e:
+            name = getattr(e, "name", None) or expr
+            raise UsageError(f"{{{expr}}} in {where}: no variable named {name!r} in the notebook "
+                             f"(write {{{{ and }}}} for literal braces)") from None
+        except SyntaxError:
+            raise UsageError(f"{{{expr}}} in {where} is not a variable name or expression "
+                             f"(write {{{{ and }}}} for literal braces)") from None
+        except Exception as e:
+            raise UsageError(f"{{{expr}}} in {where} failed: {type(e).__name__}: {e}") from None
+        if conversion == "r":
+            value = repr(value)
+        elif conversion == "a":
+            value = ascii(value)
+        out.append(str(value))
+    return "".join(out)
+
+
+_TOKEN = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|\S+)""")
+
+
+def _unquote(tok: str) -> str:
+    if len(tok) >= 2 and tok[0] == tok[-1] and tok[0] in "\"'":
+        inner = tok[1:-1]
+        return re.sub(r'\\(["\\])', r"\1", inner) if tok[0] == '"' else inner
+    return tok
+
+
+def split_options(line: str, parser: argparse.ArgumentParser) -> Tuple[List[str], str]:
+    """Split `--opt value ... prompt words` into (option tokens, the rest verbatim).
+
+    Options end at the first word that does not start with '-' (or at `--`); the rest of the line
+    is kept as typed, so a prompt like `a cat's "best" hat` needs no quoting.
+    """
+    argv: List[str] = []
+    pos = 0
+    actions = parser._option_string_actions
+    while True:
+        m = _TOKEN.match(line, pos)
+        if not m:
+            return argv, ""
+        raw = m.group(1)
+        if raw == "--":
+            return argv, line[m.end():].strip()
+        if not raw.startswith("-") or raw == "-" or re.match(r"^-\d", raw):
+            return argv, line[m.start(1):].strip()
+        pos = m.end()
+        argv.append(raw)
+        if "=" in raw:
+            continue
+        action = actions.get(raw)
+        if action is None or action.nargs == 0:
+            continue  # a flag, an attached short value (-n2) or an unknown option argparse will report
+        v = _TOKEN.match(line, pos)
+        if v:
+            argv.append(_unquote(v.group(1)))
+            pos = v.end()
+
+
+def _pil_like(value: Any) -> bool:
+    return hasattr(value, "save") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def resolve_image(spec: str, ns: Dict[str, Any], *, option: str = "--image") -> InputImage:
+    """`--image SPEC`: a notebook variable (PIL image, Artifact, ImageResponse -> its first image,
+    bytes, a path string) or a file path. Raises UsageError with one line."""
+    label = f"{option} {spec}"
+    value: Any
+    if spec.isidentifier() and spec in ns:
+        value = ns[spec]
+    elif Path(spec).expanduser().is_file():
+        value = str(Path(spec).expanduser())
+    else:
+        try:
+            compile(spec, "<image>", "eval")
+            is_expr = not spec.isidentifier() and any(c in spec for c in ".[(")
+        except SyntaxError:
+            is_expr = False
+        value = None
+        if is_expr:
+            try:
+                value = eval(spec, ns)  # noqa: S307 - e.g. --image resp.artifacts[1]
+            except Exception:
+                value = None
+        if value is None:
+            raise UsageError(f"{label}: no notebook variable named {spec!r} and no such file")
+    if isinstance(value, ImageResponse):
+        if not value.artifacts:
+            raise UsageError(f"{label}: that ImageResponse has no images"
+                             + (f" (it failed: {value.error})" if value.error else ""))
+        value = value.artifacts[0]
+    if not isinstance(value, (InputImage, Artifact, bytes, bytearray, memoryview, str, os.PathLike)) \
+            and not _pil_like(value):
+        raise UsageError(f"{label}: the variable holds a {type(value).__name__}; expected a PIL image, an "
+                         "Artifact, an ImageResponse, bytes or a file path")
+    try:
+        return InputImage.from_any(value, label=label)
+    except RequestError as e:
+        raise UsageError(str(e)) from None
+
+
+def slugify(text: str, limit: int = 40) -> str:
+    """`A red fox, in snow!` -> `a-red-fox-in-snow` (ASCII, for file names)."""
+    s = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    if len(s) > limit:
+        s = s[:limit].rsplit("-", 1)[0] if "-" in s[:limit] else s[:limit]
+    return s or "image"
+
+
+def save_artifacts(resp: ImageResponse, directory: os.PathLike | str, prompt: str) -> Tuple[List[str], List[str]]:
+    """Write every artifact to `directory` as `YYYYmmdd-HHMMSS-slug-INDEX.ext` (never overwriting).
+
+    Sets each artifact's `.path`, appends to `resp.paths`; returns (paths, error messages).
+    """
+    d = Path(directory).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    slug = slugify(prompt)
+    paths: List[str] = []
+    errors: List[str] = []
+    for i, art in enumerate(resp.artifacts, start=1):
+        base = f"{stamp}-{slug}-{i}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            k = 1
+            while True:
+                target = d / (f"{base}{art.extension}" if k == 1 else f"{base}-{k}{art.extension}")
+                try:  # reserve the name: two runs in the same second never overwrite each other
+                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    break
+                except FileExistsError:
+                    k += 1
+            art.save(target)
+        except OSError as e:
+            errors.append(f"could not save image {i} to {d}: {e.strerror or e}")
+            continue
+        paths.append(str(target))
+        resp.paths.append(str(target))
+    return paths, errors
+
+
+def build_request(args: argparse.Namespace, prompt: str, images: Sequence[InputImage],
+                  mask: Optional[InputImage]) -> ImageRequest:
+    headers = {FAULT_HEADER: args.fault[0]} if args.fault else {}
+    return ImageRequest(
+        prompt=prompt, model=args.model, api_type=args.api, base_url=args.base_url, n=args.n,
+        size=args.size, aspect_ratio=args.aspect, quality=args.quality, output_format=args.format,
+        background=args.background, images=list(images), mask=mask, headers=headers,
+        timeout=args.timeout, max_attempts=None if args.retries is None else args.retries + 1,
+        seed=args.seed, fresh=args.fresh, cache=False if (args.no_cache or args.fault) else None,
+    )
+
+
+class FaultSequence:
+    """--fault SPEC...: the first attempt carries the first fault, each retry the next one.
+
+    The client reads `request.headers` on every attempt and emits api_retry before waiting, so
+    advancing on api_retry changes the header of the next attempt.
+    """
+
+    def __init__(self, request: ImageRequest, faults: Sequence[str]):
+        self.request, self.faults, self.step = request, list(faults), 0
+
+    def on_event(self, event) -> None:
+        if self.faults and event.type == ev.API_RETRY:
+            self.step += 1
+            if self.step < len(self.faults):
+                self.request.headers[FAULT_HEADER] = self.faults[self.step]
+            else:
+                self.request.headers.pop(FAULT_HEADER, None)
+
+
+# --------------------------------------------------------------------------------------------
+# the magic
+# --------------------------------------------------------------------------------------------
+_EPILOG = """\
+examples:
+  %%imagegen -n 4 --aspect 16:9 --out foxes
+  a red fox in fresh snow, {style}
+
+  %imagegen --size 1024x1024 --save images/ a lighthouse at dusk
+  %%imagegen --image foxes --image sketch.png
+  make the fox wear the hat from the second image
+
+configuration: IMAGE_AUTH_TOKEN (required), IMAGE_API_TYPE, IMAGE_BASE_URL, IMAGE_MODEL,
+IMAGE_TIMEOUT, IMAGE_MAX_RETRIES; the options override them for one call. Identical requests
+are answered from the on-disk cache (IMAGE_CACHE_DIR) at no cost: --fresh asks again,
+--no-cache or IMAGE_CACHE=0 skips it.
+The result is returned (use `_`), and `--out VAR` stores it: VAR.image is a PIL image,
+VAR.artifacts the full-size images, VAR.paths the saved files.
+"""
+
+
+@magics_class
+class ImageGenMagics(Magics):
+    """The %%imagegen magic. One instance per shell."""
+
+    def __init__(self, shell=None):
+        super().__init__(shell)
+        self._shown: List[ImageResponse] = []
+
+    @no_var_expand
+    @magic_arguments()
+    @kwds(epilog=_EPILOG)
+    @argument("--api", type=_api, metavar="API",
+              help="wire format: openrouter_chat, openai_images or openai_responses (default IMAGE_API_TYPE)")
+    @argument("--model", metavar="MODEL", help="model name (default IMAGE_MODEL, else the API's default)")
+    @argument("--base-url", dest="base_url", type=_base_url, metavar="URL",
+              help="API base URL, e.g. https://api.openai.com/v1 (default IMAGE_BASE_URL)")
+    @argument("-n", type=_count, default=1, metavar="N", help="how many images (default 1)")
+    @argument("--size", type=_size, metavar="WxH", help="image size, e.g. 1024x1024, 1536x1024 or auto")
+    @argument("--aspect", type=_aspect, metavar="RATIO", help="aspect ratio W:H, e.g. 16:9 (instead of --size)")
+    @argument("--quality", type=_choice(QUALITIES, "quality"), metavar="Q", help=f"{', '.join(QUALITIES)}")
+    @argument("--format", type=_choice(tuple(FORMATS), "format", FORMATS), metavar="FMT",
+              help="output format: png, jpeg or webp")
+    @argument("--background", type=_choice(BACKGROUNDS, "background"), metavar="BG",
+              help="transparent, opaque or auto")
+    @argument("--image", action="append", default=[], metavar="PATH_OR_VAR",
+              help="an input image to edit or combine (repeatable): a file, or a notebook variable "
+                   "holding a PIL image, an Artifact, an ImageResponse (its first image) or bytes")
+    @argument("--mask", metavar="PATH_OR_VAR", help="a mask for the edit (transparent = area to change)")
+    @argument("--out", type=_identifier, metavar="VAR", help="store the ImageResponse in this notebook variable")
+    @argument("--save", metavar="DIR",
+              help="write the full-size images to DIR (created if needed) as timestamp-prompt-N.ext")
+    @argument("--retries", type=_retries, metavar="N", help="retries after the first attempt (default 2)")
+    @argument("--timeout", type=_seconds, metavar="S", help="seconds allowed for one attempt (default 120)")
+    @argument("--preview-size", dest="preview_size", type=_pixels, default=DEFAULT_PREVIEW_MAX_SIDE, metavar="PX",
+              help=f"longest side of the previews embedded in the notebook (default {DEFAULT_PREVIEW_MAX_SIDE}; "
+                   "0 = full size); the saved and returned images are always full size")
+    @argument("--quiet", action="store_true", help="no event log: only the images (and errors)")
+    @argument("--seed", type=_whole, metavar="N", help="a seed: another seed is another sample (and cache entry)")
+    @argument("--fresh", action="store_true", help="ignore a cached answer: call the API and store the new result")
+    @argument("--no-cache", dest="no_cache", action="store_true",
+              help="neither read nor write the request cache (IMAGE_CACHE=0 turns it off for good)")
+    @argument("--fault", action="append", default=[], metavar="SPEC",
+              help="emulator only (real APIs ignore it): make the built-in emulator fail an attempt, e.g. "
+                   "'429:retry_after=2', '503' or 'reset'. Repeatable: the first attempt gets the first "
+                   "fault, the first retry the second, and so on; later attempts are normal. "
+                   "Sent as the X-Emulator-Fault header; implies --no-cache")
+    @argument("prompt", nargs="*", help="line form only: the prompt (the cell form takes it from the cell body)")
+    @line_cell_magic
+    def imagegen(self, line: str, cell: Optional[str] = None):
+        """Generate images from a prompt: the cell body, or the rest of the line for %imagegen.
+
+        `{name}` in the prompt is replaced by the notebook variable `name`.
+        """
+        __tracebackhide__ = True
+        from .runner import GenerationCancelled
+        try:
+            return self._run(line, cell)
+        except GenerationCancelled as e:
+            # re-raised here so the traceback ends at the magic, not deep in the runner
+            raise GenerationCancelled(str(e)) from None
+
+    # -- implementation -------------------------------------------------------------------------
+    def _parse(self, line: str, cell: Optional[str]) -> Tuple[argparse.Namespace, str]:
+        ns = self.shell.user_ns
+        parser = self.imagegen.parser
+        argv, rest = split_options(line, parser)
+        argv = [expand_variables(tok, ns, where="the options") for tok in argv]
+        try:
+            args = parser.parse_args(argv)
+        except UsageError as e:
+            raise UsageError(f"{e}  (%imagegen? lists the options)") from None
+        if cell is None:
+            m = re.fullmatch(r"""(["'])(.*)\1""", rest, re.S)
+            source, where = (m.group(2) if m else rest), "the prompt"
+        else:
+            if rest:
+                raise UsageError(f"unexpected text after the options: {rest!r}; the prompt goes in the "
+                                 "cell body (quote option values that contain spaces)")
+            source, where = cell, "the prompt"
+        prompt = expand_variables(source, ns, where=where).strip()
+        if not prompt:
+            raise UsageError("empty prompt: write what the image should show "
+                             + ("in the cell body below %%imagegen" if cell is not None else "after %imagegen"))
+        return args, prompt
+
+    def _run(self, line: str, cell: Optional[str]):
+        __tracebackhide__ = True
+        from . import runner
+        args, prompt = self._parse(line, cell)
+        ns = self.shell.user_ns
+        images = [resolve_image(spec, ns) for spec in args.image]
+        mask = resolve_image(args.mask, ns, option="--mask") if args.mask else None
+        try:
+            config = ImageConfig.from_env()
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        if not os.environ.get(ENV_CACHE):
+            config = config.replace(cache=True)  # the magic caches unless IMAGE_CACHE says otherwise
+        request = build_request(args, prompt, images, mask)
+        client = runner.get_client(config)
+        try:
+            client.resolve(request)
+        except (RequestError, ConfigError) as e:
+            raise UsageError(str(e)) from None
+        if args.save:
+            try:
+                Path(args.save).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--save {args.save}: cannot create the directory ({e.strerror or e})") from None
+
+        # the log appears with the first event: a request refused before sending shows one line only
+        view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
+                              redact=[client.config.token])
+        faults = FaultSequence(request, args.fault)
+
+        def on_event(event) -> None:
+            faults.on_event(event)
+            view.on_event(event)
+
+        try:
+            resp = runner.run_sync(client.generate(request, on_event=on_event))
+        except KeyboardInterrupt:
+            view.cancelled()
+            raise
+        except (RequestError, ConfigError) as e:  # no token (checked after the cache lookup)
+            msg = str(e)
+            if msg.startswith("no API token"):
+                src = client.config.token_source
+                msg = (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
+                       "nothing was sent")
+            raise UsageError(msg) from None
+
+        save_errors: List[str] = []
+        if args.save and resp.artifacts:
+            paths, save_errors = save_artifacts(resp, args.save, prompt)
+            if paths:
+                view.note(f"saved {len(paths)} file{'s' if len(paths) != 1 else ''} to {args.save}")
+        if args.out:
+            ns[args.out] = resp
+        view.show_response(resp, extra_errors=save_errors)
+        # the gallery is on screen: the Out[] of this cell shows one line instead of a second copy
+        mark_shown(resp)
+        self._shown.append(resp)
+        return resp
+
+    def _post_run_cell(self, *_: Any) -> None:
+        """After the cell: the returned response displays in full again (e.g. typing `_`)."""
+        shown, self._shown = self._shown, []
+        for resp in shown:
+            clear_shown(resp)
+
+
+# Abbreviated long options (--qual for --quality) would make typos silently mean something else.
+ImageGenMagics.imagegen.parser.allow_abbrev = False
+
+_loaded: Dict[int, ImageGenMagics] = {}
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext jupyter_imagegen`: register %%imagegen / %imagegen."""
+    if id(ipython) in _loaded:
+        return
+    magics = ImageGenMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics._post_run_cell)
+    _loaded[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython) -> None:
+    """`%unload_ext jupyter_imagegen`: remove the magics and close the shared HTTP session."""
+    from . import runner
+    magics = _loaded.pop(id(ipython), None)
+    if magics is not None:
+        try:
+            ipython.events.unregister("post_run_cell", magics._post_run_cell)
+        except ValueError:
+            pass
+        magics._post_run_cell()
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("imagegen", None)
+    runner.close_client()

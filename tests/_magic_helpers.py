@@ -1,0 +1,44 @@
+"""Helpers for the display / magic tests: a display publisher that records every message."""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Dict, List, Optional
+
+from IPython.core.displaypub import DisplayPublisher
+
+
+class RecordingPublisher(DisplayPublisher):
+    """Records what a kernel would send: `display_data` vs `update_display_data`, with the
+    display_id from `transient`. `probe()`, if given, is called at each publish and its value
+    stored (e.g. which files exist at that moment)."""
+
+    def __init__(self, shell=None, probe: Optional[Callable[[], Any]] = None):
+        super().__init__(shell=shell)
+        self.messages: List[Dict[str, Any]] = []
+        self.probe = probe
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+        self.messages.append({
+            "msg_type": "update_display_data" if update else "display_data",
+            "display_id": (transient or {}).get("display_id"),
+            "data": data,
+            "probe": self.probe() if self.probe is not None else None,
+        })
+
+    def clear_output(self, wait=False):
+        self.messages.append({"msg_type": "clear_output", "display_id": None, "data": {}, "probe": None})
+
+    # -- views -------------------------------------------------------------------------------
+    def of_type(self, msg_type: str) -> List[Dict[str, Any]]:
+        return [m for m in self.messages if m["msg_type"] == msg_type]
+
+    def galleries(self) -> List[Dict[str, Any]]:
+        return [m for m in self.messages if "<img " in m["data"].get("text/html", "")]
+
+
+def make_png(size=(64, 48), color=(200, 40, 40), mode="RGB", fmt="PNG") -> bytes:
+    from PIL import Image
+    im = Image.new(mode, size, color)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()

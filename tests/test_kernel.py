@@ -1,0 +1,188 @@
+"""A real Jupyter kernel (jupyter_client + ipykernel) running %%imagegen against the emulator.
+
+The emulator runs in this test process on 127.0.0.1; the kernel gets its URL and token through
+IMAGE_* environment variables, as a user's notebook would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ipykernel")
+jupyter_client = pytest.importorskip("jupyter_client")
+
+from jupyter_client import KernelManager  # noqa: E402
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+
+from jupyter_imagegen.emulator import EmulatorThread  # noqa: E402
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
+
+TOKEN = "sk-kernel-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def emulator_thread():
+    emu = EmulatorThread(token=TOKEN).start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(emulator_thread, tmp_path_factory):
+    """A python kernel of *this* interpreter (a private kernelspec, so the editable install and
+    the test dependencies are the ones the kernel imports)."""
+    root = tmp_path_factory.mktemp("kernelspec")
+    spec_dir = root / "kernels" / "imagegen-test"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "imagegen test", "language": "python",
+    }))
+    ksm = KernelSpecManager(kernel_dirs=[str(root / "kernels")])
+    workdir = tmp_path_factory.mktemp("kernel-cwd")
+    env = dict(os.environ)
+    env.update({
+        "IMAGE_BASE_URL": emulator_thread.base_url_for("openai_images"),
+        "IMAGE_AUTH_TOKEN": TOKEN,
+        "IMAGE_API_TYPE": "openai_images",
+        "IMAGE_CACHE": "0",
+        "IMAGE_CACHE_DIR": str(workdir / "cache"),
+        "PYTHONWARNINGS": "default",
+    })
+    km = KernelManager(kernel_name="imagegen-test", kernel_spec_manager=ksm)
+    km.start_kernel(env=env, cwd=str(workdir))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc, workdir
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def execute(kc, code: str, timeout: float = 30.0):
+    """Run `code`; return (execute_reply content, the iopub messages of this execution)."""
+    msg_id = kc.execute(code)
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no idle status within {timeout} s; got {[m['msg_type'] for m in msgs]}"
+        msg = kc.get_iopub_msg(timeout=remaining)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        msgs.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"], msgs
+
+
+def outputs(msgs, *types):
+    return [m for m in msgs if m["msg_type"] in types]
+
+
+def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
+    km, kc, workdir = kernel
+    reply, msgs = execute(kc, "%load_ext jupyter_imagegen")
+    assert reply["status"] == "ok", reply
+
+    code = "%%imagegen -n 2 --fault 429:retry_after=0.3 --save out --out fox\na red fox in fresh snow"
+    reply, msgs = execute(kc, code)
+    assert reply["status"] == "ok", reply
+    shown = outputs(msgs, "display_data")
+    updates = outputs(msgs, "update_display_data")
+    errors = [m for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"]
+    assert not errors, errors
+
+    # the event log: one display_data, then updates carrying the same display_id
+    log_id = shown[0]["content"]["transient"]["display_id"]
+    assert "imagegen-log" in shown[0]["content"]["data"]["text/html"]
+    assert len(updates) >= 3
+    assert {u["content"]["transient"]["display_id"] for u in updates} == {log_id}
+    final_log = updates[-1]["content"]["data"]["text/plain"]
+    assert "429" in final_log and "retrying in" in final_log and "done: 2 images" in final_log
+
+    # the gallery: a second display_data with two inline images
+    gallery = [m for m in shown if "<img" in m["content"]["data"].get("text/html", "")]
+    assert len(gallery) == 1
+    html = gallery[0]["content"]["data"]["text/html"]
+    assert html.count("<img ") == 2 and "data:image/" in html
+
+    # the return value: one compact line, not the gallery a second time
+    results = outputs(msgs, "execute_result")
+    assert len(results) == 1
+    assert set(results[0]["content"]["data"]) == {"text/plain"}
+    assert "shown above" in results[0]["content"]["data"]["text/plain"]
+
+    # the token never reaches the notebook
+    assert TOKEN not in json.dumps([m["content"] for m in msgs])
+
+    saved = sorted((workdir / "out").iterdir())
+    assert len(saved) == 2 and all(p.suffix == ".png" for p in saved)
+
+    # `_` and --out hold the response; its first image is a PIL image Jupyter can show itself
+    reply, msgs = execute(kc, "print(_ is fox, type(fox.image).__module__, len(fox.paths))\nfox.image")
+    assert reply["status"] == "ok", reply
+    text = "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
+    assert "True PIL." in text and text.strip().endswith("2")
+    png = outputs(msgs, "execute_result")[0]["content"]["data"]
+    assert "image/png" in png
+
+    # a later display of the response renders the full gallery again
+    reply, msgs = execute(kc, "fox")
+    assert "<img" in outputs(msgs, "execute_result")[0]["content"]["data"]["text/html"]
+
+
+def test_bad_option_is_one_line_in_the_kernel(kernel):
+    km, kc, workdir = kernel
+    execute(kc, "%load_ext jupyter_imagegen")
+    reply, msgs = execute(kc, "%%imagegen --sizee 12\na cat")
+    assert reply["status"] == "error" and reply["ename"] == "UsageError"
+    assert not outputs(msgs, "display_data", "update_display_data")
+    stderr = "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
+    assert stderr.strip().count("\n") == 0 and "unrecognized arguments: --sizee" in stderr
+
+
+def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel):
+    km, kc, workdir = kernel
+    execute(kc, "%load_ext jupyter_imagegen")
+    msg_id = kc.execute("%%imagegen --fault 429:retry_after=5\na slow lighthouse")
+    # wait until the retry wait has begun (the log shows "retrying"), then interrupt
+    deadline = time.monotonic() + 15
+    seen_retry = False
+    while not seen_retry:
+        assert time.monotonic() < deadline, "no retry event"
+        msg = kc.get_iopub_msg(timeout=10)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "update_display_data":
+            seen_retry = "retrying in" in msg["content"]["data"]["text/plain"]
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=10)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    took = time.monotonic() - t0
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] in ("GenerationCancelled", "KeyboardInterrupt")
+    assert took < 2.0, f"interrupt took {took:.1f} s"
+
+    # no task left behind on the kernel loop, and the next cell works
+    reply, msgs = execute(kc, "import asyncio\nprint(sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() "
+                              "if 'generate' in t.get_coro().__qualname__))")
+    assert reply["status"] == "ok", reply
+    assert "[]" in "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
+    reply, msgs = execute(kc, "%imagegen a quick lighthouse")
+    assert reply["status"] == "ok", reply
+    assert any("<img" in m["content"]["data"].get("text/html", "") for m in outputs(msgs, "display_data"))

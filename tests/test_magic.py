@@ -1,0 +1,542 @@
+"""%%imagegen / %imagegen driven through an IPython shell against the emulator (real HTTP on
+127.0.0.1), plus the runner it uses (run_sync, interrupts, the shared client)."""
+from __future__ import annotations
+
+import _thread
+import asyncio
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing import globalipapp
+
+from _magic_helpers import RecordingPublisher, make_png
+from jupyter_imagegen import runner
+from jupyter_imagegen.emulator import EmulatorThread
+from jupyter_imagegen.magic import ImageGenMagics, expand_variables, slugify, split_options
+from jupyter_imagegen.types import Artifact, ImageResponse
+
+TOKEN = "sk-magic-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def emu():
+    e = EmulatorThread(token=TOKEN).start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture
+def ip(emu, monkeypatch, tmp_path):
+    """The test IPython shell with the extension loaded, the emulator configured through IMAGE_*,
+    the cache off, and a display publisher that records every display message."""
+    shell = globalipapp.get_ipython()
+    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
+    monkeypatch.setenv("IMAGE_BASE_URL", emu.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_CACHE", "0")
+    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shell.extension_manager.load_extension("jupyter_imagegen")
+    rec = RecordingPublisher(shell)
+    old_pub = shell.display_pub
+    shell.display_pub = rec
+    emu.clear_faults()
+    try:
+        yield shell, rec
+    finally:
+        shell.display_pub = old_pub
+        runner.close_client()
+
+
+def run(shell, code: str):
+    return shell.run_cell(code, store_history=False)
+
+
+def last_request(emu):
+    return emu.requests[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# option parsing: good
+# ---------------------------------------------------------------------------------------------
+def test_options_reach_the_request(ip, emu):
+    shell, rec = ip
+    before = emu.request_count
+    res = run(shell, "%%imagegen -n 2 --size 1024x1536 --quality low --format jpeg --background opaque "
+                     "--retries 1 --timeout 9 --model gpt-image-1-mini --api openai --out r\n"
+                     "  a red fox in fresh snow  \n")
+    assert res.success, res.error_in_exec
+    resp = shell.user_ns["r"]
+    assert isinstance(resp, ImageResponse) and resp.success
+    assert res.result is resp
+    assert emu.request_count == before + 1
+    sent = last_request(emu)
+    assert sent["prompt"] == "a red fox in fresh snow"
+    assert sent["model"] == "gpt-image-1-mini"
+    assert (sent["n"], sent["size"], sent["quality"], sent["output_format"], sent["background"]) == \
+        (2, "1024x1536", "low", "jpeg", "opaque")
+    assert [a.mime_type for a in resp.artifacts] == ["image/jpeg", "image/jpeg"]
+    assert resp.artifacts[0].size == (1024, 1536)
+    req = resp.request
+    assert (req.max_attempts, req.timeout, req.api_type) == (2, 9.0, "openai_images")
+
+
+@pytest.mark.parametrize("line, prompt", [
+    ("%imagegen a cat's \"best\" hat", 'a cat\'s "best" hat'),
+    ("%imagegen -n 2 --size=1024x1024 a fox", "a fox"),
+    ("%imagegen -n2 'a quoted prompt'", "a quoted prompt"),
+    ("%imagegen --quiet -- --a prompt that starts with dashes", "--a prompt that starts with dashes"),
+    ("%imagegen --aspect 16:9 a wide valley", "a wide valley"),
+])
+def test_line_form_keeps_the_prompt_as_typed(ip, emu, line, prompt):
+    shell, rec = ip
+    res = run(shell, line)
+    assert res.success, res.error_in_exec
+    assert last_request(emu)["prompt"] == prompt
+
+
+def test_split_options_stops_at_the_prompt():
+    parser = ImageGenMagics.imagegen.parser
+    assert split_options('-n 2 --image "my file.png" --quiet a fox -n 3', parser) == \
+        (["-n", "2", "--image", "my file.png", "--quiet"], "a fox -n 3")
+    assert split_options("--size=512x512 -n3", parser) == (["--size=512x512", "-n3"], "")
+    assert split_options("-- -n 2", parser) == ([], "-n 2")
+
+
+def test_help_lists_every_option(ip, capsys):
+    shell, rec = ip
+    doc = ImageGenMagics.imagegen.__doc__
+    for opt in ("--api", "--model", "--base-url", "-n", "--size", "--aspect", "--quality", "--format",
+                "--background", "--image", "--out", "--save", "--retries", "--timeout", "--quiet", "--fault"):
+        assert re.search(rf"(^|\s){re.escape(opt)}\b", doc), opt
+    assert "emulator only" in doc
+    run(shell, "%%imagegen?")
+    assert "--aspect" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# option parsing and input errors: one line, nothing sent, nothing displayed
+# ---------------------------------------------------------------------------------------------
+BAD = [
+    ("%%imagegen --colour red\na cat", "unrecognized arguments: --colour"),
+    ("%%imagegen --qual low\na cat", "unrecognized arguments: --qual"),
+    ("%%imagegen -n x\na cat", "argument -n: expected a whole number"),
+    ("%%imagegen -n 0\na cat", "at least 1 image"),
+    ("%%imagegen --size big\na cat", "not a size"),
+    ("%%imagegen --aspect 16/9\na cat", "not an aspect ratio"),
+    ("%%imagegen --api dalle\na cat", "'dalle' is not a known API"),
+    ("%%imagegen --base-url ftp://x\na cat", "not an http(s) URL"),
+    ("%%imagegen --quality ultra\na cat", "not a quality"),
+    ("%%imagegen --timeout -3\na cat", "positive number of seconds"),
+    ("%%imagegen --retries many\na cat", "whole number of retries"),
+    ("%%imagegen --out 1abc\na cat", "not a valid Python variable name"),
+    ("%%imagegen --size 1024x1024 --aspect 16:9\na cat", "either a size or an aspect ratio"),
+    ("%%imagegen -n 2 a cat\nin a hat", "unexpected text after the options"),
+    ("%%imagegen\n   \n", "empty prompt"),
+    ("%imagegen", "empty prompt"),
+    ("%imagegen -n 2", "empty prompt"),
+    ("%%imagegen\na {colour} cat", "no variable named 'colour'"),
+    ("%%imagegen\na {1 +} cat", "is not a variable name or expression"),
+    ("%%imagegen\na } cat", "unbalanced braces"),
+    ("%%imagegen --image nosuchthing\na cat", "--image nosuchthing: no notebook variable named 'nosuchthing' and no such file"),
+    ("%%imagegen --image not_an_image\na cat", "holds a dict"),
+    ("%%imagegen --model {nomodel}\na cat", "no variable named 'nomodel'"),
+]
+
+
+@pytest.mark.parametrize("code, message", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_input_is_one_line_and_nothing_is_sent(ip, emu, capsys, code, message):
+    shell, rec = ip
+    shell.user_ns["not_an_image"] = {"a": 1}
+    before = emu.request_count
+    res = run(shell, code)
+    assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
+    err = capsys.readouterr().err
+    assert message in str(res.error_in_exec)
+    assert err.startswith("UsageError: ") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    assert emu.request_count == before
+    assert rec.messages == []
+
+
+def test_missing_token_names_the_variable_and_sends_nothing(ip, emu, monkeypatch):
+    shell, rec = ip
+    monkeypatch.delenv("IMAGE_AUTH_TOKEN")
+    before = emu.request_count
+    res = run(shell, "%imagegen a lighthouse")
+    assert isinstance(res.error_in_exec, UsageError)
+    assert "IMAGE_AUTH_TOKEN" in str(res.error_in_exec) and "nothing was sent" in str(res.error_in_exec)
+    assert emu.request_count == before and rec.messages == []
+
+
+def test_bad_environment_is_one_line(ip, emu, monkeypatch):
+    shell, rec = ip
+    monkeypatch.setenv("IMAGE_API_TYPE", "dalle")
+    res = run(shell, "%imagegen a lighthouse")
+    assert isinstance(res.error_in_exec, UsageError) and "IMAGE_API_TYPE" in str(res.error_in_exec)
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolation
+# ---------------------------------------------------------------------------------------------
+def test_interpolation_of_variables_and_expressions(ip, emu):
+    shell, rec = ip
+    shell.user_ns.update(animal="fox", n_legs=4, size="1536x1024")
+    res = run(shell, "%%imagegen --size {size}\na {animal.upper()} with {n_legs} legs, {{literal}} braces")
+    assert res.success, res.error_in_exec
+    assert last_request(emu)["prompt"] == "a FOX with 4 legs, {literal} braces"
+    assert last_request(emu)["size"] == "1536x1024"
+    res = run(shell, "%imagegen a {animal} on the line")
+    assert res.success and last_request(emu)["prompt"] == "a fox on the line"
+
+
+def test_expand_variables_directly():
+    ns = {"x": [1, 2, 3], "s": "hi"}
+    assert expand_variables("{x[1:]} {s!r} {{x}}", ns) == "[2, 3] 'hi' {x}"
+    assert expand_variables("no braces", {}) == "no braces"
+    with pytest.raises(UsageError, match="no variable named 'y'"):
+        expand_variables("{y}", ns)
+    with pytest.raises(UsageError, match="ZeroDivisionError"):
+        expand_variables("{1/0}", ns)
+
+
+def test_slugify():
+    assert slugify("A red fox, in snow!") == "a-red-fox-in-snow"
+    assert slugify("Ünïcödé ✨") == "unicode"
+    assert slugify("✨✨") == "image"
+    assert len(slugify("word " * 40)) <= 40
+
+
+# ---------------------------------------------------------------------------------------------
+# --out, --save, the return value
+# ---------------------------------------------------------------------------------------------
+def test_out_stores_the_response_and_underscore_works(ip, emu, capsys):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --out pic\na lighthouse at dusk")
+    assert res.success
+    pic = shell.user_ns["pic"]
+    assert res.result is pic and shell.user_ns["_"] is pic
+    assert pic.image.size == pic.artifacts[0].size  # a PIL image
+    out = capsys.readouterr().out
+    # the gallery was displayed once; Out[] is one line, not the gallery a second time
+    assert len(rec.galleries()) == 1
+    assert "shown above" in out
+    # displayed later (a new cell), the response renders in full again
+    rec.messages.clear()
+    shell.display_formatter.format(pic)
+    bundle, _ = shell.display_formatter.format(pic)
+    assert "<img " in bundle["text/html"]
+    run(shell, "pic")
+    assert "shown above" not in capsys.readouterr().out
+
+
+def test_failed_response_is_stored_too(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --fault 400 --out bad\na lighthouse")
+    assert res.success  # the cell ran; the API said no
+    assert shell.user_ns["bad"].success is False
+
+
+def test_save_writes_files_before_display(ip, emu, tmp_path):
+    shell, rec = ip
+    out_dir = tmp_path / "renders"
+    rec.probe = lambda: sorted(p.name for p in out_dir.glob("*")) if out_dir.exists() else []
+    res = run(shell, f"%%imagegen -n 2 --save {out_dir} --out r\nA red fox, in snow!")
+    assert res.success, res.error_in_exec
+    resp = shell.user_ns["r"]
+    files = sorted(out_dir.iterdir())
+    assert [str(p) for p in files] == sorted(resp.paths) and len(files) == 2
+    for p in files:
+        assert re.fullmatch(r"\d{8}-\d{6}-a-red-fox-in-snow-[12]\.png", p.name), p.name
+        assert p.read_bytes() in [a.data for a in resp.artifacts]
+    gallery = rec.galleries()[0]
+    assert gallery["probe"] == [p.name for p in files]      # on disk before the gallery was shown
+    assert gallery["data"]["text/html"].count("saved: <code>") == 2
+    # the same prompt again in the same second: new names, nothing overwritten
+    res = run(shell, f"%%imagegen -n 2 --save {out_dir}\nA red fox, in snow!")
+    assert len(list(out_dir.iterdir())) == 4
+
+
+def test_save_into_an_impossible_directory_is_one_line(ip, emu, tmp_path):
+    shell, rec = ip
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    before = emu.request_count
+    res = run(shell, f"%imagegen --save {blocker}/sub a fox")
+    assert isinstance(res.error_in_exec, UsageError) and "--save" in str(res.error_in_exec)
+    assert emu.request_count == before
+
+
+# ---------------------------------------------------------------------------------------------
+# --image from files and notebook variables
+# ---------------------------------------------------------------------------------------------
+def test_image_from_file_and_variables(ip, emu, tmp_path):
+    from PIL import Image
+    shell, rec = ip
+    path = tmp_path / "sketch.png"
+    path.write_bytes(make_png())
+    shell.user_ns.update(
+        pil_img=Image.new("RGB", (40, 30), (0, 120, 0)),
+        art=Artifact(make_png(color=(0, 0, 200))),
+        raw=make_png(color=(9, 9, 9)),
+        prev=ImageResponse(request_id="x", success=True, artifacts=[Artifact(make_png(color=(1, 2, 3)))]),
+    )
+    res = run(shell, f"%%imagegen --image {path} --image pil_img --image art --image raw --image prev "
+                     "--image prev.artifacts[0]\nput them together")
+    assert res.success, res.error_in_exec
+    sent = last_request(emu)
+    assert sent["path"].endswith("/images/edits") and sent["input_images"] == 6
+
+
+def test_image_from_an_empty_response_is_one_line(ip, emu):
+    shell, rec = ip
+    shell.user_ns["empty"] = ImageResponse(request_id="x", success=False, error="HTTP 500")
+    res = run(shell, "%imagegen --image empty edit it")
+    assert isinstance(res.error_in_exec, UsageError) and "has no images" in str(res.error_in_exec)
+
+
+# ---------------------------------------------------------------------------------------------
+# the live event log: one handle, updated in place
+# ---------------------------------------------------------------------------------------------
+def test_event_log_updates_in_place(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --fault 429:retry_after=0.2 --fault 503:retry_after=0.1\na lighthouse")
+    assert res.success and res.result.success, res.result
+    shown = rec.of_type("display_data")
+    updates = rec.of_type("update_display_data")
+    # exactly two outputs: the log and the gallery; everything else updated the log
+    assert len(shown) == 2
+    log_id = shown[0]["display_id"]
+    assert log_id and "imagegen-log" in shown[0]["data"]["text/html"]
+    assert "<img " in shown[1]["data"]["text/html"] and shown[1]["display_id"] != log_id
+    assert len(updates) >= 5 and {u["display_id"] for u in updates} == {log_id}
+    # each update is the whole log so far (it grows; nothing was appended as a new output)
+    texts = [shown[0]["data"]["text/plain"]] + [u["data"]["text/plain"] for u in updates]
+    assert all(len(a.splitlines()) <= len(b.splitlines()) for a, b in zip(texts, texts[1:]))
+    final = texts[-1]
+    for needle in ("started: gpt-image-1", "attempt 1/3", "429 — retrying in 0.2 s", "attempt 2/3",
+                   "503 — retrying in 0.1 s", "attempt 3/3", "done: 1 image in"):
+        assert needle in final, (needle, final)
+    assert 'data-state="done"' in updates[-1]["data"]["text/html"]
+    sent = emu.requests[-3:]
+    assert [r["status"] for r in sent] == [429, 503, 200]
+
+
+def test_quiet_shows_only_the_images(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --quiet --fault 429:retry_after=0.1\na lighthouse")
+    assert res.success
+    assert rec.of_type("update_display_data") == []
+    assert len(rec.messages) == 1 and "<img " in rec.messages[0]["data"]["text/html"]
+
+
+def test_api_error_renders_a_box_with_suggestions_and_masked_key(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --fault 401 --out r\na lighthouse")
+    resp = shell.user_ns["r"]
+    assert res.success and not resp.success and resp.status_code == 401
+    box = rec.of_type("display_data")[-1]["data"]["text/html"]
+    assert "imagegen-error" in box and "HTTP 401" in box
+    assert resp.suggestions and resp.suggestions[0].split("(")[0].strip()[:20] in box
+    assert "sk-m...6789" in box
+    everything = json.dumps(rec.messages)
+    assert TOKEN not in everything
+    assert "failed (HTTP 401)" in rec.of_type("update_display_data")[-1]["data"]["text/plain"]
+
+
+def test_cache_hit_is_shown_in_the_log(ip, emu, monkeypatch):
+    shell, rec = ip
+    monkeypatch.delenv("IMAGE_CACHE")        # the magic's default: cache on
+    before = emu.request_count
+    assert run(shell, "%imagegen a cached lighthouse").success
+    assert run(shell, "%imagegen a cached lighthouse").success
+    assert emu.request_count == before + 1
+    assert "from cache" in rec.of_type("update_display_data")[-1]["data"]["text/plain"]
+    assert run(shell, "%imagegen --fresh a cached lighthouse").success
+    assert emu.request_count == before + 2
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupt mid-retry
+# ---------------------------------------------------------------------------------------------
+def _interrupt_when(condition, delay: float):
+    """A thread that waits for `condition` then interrupts the main thread after `delay` s."""
+    fired = threading.Event()
+
+    def main():
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if condition():
+            time.sleep(delay)
+            fired.set()
+            _thread.interrupt_main()
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    return t, fired
+
+
+def test_interrupt_mid_retry_cancels_cleanly(ip, emu, capsys):
+    shell, rec = ip
+    retrying = lambda: any("retrying in" in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
+    t, fired = _interrupt_when(retrying, 0.3)
+    t0 = time.monotonic()
+    try:
+        res = run(shell, "%%imagegen --fault 429:retry_after=5\na slow lighthouse")
+    finally:
+        t.join(5)
+    took = time.monotonic() - t0
+    assert fired.is_set()
+    assert isinstance(res.error_in_exec, KeyboardInterrupt)
+    assert isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert took < 1.5, f"took {took:.2f} s"       # 0.3 s + the first attempt; the 5 s wait was cut
+    assert not asyncio.all_tasks(runner._private_loop())   # no orphan task
+    final = rec.messages[-1]
+    assert final["msg_type"] == "update_display_data" and "cancelled after" in final["data"]["text/plain"]
+    assert emu.request_count and emu.requests[-1]["status"] == 429   # no second attempt was sent
+    capsys.readouterr()
+    # the session stays usable: the next cell works
+    rec.messages.clear()
+    res = run(shell, "%imagegen a quick lighthouse")
+    assert res.success and res.result.success
+    assert len(rec.galleries()) == 1
+
+
+def test_run_sync_interrupt_returns_within_a_second():
+    async def sleeper():
+        await asyncio.sleep(5)
+
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_sync(sleeper())
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 1.0
+    assert not asyncio.all_tasks(runner._private_loop())
+    assert runner.run_sync(asyncio.sleep(0, result=42)) == 42
+
+
+def test_run_sync_cleanup_runs_on_cancel():
+    events = []
+
+    async def work():
+        try:
+            await asyncio.sleep(5)
+        finally:
+            events.append("cleanup started")
+            await asyncio.sleep(0.05)        # cleanup that itself awaits
+            events.append("cleanup done")
+
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(runner.GenerationCancelled):
+            runner.run_sync(work())
+    finally:
+        timer.cancel()
+    assert events == ["cleanup started", "cleanup done"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner inside a running loop (as in ipykernel) — a subprocess, so nest_asyncio's global
+# patching does not leak into this test process
+# ---------------------------------------------------------------------------------------------
+def test_run_sync_inside_a_running_loop_and_spawn(emu):
+    code = textwrap.dedent(f"""
+        import asyncio, os, warnings, gc
+        warnings.simplefilter("error", ResourceWarning)
+        os.environ.update(IMAGE_AUTH_TOKEN={TOKEN!r}, IMAGE_API_TYPE="openai_images",
+                          IMAGE_BASE_URL={emu.base_url_for("openai_images")!r}, IMAGE_CACHE="0")
+        from jupyter_imagegen import runner, ImageRequest
+
+        def blocking_cell():                       # what a magic does inside the kernel loop
+            client = runner.get_client()
+            return runner.run_sync(client.generate(ImageRequest("a fox")))
+
+        async def kernel():
+            r1 = blocking_cell()
+            assert r1.success, r1.error
+            assert runner.get_client() is runner.get_client()
+            task = runner.spawn(runner.get_client().generate(ImageRequest("a spawned fox")))
+            assert not task.done()                  # spawn does not block
+            r2 = await task
+            assert r2.success
+            slow = runner.spawn(asyncio.sleep(10))
+            await asyncio.sleep(0.05)
+            assert runner.cancel_background() == 1
+            await asyncio.sleep(0)
+            assert slow.cancelled() and not runner.background_tasks()
+            runner.close_client()                   # from code running on the loop (unload)
+            print("OK")
+
+        asyncio.run(kernel())
+        gc.collect()
+    """)
+    proc = subprocess.run([sys.executable, "-W", "error::ResourceWarning", "-c", code], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "OK"
+    assert "Unclosed" not in proc.stderr, proc.stderr
+
+
+def test_spawn_without_a_loop_says_so():
+    async def nothing():
+        pass
+    coro = nothing()
+    with pytest.raises(RuntimeError, match="running event loop"):
+        runner.spawn(coro)
+    coro.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-kernel client
+# ---------------------------------------------------------------------------------------------
+def test_one_client_reused_and_closed_without_warnings(ip, emu):
+    shell, rec = ip
+    assert run(shell, "%imagegen one").success
+    client = runner.current_client()
+    assert client is not None
+    assert run(shell, "%imagegen --model gpt-image-1-mini two").success
+    assert runner.current_client() is client          # per-call options do not make a new client
+    session = client._session
+    assert session is not None and not session.closed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.close_client()
+        del client
+        gc.collect()
+    assert session.closed
+    assert runner.current_client() is None
+    assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_unload_removes_the_magics_and_closes_the_client(ip, emu):
+    shell, rec = ip
+    assert run(shell, "%imagegen one").success
+    session = runner.current_client()._session
+    shell.extension_manager.unload_extension("jupyter_imagegen")
+    try:
+        assert "imagegen" not in shell.magics_manager.magics["cell"]
+        assert "imagegen" not in shell.magics_manager.magics["line"]
+        assert session.closed and runner.current_client() is None
+    finally:
+        shell.extension_manager.load_extension("jupyter_imagegen")
+    assert run(shell, "%imagegen two").success
