@@ -189,10 +189,15 @@ async def test_invalid_json_and_stream_hook(emulator):
         assert a.status == 400 and "could not parse the JSON body" in a.error["message"]
     b = await call(emulator, CHAT, data=b"{not json", headers={"Content-Type": "application/json"})
     assert b.status == 400 and b.error["code"] == 400
-    c = await call(emulator, GEN, {"model": "gpt-image-1", "prompt": "x", "stream": True})
-    assert c.status == 400 and "streaming is not supported" in c.error["message"]
-    d = await call(emulator, CHAT, chat_body(stream=True))
-    assert d.status == 400 and d.error["code"] == 400 and "streaming" in d.error["message"]
+    from jupyter_imagegen.emulator import STREAM_HANDLERS
+    c = await call(emulator, GEN, {"model": "dall-e-2", "prompt": "x", "stream": True})
+    assert c.status == 400 and c.error["param"] == "stream"
+    if "openai_images" not in STREAM_HANDLERS:  # until SSE support lands
+        d = await call(emulator, GEN, {"model": "gpt-image-1", "prompt": "x", "stream": True})
+        assert d.status == 400 and "streaming is not supported" in d.error["message"]
+    if "openrouter_chat" not in STREAM_HANDLERS:
+        e = await call(emulator, CHAT, chat_body(stream=True))
+        assert e.status == 400 and e.error["code"] == 400 and "streaming" in e.error["message"]
 
 
 # -- OpenAI images: edits -------------------------------------------------------------------------------
@@ -305,11 +310,48 @@ async def test_responses_with_input_image_and_text_only(emulator):
     ({"model": "gpt-4.1", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:nope"}]}],
       "tools": [{"type": "image_generation"}]}, "input[0].content[0].image_url"),
     ({"model": "not-a-model", "input": "x"}, "model"),
+    ({"model": "gpt-4.1", "input": "x", "temperature": "hot"}, "temperature"),
+    ({"model": "gpt-4.1", "input": "x", "previous_response_id": "resp_unknown"}, "previous_response_id"),
+    ({"model": "gpt-4.1", "input": 5}, "input"),
 ])
 async def test_responses_validation(emulator, body, param):
     a = await call(emulator, RESP, body)
     assert a.status == 400, a.body
     assert a.error["param"] == param and a.error["type"] == "invalid_request_error"
+
+
+async def test_responses_previous_response_id(emulator):
+    a = await call(emulator, RESP, {"model": "gpt-4.1", "input": "x", "tools": [{"type": "image_generation",
+                                                                                "quality": "low"}]})
+    prev = a.json["id"]
+    b = await call(emulator, RESP, {"model": "gpt-4.1", "previous_response_id": prev, "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "now in blue"}]}],
+        "tools": [{"type": "image_generation", "quality": "low"}]})
+    assert b.status == 200 and b.json["previous_response_id"] == prev
+
+
+async def test_stream_hook_is_used_when_registered(emulator):
+    from aiohttp import web
+    from jupyter_imagegen.emulator import STREAM_HANDLERS, register_stream_handler
+
+    async def fake_sse(c, params):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(c.request)
+        gens = await c.draw([])  # the helpers are there for a real implementation
+        await resp.write(f"data: {json.dumps({'api': c.api, 'prompt': params['prompt'], 'n': len(gens)})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    old = STREAM_HANDLERS.pop("openrouter_chat", None)
+    register_stream_handler("openrouter_chat", fake_sse)
+    try:
+        a = await call(emulator, CHAT, chat_body("streamed", stream=True))
+        assert a.status == 200 and a.headers["Content-Type"] == "text/event-stream"
+        assert b'"prompt": "streamed"' in a.body and a.body.endswith(b"data: [DONE]\n\n")
+    finally:
+        STREAM_HANDLERS.pop("openrouter_chat", None)
+        if old is not None:
+            STREAM_HANDLERS["openrouter_chat"] = old
 
 
 # -- OpenRouter chat ------------------------------------------------------------------------------------------
@@ -356,6 +398,11 @@ async def test_chat_shape_text_only_and_input_images(emulator):
     (chat_body(messages=[{"role": "robot", "content": "x"}]), 400, "role"),
     ({**chat_body(), "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
      400, "Provider returned error"),
+    ({**chat_body(), "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "data:image/png;base64,AAAA"}]}]},
+     400, "image_url must be an object"),
+    (chat_body(temperature="hot"), 400, "'temperature' must be a number"),
+    (chat_body(messages=[]), 400, "non-empty"),
+    (chat_body(messages=[{"role": "user"}]), 400, "content is required"),
 ])
 async def test_chat_errors_in_openrouter_shape(emulator, body, status, text):
     a = await call(emulator, CHAT, body)
@@ -403,6 +450,12 @@ async def test_request_log_never_holds_the_token(emulator):
     for blob in (text, repr(log)):
         assert EMULATOR_TOKEN not in blob and "sk-another-secret" not in blob
         assert "authorization" not in blob.lower()
+    # a prompt quoting the token, and key-like headers, are scrubbed too
+    await call(emulator, GEN, {"model": "gpt-image-1", "prompt": f"my key is {EMULATOR_TOKEN}", "quality": "low"},
+               headers={"X-Api-Key": "sk-header-secret-0000", "X-Title": "tests"})
+    last = emulator.requests[-1]
+    assert EMULATOR_TOKEN not in repr(last) and "sk-header-secret" not in repr(last)
+    assert last["headers"]["X-Title"] == "tests" and "my key is sk-t" in last["prompt"]
 
 
 # -- faults -------------------------------------------------------------------------------------------------
@@ -603,7 +656,8 @@ def test_cli_prints_its_url_and_serves():
             assert json.loads(r.read())["auth"] == "token"
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        proc.communicate(timeout=10)  # waits and closes the pipes
+    assert proc.returncode == 0
 
 
 async def test_base_urls(emulator):
@@ -612,3 +666,34 @@ async def test_base_urls(emulator):
     assert emulator.base_url_for("openai_responses") == emulator.url + "/v1"
     with pytest.raises(ValueError):
         emulator.base_url_for("midjourney")
+
+
+async def test_no_body_makes_it_answer_5xx(emulator):
+    """Odd values in every known field get a 4xx (or a 200), never an emulator crash."""
+    from jupyter_imagegen.emulator.validate import CHAT_TYPES, GENERATION_PARAMS, IMAGE_TOOL_PARAMS, RESPONSES_PARAMS
+    odd = [None, True, -1, 1.5, "", [], {}, [{}], {"a": {}}]
+    cases = []
+    for k in GENERATION_PARAMS:
+        cases += [(GEN, {"prompt": "x", "model": "gpt-image-1", "quality": "low", k: v}) for v in odd]
+    for k in ("images", "mask", "size", "n"):
+        cases += [(EDITS, {"prompt": "x", "model": "gpt-image-1", "images": [{"image_url": "http://example.invalid/a.png"}],
+                           k: v}) for v in odd]
+    for k in RESPONSES_PARAMS:
+        cases += [(RESP, {"model": "gpt-4.1", "input": "x", k: v}) for v in odd]
+    for k in IMAGE_TOOL_PARAMS:
+        cases += [(RESP, {"model": "gpt-4.1", "input": "x", "tools": [{"type": "image_generation", "quality": "low", k: v}]})
+                  for v in odd]
+    for k in list(CHAT_TYPES):
+        cases += [(CHAT, {**chat_body(), k: v}) for v in odd]
+    for v in odd:
+        cases += [(CHAT, chat_body(image_config={"aspect_ratio": v})), (CHAT, chat_body(messages=[v])),
+                  (CHAT, chat_body(messages=[{"role": "user", "content": [v]}])),
+                  (RESP, {"model": "gpt-4.1", "input": [{"role": "user", "content": [v]}]})]
+        cases += [(path, v) for path in (GEN, EDITS, RESP, CHAT)]
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        async def status(path, body):
+            async with s.post(emulator.url + path, json=body) as r:
+                await r.read()
+                return r.status
+        got = [(await status(p, b), p, b) for p, b in cases]
+    assert [g for g in got if g[0] >= 500] == []

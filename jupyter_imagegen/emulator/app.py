@@ -30,6 +30,7 @@ import importlib.util
 import ipaddress
 import itertools
 import json
+import logging
 import secrets
 import threading
 import time
@@ -46,12 +47,32 @@ from .images import (MIME_BY_FORMAT, RenderSpec, aspect_ratio_size, open_image, 
 from .validate import (OPENAI, OPENROUTER, ApiError, ImageRef, image_usage, resolve_size,
                        validate_chat, validate_edit, validate_generation, validate_responses)
 
+log = logging.getLogger(__name__)
+
 PREFIXES = ("", "/v1", "/api/v1")
 FAULT_HEADER = "X-Emulator-Fault"
 FAULT_QUERY = "fault"
 #: request headers never written to the request log
-SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key",
-                            "openai-api-key"))
+SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie"))
+_SECRET_WORDS = ("key", "token", "auth", "secret", "password", "cookie", "session")
+
+
+def _loggable_header(name: str) -> bool:
+    n = name.lower()
+    return n not in SECRET_HEADERS and not any(w in n for w in _SECRET_WORDS)
+
+
+def _scrub(value: Any, secret: Optional[str]) -> Any:
+    """Replace a secret wherever it appears in a log entry (a prompt could quote it)."""
+    if not secret or len(secret) < 4:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, mask_key(secret)) if secret in value else value
+    if isinstance(value, dict):
+        return {k: _scrub(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secret) for v in value]
+    return value
 MAX_BODY = 128 * 1024 * 1024
 
 
@@ -517,7 +538,10 @@ def _summary(call: Call, body: Body) -> None:
                     e["tool"] = {k: v for k, v in t.items() if k != "input_image_mask"}
     elif call.api == "openai_edits" and isinstance(src.get("images"), list):
         images = len(src["images"])
-    e["prompt"] = prompt[:500] if isinstance(prompt, str) else None
+    secret = bearer_token(call.request)
+    e["prompt"] = _scrub(prompt[:500], secret) if isinstance(prompt, str) else None
+    if "tool" in e:
+        e["tool"] = _scrub(e["tool"], secret)
     e["input_images"] = images
 
 
@@ -573,7 +597,7 @@ def _api_endpoint(api: str, vendor: str, reader: Callable[[web.Request, str], Aw
             "fault": None, "status": None, "model": None, "prompt": None, "input_images": 0,
             "auth": None, "error": None,
             "content_type": request.headers.get("Content-Type"),
-            "headers": {k: v for k, v in request.headers.items() if k.lower() not in SECRET_HEADERS},
+            "headers": {k: v for k, v in request.headers.items() if _loggable_header(k)},
         }
         call = Call(request, state, api, vendor, None, entry)
         if vendor == OPENAI:
@@ -598,6 +622,17 @@ def _api_endpoint(api: str, vendor: str, reader: Callable[[web.Request, str], Aw
             resp = await _run(call, reader, handler)
         except ApiError as err:
             resp = error_response(call, err)
+        except (ConnectionError, asyncio.CancelledError):  # the client went away
+            entry["outcome"] = entry.get("outcome") or "client_disconnected"
+            raise
+        except Exception as e:  # an emulator bug: answer 500 in the vendor's shape, and say what broke
+            log.exception("emulator error on %s %s", request.method, request.path)
+            resp = error_response(call, ApiError(500, f"emulator internal error: {type(e).__name__}: {e}",
+                                                 type="server_error"))
+        finally:
+            secret = bearer_token(request)
+            for k in ("prompt", "error", "tool", "headers"):
+                entry[k] = _scrub(entry.get(k), secret)
         entry["status"] = None if entry.get("outcome") == "reset" else resp.status
         entry["elapsed"] = round(time.perf_counter() - started, 4)
         return resp
@@ -607,10 +642,7 @@ def _api_endpoint(api: str, vendor: str, reader: Callable[[web.Request, str], Aw
 
 async def _run(call: Call, reader, handler: Handler) -> web.StreamResponse:
     request, state, fault = call.request, call.state, call.fault
-    try:
-        body = await reader(request, call.vendor)
-    except (ConnectionError, asyncio.IncompleteReadError):
-        raise
+    body = await reader(request, call.vendor)
     _summary(call, body)
     if state.latency > 0:
         await asyncio.sleep(state.latency)
@@ -882,7 +914,7 @@ def responses_payload(call: Call, p: Dict[str, Any], gens: List[Generated], text
         "previous_response_id": p["previous_response_id"], "reasoning": {"effort": None, "summary": None},
         "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
         "tool_choice": p["tool_choice"], "tools": tools, "top_p": 1.0, "truncation": "disabled",
-        "usage": {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0},
+        "usage": {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                   "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                   "total_tokens": in_tokens + out_tokens},
         "user": None, "metadata": {},

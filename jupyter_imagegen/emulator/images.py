@@ -98,7 +98,7 @@ class RenderSpec:
     fmt: str = "png"                      # png | jpeg | webp
     background: str = "opaque"            # opaque | transparent
     index: int = 0                        # 0-based index within the request ("#1" is drawn)
-    variant: int = 0                      # varies the shapes (a seed or a call counter)
+    variant: object = 0                   # varies the shapes (a seed or a call counter)
     compression: Optional[int] = None     # 0-100 for jpeg / webp
     model: str = ""
     inputs: Sequence[bytes] = field(default_factory=tuple)   # edit: input images (first is the base)

@@ -158,6 +158,45 @@ def check_prompt(body: Mapping[str, Any], max_len: int, *, name: str = "prompt")
     return v
 
 
+_KINDS = {
+    "number": ((int, float), "a number"), "integer": ((int,), "an integer"), "boolean": ((bool,), "a boolean"),
+    "string": ((str,), "a string"), "array": ((list,), "an array"), "object": ((dict,), "an object"),
+}
+
+
+def check_types(body: Mapping[str, Any], table: Mapping[str, Any], *, vendor: str) -> None:
+    """Type (and range) checks of the ordinary, non-image fields; ``None`` is always allowed.
+    ``table``: name -> kind or (kind, lo, hi) or a tuple of kinds."""
+    for name, rule in table.items():
+        v = body.get(name)
+        if v is None:
+            continue
+        lo = hi = None
+        kinds: Tuple[str, ...]
+        if isinstance(rule, tuple) and len(rule) == 3 and not isinstance(rule[1], str):
+            kinds, lo, hi = (rule[0],), rule[1], rule[2]
+        elif isinstance(rule, tuple):
+            kinds = rule
+        else:
+            kinds = (rule,)
+        ok = any(isinstance(v, _KINDS[k][0]) and (k == "boolean" or not isinstance(v, bool)) for k in kinds)
+        expected = " or ".join(_KINDS[k][1] for k in kinds)
+        if not ok:
+            if vendor == OPENROUTER:
+                raise ApiError(400, f"Invalid input: '{name}' must be {expected}, got {_typename(v)}")
+            expected_oa = "a decimal" if kinds == ("number",) else expected
+            raise invalid_type(name, expected_oa, v)
+        if lo is not None and (v < lo or v > hi):
+            if vendor == OPENROUTER:
+                raise ApiError(400, f"Invalid input: '{name}' must be between {lo} and {hi}, got {v}")
+            which = "below minimum" if v < lo else "above maximum"
+            kind = "integer" if kinds == ("integer",) else "decimal"
+            bound = f">= {lo}" if v < lo else f"<= {hi}"
+            raise ApiError(400, f"Invalid '{name}': {kind} {which} value. Expected a value {bound}, but got "
+                                f"{v} instead.", param=name,
+                           code=f"{kind}_{'below_min' if v < lo else 'above_max'}_value")
+
+
 # -- OpenAI image models ------------------------------------------------------------------------
 
 GPT_IMAGE_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2",
@@ -284,7 +323,7 @@ def validate_image_params(body: Mapping[str, Any], *, edit: bool, form: bool = F
         model = _choose_model(body, GENERATION_MODELS, "dall-e-2", "gpt-image-1.5")
     gpt = is_gpt_image(model)
     for key in (DALLE_ONLY if gpt else GPT_ONLY):
-        if body.get(key) is not None:
+        if body.get(key) is not None and not (key == "stream" and body[key] in (False, "false")):
             raise unknown_parameter(key)
     if not gpt and body.get("moderation") is not None:
         raise unknown_parameter("moderation")
@@ -367,6 +406,21 @@ RESPONSES_PARAMS = ("model", "input", "instructions", "tools", "tool_choice", "s
                     "parallel_tool_calls", "reasoning", "text", "truncation", "user", "include",
                     "background", "service_tier", "prompt", "prompt_cache_key", "safety_identifier",
                     "max_tool_calls", "top_logprobs", "conversation", "stream_options")
+RESPONSES_TYPES = {
+    "temperature": ("number", 0, 2), "top_p": ("number", 0, 1), "max_output_tokens": ("integer", 16, 10 ** 9),
+    "store": "boolean", "stream": "boolean", "background": "boolean", "parallel_tool_calls": "boolean",
+    "metadata": "object", "include": "array", "user": "string", "text": "object", "reasoning": "object",
+    "top_logprobs": ("integer", 0, 20), "max_tool_calls": ("integer", 1, 10 ** 9), "service_tier": "string",
+    "prompt_cache_key": "string", "safety_identifier": "string", "stream_options": "object",
+    "conversation": ("string", "object"), "prompt": "object",
+}
+RESPONSES_TOOL_TYPES = ("function", "file_search", "computer", "computer_use_preview", "web_search",
+                        "web_search_2025_08_26", "mcp", "code_interpreter", "programmatic_tool_calling",
+                        "image_generation", "local_shell", "shell", "custom", "namespace", "tool_search",
+                        "web_search_preview", "web_search_preview_2025_03_11", "apply_patch")
+TOOL_CHOICE_TYPES = ("file_search", "web_search_preview", "computer", "computer_use_preview", "computer_use",
+                     "web_search_preview_2025_03_11", "image_generation", "code_interpreter", "allowed_tools",
+                     "function", "mcp", "custom", "programmatic_tool_calling", "apply_patch", "shell")
 IMAGE_TOOL_PARAMS = ("type", "model", "quality", "size", "output_format", "output_compression",
                      "moderation", "background", "input_fidelity", "input_image_mask", "partial_images",
                      "action")
@@ -390,6 +444,9 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
     if not _RESPONSES_MODEL.match(model):
         raise ApiError(400, f"The requested model '{model}' does not exist.", param="model",
                        code="model_not_found")
+    check_types(body, RESPONSES_TYPES, vendor=OPENAI)
+    if body.get("truncation") is not None and body["truncation"] not in ("auto", "disabled"):
+        raise invalid_value("truncation", body["truncation"], ("auto", "disabled"))
     instructions = check_str(body, "instructions")
     prev = check_str(body, "previous_response_id")
     stream = check_bool(body, "stream") or False
@@ -419,6 +476,8 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
                 raise invalid_type(f"tools[{i}]", "an object", t)
             if "type" not in t:
                 raise missing_parameter(f"tools[{i}].type")
+            if t["type"] not in RESPONSES_TOOL_TYPES:
+                raise invalid_value(f"tools[{i}].type", t["type"], RESPONSES_TOOL_TYPES)
             if t["type"] == "image_generation":
                 if tool is not None:
                     raise ApiError(400, "Only one image_generation tool may be provided.",
@@ -430,6 +489,10 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
             raise invalid_value("tool_choice", tool_choice, ("none", "auto", "required"))
     elif isinstance(tool_choice, dict):
         tc_type = tool_choice.get("type")
+        if tc_type is None:
+            raise missing_parameter("tool_choice.type")
+        if tc_type not in TOOL_CHOICE_TYPES:
+            raise invalid_value("tool_choice.type", tc_type, TOOL_CHOICE_TYPES)
         if tc_type == "image_generation" and tool is None:
             raise ApiError(400, "Tool choice 'image_generation' not found in 'tools' parameter.",
                            param="tool_choice", code=None)
@@ -550,8 +613,23 @@ def or_error(status: int, message: str, **metadata: Any) -> ApiError:
     return ApiError(status, message, metadata=metadata or None)
 
 
+CHAT_TYPES = {
+    "temperature": ("number", 0, 2), "top_p": ("number", 0, 1), "min_p": ("number", 0, 1),
+    "top_a": ("number", 0, 1), "frequency_penalty": ("number", -2, 2), "presence_penalty": ("number", -2, 2),
+    "repetition_penalty": ("number", 0, 2), "max_tokens": ("integer", 1, 10 ** 9),
+    "max_completion_tokens": ("integer", 1, 10 ** 9), "seed": "integer", "top_k": "integer",
+    "top_logprobs": ("integer", 0, 20), "logprobs": "boolean", "parallel_tool_calls": "boolean",
+    "stream": "boolean", "user": "string", "session_id": "string", "prompt_cache_key": "string",
+    "models": "array", "plugins": "array", "tools": "array", "metadata": "object", "provider": "object",
+    "reasoning": "object", "response_format": "object", "image_config": "object", "stream_options": "object",
+    "logit_bias": "object", "stop": ("string", "array"), "model": "string", "messages": "array",
+    "modalities": "array", "usage": "object", "transforms": "array",
+}
+
+
 def validate_chat(body: Mapping[str, Any]) -> Dict[str, Any]:
-    """OpenRouter is lenient about unknown fields (it passes them on); the messages are checked."""
+    """OpenRouter is lenient about unknown fields (it passes them on); known ones are type-checked."""
+    check_types(body, CHAT_TYPES, vendor=OPENROUTER)
     model = body.get("model")
     if model is None:
         models = body.get("models")
@@ -608,9 +686,14 @@ def validate_chat(body: Mapping[str, Any]) -> Dict[str, Any]:
                     texts.append(part["text"])
             elif ptype == "image_url":
                 iu = part.get("image_url")
-                url = iu.get("url") if isinstance(iu, dict) else iu
+                if not isinstance(iu, dict):
+                    raise or_error(400, f"Invalid input: {at}.image_url must be an object "
+                                        '{"url": "...", "detail"?: "auto" | "low" | "high"}')
+                url = iu.get("url")
                 if not isinstance(url, str) or not url:
                     raise or_error(400, f"Invalid input: {at}.image_url.url must be a string")
+                if iu.get("detail") is not None and iu["detail"] not in ("auto", "low", "high"):
+                    raise or_error(400, f"Invalid input: {at}.image_url.detail must be \"auto\", \"low\" or \"high\"")
                 if role == "user":
                     images.append(ImageRef(f"{at}.image_url.url", url=url))
             elif ptype in ("input_audio", "file", "input_video", "video_url"):
@@ -628,22 +711,23 @@ def validate_chat(body: Mapping[str, Any]) -> Dict[str, Any]:
         config = {}
     if not isinstance(config, dict):
         raise or_error(400, "Invalid input: 'image_config' must be an object")
+    for key, value in config.items():  # the spec: each value a string, a number or an array
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, list)):
+            raise or_error(400, f"Invalid input: image_config.{key} must be a string, a number or an array")
     ratio = config.get("aspect_ratio", "1:1")
-    if ratio not in ASPECT_RATIO_SIZES:
+    if not isinstance(ratio, str) or ratio not in ASPECT_RATIO_SIZES:
         raise or_error(400, "Provider returned error", provider_name="Google",
                        raw=f"Invalid image_config.aspect_ratio {ratio!r}: supported values are "
                            + ", ".join(ASPECT_RATIO_SIZES))
     tier = config.get("image_size", "1K")
-    if tier not in IMAGE_SIZE_SCALE:
+    if not isinstance(tier, str) or tier not in IMAGE_SIZE_SCALE:
         raise or_error(400, "Provider returned error", provider_name="Google",
                        raw=f"Invalid image_config.image_size {tier!r}: supported values are 1K, 2K, 4K")
     fmt = config.get("output_format", "png")
-    if fmt not in OUTPUT_FORMATS:
+    if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
         raise or_error(400, "Provider returned error", provider_name="Google",
                        raw=f"Invalid image_config.output_format {fmt!r}: supported values are png, jpeg, webp")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise or_error(400, "Invalid input: 'seed' must be an integer")
     return {"model": model, "messages": messages, "modalities": modalities, "stream": bool(stream),
             "texts": texts, "images": images, "prompt": "\n".join(t for t in texts if t.strip()).strip(),
             "draw": draw, "aspect_ratio": ratio, "image_size": tier, "output_format": fmt, "seed": seed}
