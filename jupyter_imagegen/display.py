@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -187,7 +188,7 @@ def gallery_html(artifacts: Sequence, *, max_side: Optional[int] = DEFAULT_PREVI
         return ""
     if len(arts) == 1:
         return f'<div class="imagegen-gallery">{_figure(arts[0], None, max_side=max_side, alt=alt, scrub=scrub, single=True)}</div>'
-    col = min(max_side or DEFAULT_PREVIEW_MAX_SIDE, 320)
+    col = min(max_side or DEFAULT_PREVIEW_MAX_SIDE, 240)
     style = (f"display: grid; grid-template-columns: repeat(auto-fill, minmax(min({col}px, 100%), 1fr)); "
              "gap: 12px; align-items: start")
     figs = "".join(_figure(a, i + 1, max_side=max_side, alt=alt, scrub=scrub, single=False)
@@ -371,9 +372,9 @@ class EventLog:
             self.add("call", event.describe())
         elif t == ev.API_RETRY:
             text = event.describe()
-            reason = d.get("reason")
+            reason = re.sub(r"^HTTP \d+:\s*", "", str(d.get("reason") or ""))
             if reason and d.get("status_code"):
-                text += f" · {_truncate(reason, 140)}"
+                text += f" · {_truncate(reason, 90)}"
             self.add("retry", text)
         elif t == ev.GENERATION_COMPLETED:
             self.state = "done"
@@ -388,8 +389,9 @@ class EventLog:
             else:
                 self.state = "failed"
                 status = d.get("status_code")
+                error = re.sub(r"^HTTP \d+:\s*", "", str(d.get("error") or ""))
                 self.add("failed", f"failed{f' (HTTP {status})' if status else ''} after "
-                                   f"{self._elapsed():.1f} s: {_truncate(d.get('error') or '', 300)}")
+                                   f"{self._elapsed():.1f} s: {_truncate(error, 90)}")
         else:
             self.add("info", event.describe())
 

@@ -58,7 +58,8 @@ def kernel(emulator_thread, tmp_path_factory):
         "PYTHONWARNINGS": "default",
     })
     km = KernelManager(kernel_name="imagegen-test", kernel_spec_manager=ksm)
-    km.start_kernel(env=env, cwd=str(workdir))
+    stderr = open(workdir / "kernel-stderr.txt", "w")
+    km.start_kernel(env=env, cwd=str(workdir), stderr=stderr)
     kc = km.client()
     kc.start_channels()
     try:
@@ -66,7 +67,9 @@ def kernel(emulator_thread, tmp_path_factory):
         yield km, kc, workdir
     finally:
         kc.stop_channels()
-        km.shutdown_kernel(now=False)
+        if km.is_alive():
+            km.shutdown_kernel(now=False)
+        stderr.close()
 
 
 def execute(kc, code: str, timeout: float = 30.0):
@@ -186,3 +189,17 @@ def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel):
     reply, msgs = execute(kc, "%imagegen a quick lighthouse")
     assert reply["status"] == "ok", reply
     assert any("<img" in m["content"]["data"].get("text/html", "") for m in outputs(msgs, "display_data"))
+
+
+def test_kernel_shutdown_closes_the_session_quietly(kernel):
+    """Last in this module: the shared aiohttp session is closed at exit, without warnings."""
+    km, kc, workdir = kernel
+    execute(kc, "%load_ext jupyter_imagegen")
+    reply, msgs = execute(kc, "%imagegen one more lighthouse\n"
+                              "from jupyter_imagegen import runner\n"
+                              "assert not runner.current_client()._session.closed")
+    assert reply["status"] == "ok", reply
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    log = (workdir / "kernel-stderr.txt").read_text()
+    assert "Unclosed" not in log and "Traceback" not in log, log

@@ -417,6 +417,22 @@ def test_interrupt_mid_retry_cancels_cleanly(ip, emu, capsys):
     assert len(rec.galleries()) == 1
 
 
+def test_interrupt_during_a_request_in_flight(ip, emu):
+    shell, rec = ip
+    calling = lambda: any("attempt 1/" in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
+    t, fired = _interrupt_when(calling, 0.3)
+    t0 = time.monotonic()
+    try:
+        res = run(shell, "%%imagegen --fault slow_headers:delay=5\na lighthouse that takes long")
+    finally:
+        t.join(5)
+    assert fired.is_set() and isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert time.monotonic() - t0 < 1.5
+    assert not asyncio.all_tasks(runner._private_loop())
+    assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
+    assert run(shell, "%imagegen the next one").result.success
+
+
 def test_run_sync_interrupt_returns_within_a_second():
     async def sleeper():
         await asyncio.sleep(5)
