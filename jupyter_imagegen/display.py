@@ -434,11 +434,11 @@ class EventLog:
 class _NotebookSurface:
     """IPython display handles: display_data once, then update_display_data (same display_id)."""
 
-    def new(self, bundle: Dict[str, str]):
+    def new(self, bundle: Dict[str, str], log: Optional["EventLog"] = None):
         from IPython.display import display
         return display(bundle, raw=True, display_id=True)
 
-    def update(self, slot, bundle: Dict[str, str]) -> None:
+    def update(self, slot, bundle: Dict[str, str], log: Optional["EventLog"] = None) -> None:
         slot.update(bundle, raw=True)
 
     def clear(self) -> None:  # the notebook's own cell clearing handles this
@@ -457,12 +457,12 @@ class _OutputSurface:
         self.output.outputs = tuple({"output_type": "display_data", "data": dict(s), "metadata": {}}
                                     for s in self.slots)
 
-    def new(self, bundle: Dict[str, str]):
+    def new(self, bundle: Dict[str, str], log: Optional["EventLog"] = None):
         self.slots.append(dict(bundle))
         self._sync()
         return len(self.slots) - 1
 
-    def update(self, slot, bundle: Dict[str, str]) -> None:
+    def update(self, slot, bundle: Dict[str, str], log: Optional["EventLog"] = None) -> None:
         self.slots[slot] = dict(bundle)
         self._sync()
 
@@ -481,7 +481,7 @@ class _TerminalSurface:
     def _out(self):
         return self.stream or sys.stdout
 
-    def new(self, bundle: Dict[str, str], *, log: Optional[EventLog] = None):
+    def new(self, bundle: Dict[str, str], log: Optional[EventLog] = None):
         slot = len(self._printed)
         self._printed[slot] = 0
         out = self._out()
@@ -490,7 +490,7 @@ class _TerminalSurface:
         self.update(slot, bundle, log=log)
         return slot
 
-    def update(self, slot, bundle: Dict[str, str], *, log: Optional[EventLog] = None) -> None:
+    def update(self, slot, bundle: Dict[str, str], log: Optional[EventLog] = None) -> None:
         out = self._out()
         if log is not None:
             for t, _, text in log.lines[self._printed.get(slot, 0):]:
@@ -560,15 +560,15 @@ class GenerationView:
     # -- slots ------------------------------------------------------------------------------
     def _show(self, which: str, bundle: Dict[str, str]) -> None:
         slot = self._log_slot if which == "log" else self._result_slot
-        extra = {"log": self.log} if (which == "log" and isinstance(self._surface, _TerminalSurface)) else {}
+        log = self.log if which == "log" else None   # the terminal prints only the new log lines
         if slot is None:
-            slot = self._surface.new(bundle, **extra)
+            slot = self._surface.new(bundle, log)
             if which == "log":
                 self._log_slot = slot
             else:
                 self._result_slot = slot
         else:
-            self._surface.update(slot, bundle, **extra)
+            self._surface.update(slot, bundle, log)
 
     def _refresh_log(self) -> None:
         if not self.quiet:

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring  # noqa: F401
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
 
 from . import events as ev
 from .config import ENV_CACHE, ImageConfig, validate_api_type, validate_base_url
@@ -53,9 +53,6 @@ API_ALIASES = {
 QUALITIES = ("low", "medium", "high", "auto", "standard", "hd")
 FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 BACKGROUNDS = ("transparent", "opaque", "auto")
-
-_SIZE = re.compile(r"^\d{2,5}x\d{2,5}$")
-_ASPECT = re.compile(r"^\d{1,2}:\d{1,2}$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,17 +123,10 @@ def _pixels(value: str) -> int:
 
 
 def _size(value: str) -> str:
+    """Normalised only (1024X1024 / 1024×1024 -> 1024x1024, 2k -> 2K); which sizes exist depends
+    on the API and the model, so the provider checks it (before anything is sent)."""
     v = value.strip().lower().replace("×", "x")
-    if v == "auto" or _SIZE.match(v):
-        return v
-    raise argparse.ArgumentTypeError(f"{value!r} is not a size; write WIDTHxHEIGHT like 1024x1024, or auto")
-
-
-def _aspect(value: str) -> str:
-    v = value.strip()
-    if _ASPECT.match(v) and not v.startswith("0") and ":0" not in v:
-        return v
-    raise argparse.ArgumentTypeError(f"{value!r} is not an aspect ratio; write W:H like 16:9 or 1:1")
+    return v.upper() if v.endswith("k") else v
 
 
 def _choice(options: Sequence[str], what: str, mapping: Optional[Dict[str, str]] = None):
@@ -393,8 +383,9 @@ class ImageGenMagics(Magics):
     @argument("--base-url", dest="base_url", type=_base_url, metavar="URL",
               help="API base URL, e.g. https://api.openai.com/v1 (default IMAGE_BASE_URL)")
     @argument("-n", type=_count, default=1, metavar="N", help="how many images (default 1)")
-    @argument("--size", type=_size, metavar="WxH", help="image size, e.g. 1024x1024, 1536x1024 or auto")
-    @argument("--aspect", type=_aspect, metavar="RATIO", help="aspect ratio W:H, e.g. 16:9 (instead of --size)")
+    @argument("--size", type=_size, metavar="WxH",
+              help="image size, e.g. 1024x1024, 1536x1024 or auto (OpenRouter: 1K, 2K, 4K)")
+    @argument("--aspect", type=str.strip, metavar="RATIO", help="aspect ratio W:H, e.g. 16:9 (instead of --size)")
     @argument("--quality", type=_choice(QUALITIES, "quality"), metavar="Q", help=f"{', '.join(QUALITIES)}")
     @argument("--format", type=_choice(tuple(FORMATS), "format", FORMATS), metavar="FMT",
               help="output format: png, jpeg or webp")
@@ -476,17 +467,15 @@ class ImageGenMagics(Magics):
             config = config.replace(cache=True)  # the magic caches unless IMAGE_CACHE says otherwise
         request = build_request(args, prompt, images, mask)
         client = runner.get_client(config)
-        try:
-            client.resolve(request)
-        except (RequestError, ConfigError) as e:
-            raise UsageError(str(e)) from None
-        if args.save:
-            try:
-                Path(args.save).expanduser().mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UsageError(f"--save {args.save}: cannot create the directory ({e.strerror or e})") from None
+        if args.save:  # checked now (created when the images are there), not after paying for them
+            existing = Path(args.save).expanduser().absolute()
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise UsageError(f"--save {args.save}: cannot write there ({existing} is not a writable directory)")
 
-        # the log appears with the first event: a request refused before sending shows one line only
+        # the log appears with the first event: the client validates the request and the token
+        # before its first event, so a request refused before sending shows one line only
         view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
                               redact=[client.config.token])
         faults = FaultSequence(request, args.fault)
@@ -500,7 +489,7 @@ class ImageGenMagics(Magics):
         except KeyboardInterrupt:
             view.cancelled()
             raise
-        except (RequestError, ConfigError) as e:  # no token (checked after the cache lookup)
+        except (RequestError, ConfigError) as e:  # bad request / no token: nothing was sent
             msg = str(e)
             if msg.startswith("no API token"):
                 src = client.config.token_source

@@ -154,8 +154,7 @@ def _settle(task: "asyncio.Future[Any]") -> None:
             task.exception()
 
 
-def _finish_cancel(loop: asyncio.AbstractEventLoop, task: "asyncio.Future[Any]", state: Optional[_Interrupt],
-                   timeout: float) -> None:
+def _finish_cancel(loop: asyncio.AbstractEventLoop, task: "asyncio.Future[Any]", timeout: float) -> None:
     """Cancel `task` and run the loop until its cancellation (cleanup included) is done."""
     __tracebackhide__ = True
     deadline = time.monotonic() + timeout
@@ -202,7 +201,7 @@ def run_sync(awaitable: Awaitable[Any], *, cancel_timeout: float = CANCEL_TIMEOU
         else:
             if not state.fired:
                 return result
-        _finish_cancel(loop, task, state, cancel_timeout)
+        _finish_cancel(loop, task, cancel_timeout)
     raise GenerationCancelled() from None
 
 

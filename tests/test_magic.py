@@ -96,6 +96,16 @@ def test_options_reach_the_request(ip, emu):
     assert (req.max_attempts, req.timeout, req.api_type) == (2, 9.0, "openai_images")
 
 
+def test_size_and_aspect_are_checked_by_the_chosen_api(ip, emu):
+    shell, rec = ip
+    shell.user_ns["or_url"] = emu.base_url_for("openrouter_chat")
+    res = run(shell, "%imagegen --api openrouter --base-url {or_url} --size 2k --model google/gemini-2.5-flash-image a fox")
+    assert res.success and res.result.success, res.error_in_exec or res.result.error
+    assert last_request(emu)["image_size"] == "2K"
+    res = run(shell, "%imagegen --size 1024X1024 a fox")
+    assert res.result.success and last_request(emu)["size"] == "1024x1024"
+
+
 @pytest.mark.parametrize("line, prompt", [
     ("%imagegen a cat's \"best\" hat", 'a cat\'s "best" hat'),
     ("%imagegen -n 2 --size=1024x1024 a fox", "a fox"),
@@ -137,8 +147,8 @@ BAD = [
     ("%%imagegen --qual low\na cat", "unrecognized arguments: --qual"),
     ("%%imagegen -n x\na cat", "argument -n: expected a whole number"),
     ("%%imagegen -n 0\na cat", "at least 1 image"),
-    ("%%imagegen --size big\na cat", "not a size"),
-    ("%%imagegen --aspect 16/9\na cat", "not an aspect ratio"),
+    ("%%imagegen --size big\na cat", "size 'big' is not available for gpt-image-1"),
+    ("%%imagegen --aspect 16/9\na cat", "aspect ratio '16/9' must look like '16:9'"),
     ("%%imagegen --api dalle\na cat", "'dalle' is not a known API"),
     ("%%imagegen --base-url ftp://x\na cat", "not an http(s) URL"),
     ("%%imagegen --quality ultra\na cat", "not a quality"),
