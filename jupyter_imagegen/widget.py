@@ -1,0 +1,809 @@
+"""`ImageGenForm`: an ipywidgets form for trying prompts again and again.
+
+    from jupyter_imagegen.widget import ImageGenForm
+    form = ImageGenForm(prompt="a lighthouse at dusk", n=2)
+    form                      # shows it; press Generate
+
+    form.value                # the ImageResponse of the last finished run (None before)
+    form.results              # every response that produced images, newest first
+    form.request              # the ImageRequest the form would send now
+
+or ``%imagegen_form [options] [prompt]`` after ``%load_ext jupyter_imagegen``.
+
+Generate never blocks the kernel: the request runs as a task on the kernel's event loop
+(`runner.spawn`) and the button is disabled while it runs. Cancel cancels that task, which
+cancels the HTTP call (the client closes the connection). The live event log and the result
+are drawn by the shared renderer (`display.GenerationView`) into an `ipywidgets.Output`; every
+run that produced images is kept in a history (newest first) with its prompt and settings,
+with "use as input" under each image and "reuse settings" for the run.
+
+Configuration is read when Generate is pressed, as the magic does: ``ImageConfig.from_env()``
+with the request cache on unless ``IMAGE_CACHE`` says otherwise, through the kernel's shared
+client. ``config=`` (used as given) or ``client=`` replace that.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import html
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import ipywidgets as W
+
+from . import events as ev
+from . import runner
+from .config import DEFAULT_MODELS, ENV_CACHE, SUGGESTED_MODELS, ImageConfig
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview
+from .errors import ConfigError, RequestError
+from .providers.base import MAX_FANOUT_N
+from .types import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+
+log = logging.getLogger("jupyter_imagegen")
+
+__all__ = ["ImageGenForm", "FormSettings", "HistoryEntry", "InputSlot", "register_form_magic",
+           "unregister_form_magic", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES"]
+
+#: the form refuses n outside 1..MAX_N (the providers then check their own, maybe smaller, limits)
+MAX_N = MAX_FANOUT_N
+API_LABELS = {
+    "openrouter_chat": "OpenRouter (chat)",
+    "openai_images": "OpenAI Images",
+    "openai_responses": "OpenAI Responses",
+}
+_ASPECTS = ("1:1", "3:2", "2:3", "16:9", "9:16", "4:3", "3:4")
+#: what the size box suggests per API: sizes (WxH, auto, 1K/2K/4K) and aspect ratios (W:H)
+SIZE_SUGGESTIONS = {
+    "openrouter_chat": ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "1K", "2K", "4K"],
+    "openai_images": ["auto", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792", "512x512",
+                      "256x256", *_ASPECTS],
+    "openai_responses": ["auto", "1024x1024", "1536x1024", "1024x1536", *_ASPECTS],
+}
+QUALITY_CHOICES = ("low", "medium", "high", "auto", "standard", "hd")
+
+_SIZE_RE = re.compile(r"^\d{2,5}x\d{2,5}$")
+_ASPECT_RE = re.compile(r"^[1-9]\d?:[1-9]\d?$")
+_K_RE = re.compile(r"^[1-9]K$")
+
+_DESC = {"description_width": "72px"}
+
+
+def _esc(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def _truncate(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def split_size(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """The size box's text -> (size, aspect_ratio). Raises RequestError when it is neither.
+
+    ``""`` -> (None, None); ``"16:9"`` -> (None, "16:9"); ``"1024X1024"`` -> ("1024x1024", None);
+    ``"auto"`` and ``"2K"`` are sizes.
+    """
+    v = (text or "").strip()
+    if not v or v.lower() == "default":
+        return None, None
+    if _ASPECT_RE.match(v):
+        return None, v
+    low = v.lower().replace("×", "x").replace(" ", "")
+    if low == "auto" or _SIZE_RE.match(low):
+        return low, None
+    if _K_RE.match(v.upper()):
+        return v.upper(), None
+    raise RequestError(f"size {v!r}: write WIDTHxHEIGHT (1024x1024), an aspect ratio W:H (16:9), "
+                       "auto, or leave it empty for the default")
+
+
+def _join_size(size: Optional[str], aspect: Optional[str]) -> str:
+    return aspect or size or ""
+
+
+# --------------------------------------------------------------------------------------------
+# data kept per run
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FormSettings:
+    """The form's fields at one moment: what "reuse settings" restores."""
+    prompt: str = ""
+    api_type: str = "openrouter_chat"
+    model: str = ""
+    size: str = ""                        # "1024x1024", "16:9", "auto" or "" (the default)
+    n: int = 1
+    quality: str = ""                     # "" = the API's default
+    save_dir: str = ""                    # "" = not saved
+    fresh: bool = False                   # ignore a cached answer
+    images: Tuple[InputImage, ...] = ()
+
+    def summary(self) -> str:
+        parts = [API_LABELS.get(self.api_type, self.api_type)]
+        if self.model:
+            parts.append(self.model)
+        if self.size:
+            parts.append(self.size)
+        parts.append(f"n={self.n}")
+        if self.quality:
+            parts.append(f"quality {self.quality}")
+        if self.images:
+            parts.append(f"{len(self.images)} input image{'s' if len(self.images) != 1 else ''}")
+        if self.fresh:
+            parts.append("fresh")
+        return " · ".join(parts)
+
+
+@dataclass
+class InputSlot:
+    """One input image of the form: valid (`image`) or refused (`error`), with its card widget."""
+    name: str
+    image: Optional[InputImage]
+    error: Optional[str] = None
+    widget: Any = None
+    remove_button: Any = None
+
+
+@dataclass
+class HistoryEntry:
+    """One run that produced images: its response, settings, and its card in the history."""
+    response: ImageResponse
+    settings: FormSettings
+    request: ImageRequest
+    finished_at: float
+    widget: Any = None
+    use_buttons: List[Any] = field(default_factory=list)
+    reuse_button: Any = None
+
+    @property
+    def prompt(self) -> str:
+        return self.settings.prompt
+
+
+# --------------------------------------------------------------------------------------------
+# the form
+# --------------------------------------------------------------------------------------------
+class ImageGenForm(W.VBox):
+    """An image generation form (an ``ipywidgets.VBox``).
+
+    Parameters: ``config`` (an ImageConfig, used as given: set ``cache=True`` there for the
+    request cache) or ``client`` (an ImageClient) — by default the configuration is read from
+    the environment at each Generate, with the cache on, like ``%%imagegen``. Initial fields:
+    ``prompt``, ``api_type``, ``model``, ``size`` (WxH, ``auto``, or an aspect ratio W:H;
+    ``aspect_ratio=`` is accepted too), ``n``, ``quality``, ``images`` (paths, bytes, PIL
+    images, Artifacts, ImageResponses), ``save_dir``, ``fresh``. ``request_options`` are extra
+    ImageRequest fields for every run (``timeout``, ``max_attempts``, ``headers``, ``base_url``...).
+    ``max_upload_bytes`` bounds one input image; ``preview_max_side`` the live preview;
+    ``thumbnail_size`` the history thumbnails; ``max_history`` how many runs are kept.
+    """
+
+    def __init__(self, config: Optional[ImageConfig] = None, client: Any = None, *,
+                 prompt: str = "", api_type: Optional[str] = None, model: Optional[str] = None,
+                 size: Optional[str] = None, aspect_ratio: Optional[str] = None, n: int = 1,
+                 quality: Optional[str] = None, images: Sequence[Any] = (), save_dir: Optional[str] = None,
+                 fresh: bool = False, request_options: Optional[Dict[str, Any]] = None,
+                 max_upload_bytes: int = MAX_INPUT_BYTES,
+                 preview_max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, thumbnail_size: int = 160,
+                 max_history: int = 50, **kwargs: Any):
+        super().__init__(**kwargs)
+        if config is not None and not isinstance(config, ImageConfig):
+            raise TypeError(f"config must be an ImageConfig, not {type(config).__name__}")
+        self._config = config
+        self._client = client
+        self._own_client = None
+        self.request_options: Dict[str, Any] = dict(request_options or {})
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.thumbnail_size = int(thumbnail_size)
+        self.max_history = int(max_history)
+
+        self.task: Optional[asyncio.Task] = None
+        self.value: Optional[ImageResponse] = None
+        self.history: List[HistoryEntry] = []
+        self.inputs: List[InputSlot] = []
+        self._cancel_requested = False
+        self._t0 = 0.0
+        self._running = False
+
+        base = self._base_config()
+        start_api = api_type or (client.config.api_type if client is not None else base.api_type)
+        if start_api not in API_TYPES:
+            raise ConfigError(f"api_type={start_api!r} is not a known API type; use one of: {', '.join(API_TYPES)}")
+        if size and aspect_ratio:
+            raise RequestError("give either a size or an aspect ratio, not both")
+
+        # -- fields ---------------------------------------------------------------------------
+        full = W.Layout(width="100%")
+        self.prompt_text = W.Textarea(value=prompt or "", placeholder="What should the image show?",
+                                      description="Prompt", rows=3, layout=full, style=_DESC)
+        self.api_select = W.Dropdown(options=[(API_LABELS[a], a) for a in API_TYPES], value=start_api,
+                                     description="API", style=_DESC, layout=W.Layout(width="260px"))
+        self.model_input = W.Combobox(value=model or "", options=list(SUGGESTED_MODELS[start_api]),
+                                      ensure_option=False, description="Model", style=_DESC,
+                                      layout=W.Layout(width="420px"))
+        self.size_input = W.Combobox(value=_join_size(size, aspect_ratio), options=list(SIZE_SUGGESTIONS[start_api]),
+                                     ensure_option=False, description="Size", placeholder="default",
+                                     style=_DESC, layout=W.Layout(width="260px"))
+        self.n_input = W.IntText(value=int(n), description="n", style={"description_width": "24px"},
+                                 layout=W.Layout(width="110px"))
+        self.quality_select = W.Dropdown(options=[("default", "")] + [(q, q) for q in QUALITY_CHOICES],
+                                         value=quality or "", description="Quality", style=_DESC,
+                                         layout=W.Layout(width="220px"))
+        self.save_input = W.Text(value=save_dir or "", placeholder="folder to save images in (empty: not saved)",
+                                 description="Save to", style=_DESC, layout=W.Layout(width="520px"))
+        self.fresh_check = W.Checkbox(value=bool(fresh), description="ignore cache (new sample)", indent=False,
+                                      layout=W.Layout(width="auto"))
+        self.upload = W.FileUpload(accept="image/*", multiple=True, description="Add input images",
+                                   layout=W.Layout(width="auto"))
+        self.inputs_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="paint-brush",
+                                        tooltip="send the request (the kernel stays free)")
+        self.cancel_button = W.Button(description="Cancel", icon="stop", disabled=True,
+                                      tooltip="cancel the request in flight")
+        self.message = W.HTML(value="")
+        self.output = W.Output(layout=W.Layout(width="100%"))
+        self.history_title = W.HTML(value="")
+        self.history_box = W.VBox([], layout=W.Layout(width="100%"))
+        self.view = GenerationView(output=self.output, preview_max_side=preview_max_side, title="imagegen")
+
+        for cls, w in (("imagegen-prompt", self.prompt_text), ("imagegen-generate", self.generate_button),
+                       ("imagegen-cancel", self.cancel_button), ("imagegen-output", self.output),
+                       ("imagegen-history", self.history_box), ("imagegen-message", self.message),
+                       ("imagegen-upload", self.upload)):
+            w.add_class(cls)
+        self.add_class("imagegen-form")
+
+        self._update_model_placeholder()
+        self.api_select.observe(self._on_api_change, names="value")
+        self.upload.observe(self._on_upload, names="value")
+        self.generate_button.on_click(lambda _b: self.generate())
+        self.cancel_button.on_click(lambda _b: self.cancel())
+
+        for img in images or ():
+            self.add_input(img)
+
+        self.children = [
+            self.prompt_text,
+            W.HBox([self.api_select, self.model_input], layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.size_input, self.n_input, self.quality_select], layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.save_input, self.fresh_check], layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            W.HBox([self.upload, self.inputs_box], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
+            W.HBox([self.generate_button, self.cancel_button, self.message],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            self.output,
+            self.history_title,
+            self.history_box,
+        ]
+        self._refresh_history_title()
+
+    # -- configuration ------------------------------------------------------------------------
+    def _base_config(self) -> ImageConfig:
+        """The configuration for defaults shown in the form (never raises)."""
+        if self._client is not None:
+            return self._client.config
+        if self._config is not None:
+            return self._config
+        try:
+            return ImageConfig.from_env()
+        except ConfigError:
+            return ImageConfig()
+
+    def _client_for_run(self):
+        """The client for one run. Raises ConfigError (a bad IMAGE_* variable)."""
+        if self._client is not None:
+            return self._client
+        if self._config is not None:
+            if self._own_client is None:
+                from .client import ImageClient
+                self._own_client = ImageClient(self._config)
+            return self._own_client
+        config = ImageConfig.from_env()
+        if not os.environ.get(ENV_CACHE):
+            config = config.replace(cache=True)  # like the magic: cache unless IMAGE_CACHE says otherwise
+        return runner.get_client(config)
+
+    def _default_model(self, api: str) -> str:
+        cfg = self._base_config()
+        return cfg.model if (api == cfg.api_type and cfg.model) else DEFAULT_MODELS[api]
+
+    def _update_model_placeholder(self) -> None:
+        self.model_input.placeholder = f"default: {self._default_model(self.api_select.value)}"
+
+    def _on_api_change(self, change) -> None:
+        old, new = change["old"], change["new"]
+        current = self.model_input.value.strip()
+        self.model_input.options = list(SUGGESTED_MODELS[new])
+        if current and current in SUGGESTED_MODELS.get(old, ()) and current not in SUGGESTED_MODELS[new]:
+            self.model_input.value = ""  # another API's model would only be refused
+        self.size_input.options = list(SIZE_SUGGESTIONS[new])
+        self._update_model_placeholder()
+
+    # -- input images -------------------------------------------------------------------------
+    @property
+    def input_images(self) -> List[InputImage]:
+        """The valid input images, in order."""
+        return [s.image for s in self.inputs if s.image is not None]
+
+    def add_input(self, image: Any, name: Optional[str] = None) -> InputSlot:
+        """Add an input image: a path, bytes, a data URL, a PIL image, an Artifact, an
+        ImageResponse (its first image) or an InputImage. A bad one is kept as a refused card
+        (with the reason) so Generate says why it will not send; remove it to go on."""
+        if isinstance(image, ImageResponse):
+            if not image.artifacts:
+                slot = InputSlot(name or "response", None, "that response has no images")
+                return self._add_slot(slot)
+            image = image.artifacts[0]
+        if name is None:
+            if isinstance(image, InputImage):
+                name = image.name
+            elif isinstance(image, Artifact):
+                name = f"result-{image.index + 1}{image.extension}"
+            elif isinstance(image, (str, os.PathLike)) and not str(image).startswith("data:"):
+                name = Path(image).name
+            else:
+                name = f"image-{len(self.inputs) + 1}"
+        try:
+            if isinstance(image, (bytes, bytearray, memoryview)) and len(image) > self.max_upload_bytes:
+                raise RequestError(f"{len(image) / 1e6:.1f} MB is over the {self.max_upload_bytes / 1e6:.3g} MB "
+                                   "limit — downscale or compress it first")
+            img = InputImage.from_any(image, max_bytes=self.max_upload_bytes, label=name)
+            stem = Path(name).stem or "image"
+            img = dataclasses.replace(img, name=stem + EXT_BY_MIME.get(img.mime_type, ".png"))
+            slot = InputSlot(name, img)
+        except RequestError as e:
+            msg = str(e)
+            if msg.startswith(f"{name}: "):
+                msg = msg[len(name) + 2:]
+            slot = InputSlot(name, None, msg)
+        return self._add_slot(slot)
+
+    def _add_slot(self, slot: InputSlot) -> InputSlot:
+        remove = W.Button(description="remove", icon="times", tooltip=f"remove {slot.name}",
+                          layout=W.Layout(width="96px"))
+        remove.add_class("imagegen-remove")
+        remove.on_click(lambda _b, s=slot: self.remove_input(s))
+        slot.remove_button = remove
+        side = 96
+        if slot.image is not None:
+            mime, data, _ = preview(Artifact(slot.image.data, slot.image.mime_type), side)
+            if data:
+                top: Any = W.Image(value=data, format=mime.split("/")[-1], layout=W.Layout(max_width=f"{side}px",
+                                                                                         max_height=f"{side}px"))
+            else:  # pragma: no cover - a validated image always previews
+                top = W.HTML("<div style='width: 96px; height: 64px'>(no preview)</div>")
+            label = W.HTML(f"<div style='font-size: 11px; max-width: {side}px; overflow: hidden; "
+                           f"text-overflow: ellipsis; white-space: nowrap' title='{_esc(slot.name)}'>"
+                           f"{_esc(slot.name)}</div>")
+            slot.widget = W.VBox([top, label, remove], layout=W.Layout(width=f"{side + 8}px", padding="2px"))
+        else:
+            top = W.HTML(f"<div style='font-size: 11px; color: #d32f2f; max-width: 160px; word-break: break-word'>"
+                         f"✖ <b>{_esc(slot.name)}</b>: {_esc(slot.error)}</div>")
+            slot.widget = W.VBox([top, remove], layout=W.Layout(width="170px", padding="2px",
+                                                                border="1px solid #d32f2f"))
+            self._say(f"input image {slot.name}: {slot.error}")
+        slot.widget.add_class("imagegen-input")
+        self.inputs.append(slot)
+        self._sync_inputs()
+        return slot
+
+    def remove_input(self, slot: Union[InputSlot, int]) -> None:
+        """Remove an input image (its slot or its position)."""
+        if isinstance(slot, int):
+            slot = self.inputs[slot]
+        if slot in self.inputs:
+            self.inputs.remove(slot)
+        self._sync_inputs()
+        if not any(s.error for s in self.inputs) and self.message.value and "input image" in self.message.value:
+            self._say(None)
+
+    def clear_inputs(self) -> None:
+        self.inputs = []
+        self._sync_inputs()
+
+    def _sync_inputs(self) -> None:
+        self.inputs_box.children = tuple(s.widget for s in self.inputs)
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if not files:
+            return
+        for f in files:
+            name = str(f.get("name") or "upload")
+            content = f.get("content")
+            try:
+                data = bytes(content) if content is not None else b""
+            except Exception:  # pragma: no cover - the frontend always sends bytes
+                data = b""
+            if not data:
+                self._add_slot(InputSlot(name, None, "the file is empty or could not be read"))
+                continue
+            self.add_input(data, name=name)
+        # forget the upload itself: the images live in self.inputs, and the same file can be chosen again
+        self.upload.value = ()
+
+    # -- fields <-> settings / request --------------------------------------------------------
+    @property
+    def settings(self) -> FormSettings:
+        """The fields now, as a FormSettings (valid input images only)."""
+        n = self.n_input.value
+        return FormSettings(prompt=self.prompt_text.value, api_type=self.api_select.value,
+                            model=self.model_input.value.strip(), size=self.size_input.value.strip(),
+                            n=int(n) if n is not None else 0, quality=self.quality_select.value or "",
+                            save_dir=self.save_input.value.strip(), fresh=bool(self.fresh_check.value),
+                            images=tuple(self.input_images))
+
+    def apply_settings(self, settings: FormSettings) -> None:
+        """Put `settings` into the fields (what "reuse settings" does)."""
+        self.api_select.value = settings.api_type
+        self.model_input.value = settings.model
+        self.prompt_text.value = settings.prompt
+        self.size_input.value = settings.size
+        self.n_input.value = settings.n
+        self.quality_select.value = settings.quality if settings.quality in QUALITY_CHOICES else ""
+        self.save_input.value = settings.save_dir
+        self.fresh_check.value = settings.fresh
+        self.clear_inputs()
+        for img in settings.images:
+            self.add_input(img)
+
+    def problems(self) -> List[str]:
+        """What is wrong with the fields (empty when the form can send)."""
+        out: List[str] = []
+        if not self.prompt_text.value.strip():
+            out.append("the prompt is empty: write what the image should show")
+        n = self.n_input.value
+        if n is None or not 1 <= int(n) <= MAX_N:
+            out.append(f"n={n}: ask for 1 to {MAX_N} images")
+        try:
+            split_size(self.size_input.value)
+        except RequestError as e:
+            out.append(str(e))
+        for s in self.inputs:
+            if s.error:
+                out.append(f"input image {s.name}: {s.error} — remove it to go on")
+        return out
+
+    def build_request(self, settings: Optional[FormSettings] = None) -> ImageRequest:
+        """The ImageRequest for `settings` (default: the fields now). Raises RequestError when a
+        field is wrong (the message lists every problem)."""
+        if settings is None:
+            problems = self.problems()
+            if problems:
+                raise RequestError("; ".join(problems))
+            settings = self.settings
+        size, aspect = split_size(settings.size)
+        opts = dict(self.request_options)
+        opts["headers"] = dict(opts.get("headers") or {})
+        return ImageRequest(prompt=settings.prompt.strip(), model=settings.model or None,
+                            api_type=settings.api_type, n=settings.n, size=size, aspect_ratio=aspect,
+                            quality=settings.quality or None, images=list(settings.images),
+                            fresh=settings.fresh, **opts)
+
+    @property
+    def request(self) -> ImageRequest:
+        """The ImageRequest the form would send now (RequestError when a field is wrong)."""
+        return self.build_request()
+
+    # -- results ------------------------------------------------------------------------------
+    @property
+    def results(self) -> List[ImageResponse]:
+        """The responses that produced images, newest first (the history)."""
+        return [h.response for h in self.history]
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def wait(self, timeout: Optional[float] = None) -> Optional[ImageResponse]:
+        """Wait for the run in progress (if any); returns `value`. A cancelled run returns too."""
+        task = self.task
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=timeout)
+        return self.value
+
+    # -- messages -----------------------------------------------------------------------------
+    def _say(self, text: Union[None, str, Sequence[str]], kind: str = "error") -> None:
+        if not text:
+            self.message.value = ""
+            return
+        items = [text] if isinstance(text, str) else list(text)
+        color = {"error": "#d32f2f", "info": "inherit"}.get(kind, "inherit")
+        icon = "✖ " if kind == "error" else ""
+        body = "<br>".join(f"{icon}{_esc(t)}" for t in items)
+        self.message.value = (f'<div class="imagegen-form-message" data-kind="{kind}" '
+                              f'style="color: {color}; margin-left: 8px; line-height: 1.4">{body}</div>')
+
+    @property
+    def message_text(self) -> str:
+        """The inline message as plain text ('' when there is none)."""
+        return html.unescape(re.sub(r"<br>", "\n", re.sub(r"<(?!br>)[^>]+>", "", self.message.value))).strip()
+
+    # -- generate / cancel --------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self.generate_button.disabled = running
+        self.generate_button.description = "Generating…" if running else "Generate"
+        self.cancel_button.disabled = not running
+
+    def generate(self) -> Optional["asyncio.Task[Optional[ImageResponse]]"]:
+        """What the Generate button does. Returns the task, or None when nothing was sent
+        (a field is wrong: the inline message says which; or a run is in progress)."""
+        if self.running:
+            self._say("a request is already running: wait for it, or press Cancel")
+            return None
+        problems = self.problems()
+        if problems:
+            self._say(problems)
+            return None
+        settings = self.settings
+        try:
+            request = self.build_request(settings)
+            client = self._client_for_run()
+            client.resolve(request)
+        except (RequestError, ConfigError) as e:
+            self._say(str(e))
+            return None
+        if settings.save_dir:
+            try:
+                Path(settings.save_dir).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self._say(f"save folder {settings.save_dir}: cannot create it ({e.strerror or e})")
+                return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._say("Generate needs a running event loop (a Jupyter kernel, or an async test); "
+                      "in plain Python use ImageClient.generate_sync(form.request)")
+            return None
+        self._say(None)
+        self.view.redact = [t for t in (getattr(client.config, "token", None), request.token) if t]
+        self.view.reset()
+        self.view.start(settings.prompt)
+        self._cancel_requested = False
+        self._t0 = time.monotonic()
+        self._set_running(True)
+        self.task = runner.spawn(self._run(client, request, settings))
+        return self.task
+
+    def cancel(self) -> bool:
+        """What the Cancel button does: cancel the run in progress (its HTTP call is closed).
+        Returns True when there was one to cancel."""
+        task = self.task
+        if task is None or task.done():
+            return False
+        self._cancel_requested = True
+        task.cancel()
+        return True
+
+    def _cancel_text(self) -> str:
+        return (f"cancelled with the Cancel button after {time.monotonic() - self._t0:.1f} s: "
+                "the HTTP call was closed; nothing more will be sent")
+
+    async def _run(self, client, request: ImageRequest, settings: FormSettings) -> Optional[ImageResponse]:
+        view = self.view
+
+        def on_event(event) -> None:
+            if (event.type == ev.GENERATION_FAILED and event.data.get("cancelled")
+                    and self._cancel_requested):
+                view.log.cancel(self._cancel_text())
+            view.on_event(event)
+
+        try:
+            resp = await client.generate(request, on_event=on_event)
+        except asyncio.CancelledError:
+            view.cancelled(self._cancel_text() if self._cancel_requested else None)
+            self._set_running(False)
+            raise
+        except (RequestError, ConfigError) as e:
+            msg = str(e)
+            if msg.startswith("no API token"):
+                src = getattr(client.config, "token_source", "IMAGE_AUTH_TOKEN")
+                msg = (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
+                       "nothing was sent")
+            view.show_error(msg, title="Nothing was sent")
+            self._say(msg)
+            self._set_running(False)
+            return None
+        except Exception as e:  # a bug must still leave the form usable
+            log.exception("image generation from the form failed")
+            view.show_error(f"{type(e).__name__}: {e}", title="Unexpected error")
+            self._set_running(False)
+            return None
+
+        save_errors: List[str] = []
+        try:
+            if settings.save_dir and resp.artifacts:
+                from .magic import save_artifacts
+                paths, save_errors = save_artifacts(resp, settings.save_dir, settings.prompt)
+                if paths:
+                    view.note(f"saved {len(paths)} file{'s' if len(paths) != 1 else ''} to {settings.save_dir}")
+            view.show_response(resp, extra_errors=save_errors)
+            self.value = resp
+            if resp.artifacts:
+                self._add_history(HistoryEntry(resp, settings, request, time.time()))
+        except Exception as e:  # pragma: no cover - display problems must not lose the response
+            log.exception("showing the response failed")
+            self.value = resp
+            view.show_error(f"{type(e).__name__}: {e}", title="Could not show the result")
+        finally:
+            self._set_running(False)
+        return resp
+
+    # -- history ------------------------------------------------------------------------------
+    def _refresh_history_title(self) -> None:
+        n = len(self.history)
+        self.history_title.value = ("" if not n else
+                                    f"<div style='margin-top: 8px; font-weight: 600'>History "
+                                    f"<span style='opacity: 0.6; font-weight: normal'>({n} run{'s' if n != 1 else ''}, "
+                                    f"newest first)</span></div>")
+
+    def _add_history(self, entry: HistoryEntry) -> None:
+        entry.widget = self._history_card(entry)
+        self.history.insert(0, entry)
+        del self.history[self.max_history:]
+        self.history_box.children = tuple(h.widget for h in self.history)
+        self._refresh_history_title()
+
+    def _history_card(self, entry: HistoryEntry) -> W.VBox:
+        resp, s = entry.response, entry.settings
+        when = time.strftime("%H:%M:%S", time.localtime(entry.finished_at))
+        tags = [when, f"{len(resp.artifacts)} image{'s' if len(resp.artifacts) != 1 else ''}"]
+        if resp.model:
+            tags.append(resp.model)
+        tags.append("from cache" if resp.from_cache else f"{resp.elapsed:.1f} s")
+        if resp.attempts > 1:
+            tags.append(f"{resp.attempts} attempts")
+        if resp.paths:
+            tags.append(f"saved to {s.save_dir}")
+        head = W.HTML(
+            f"<div style='line-height: 1.35'><b>{_esc(_truncate(s.prompt, 240))}</b><br>"
+            f"<span style='font-size: 12px; opacity: 0.75'>{_esc(s.summary())}<br>{_esc(' · '.join(tags))}</span></div>")
+        figures = []
+        for i, art in enumerate(resp.artifacts):
+            mime, data, (w, h) = preview(art, self.thumbnail_size)
+            if data:
+                img: Any = W.Image(value=data, format=mime.split("/")[-1],
+                                   layout=W.Layout(max_width=f"{self.thumbnail_size}px",
+                                                   max_height=f"{self.thumbnail_size}px"))
+            else:
+                img = W.HTML("<div style='padding: 10px; opacity: 0.6'>(no preview)</div>")
+            use = W.Button(description="use as input", icon="level-up", tooltip="add this image to the input images",
+                           layout=W.Layout(width=f"{max(self.thumbnail_size, 120)}px"))
+            use.add_class("imagegen-use-as-input")
+            use.on_click(lambda _b, a=art, k=i, e=entry: self._use_as_input(a, k, e))
+            entry.use_buttons.append(use)
+            figures.append(W.VBox([img, use], layout=W.Layout(padding="2px")))
+        reuse = W.Button(description="reuse settings", icon="undo", tooltip="put this run's prompt and settings back")
+        reuse.add_class("imagegen-reuse")
+        reuse.on_click(lambda _b, e=entry: self.reuse(e))
+        entry.reuse_button = reuse
+        card = W.VBox([head, W.HBox(figures, layout=W.Layout(flex_flow="row wrap")), reuse],
+                      layout=W.Layout(border="1px solid rgba(127,127,127,0.35)", padding="6px", margin="4px 0",
+                                      width="100%"))
+        card.add_class("imagegen-history-entry")
+        return card
+
+    def _use_as_input(self, art: Artifact, k: int, entry: HistoryEntry) -> None:
+        slot = self.add_input(art, name=f"result-{k + 1}{art.extension}")
+        if slot.image is not None:
+            self._say(f"added image {k + 1} of “{_truncate(entry.prompt, 40)}” as an input image", kind="info")
+
+    def reuse(self, entry: Union[HistoryEntry, int]) -> None:
+        """Restore a run's fields (its entry, or its position in the history: 0 = newest)."""
+        if isinstance(entry, int):
+            entry = self.history[entry]
+        self.apply_settings(entry.settings)
+        self._say("settings restored from the history", kind="info")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel a run in progress, close the widgets, and the form's own client (if any)."""
+        self.cancel()
+        own, self._own_client = self._own_client, None
+        if own is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                own.close_sync()
+            else:
+                runner.spawn(own.close(), loop=loop)
+        for w in self._all_widgets():
+            try:
+                w.close()
+            except Exception:  # pragma: no cover
+                pass
+        super().close()
+
+    def _all_widgets(self) -> List[W.Widget]:
+        out: List[W.Widget] = []
+
+        def walk(w):
+            for c in getattr(w, "children", ()) or ():
+                walk(c)
+                out.append(c)
+        walk(self)
+        return out
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"{len(self.history)} result{'s' if len(self.history) != 1 else ''}"
+        return f"<ImageGenForm {self.api_select.value} · {state}>"
+
+
+# --------------------------------------------------------------------------------------------
+# %imagegen_form
+# --------------------------------------------------------------------------------------------
+class _FormArgParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default would exit the kernel's process
+        from IPython.core.error import UsageError
+        raise UsageError(f"%imagegen_form: {message}")
+
+
+def _form_parser() -> "_FormArgParser":
+    p = _FormArgParser(prog="%imagegen_form", add_help=False, allow_abbrev=False,
+                                description="Show an image generation form (the rest of the line pre-fills the prompt).")
+    p.add_argument("--api", metavar="API")
+    p.add_argument("--model", metavar="MODEL")
+    p.add_argument("-n", type=int, default=1, metavar="N")
+    p.add_argument("--size", metavar="WxH|W:H")
+    p.add_argument("--aspect", metavar="W:H")
+    p.add_argument("--quality", metavar="Q")
+    p.add_argument("--save", metavar="DIR")
+    p.add_argument("--image", action="append", default=[], metavar="PATH_OR_VAR")
+    p.add_argument("--out", metavar="VAR")
+    return p
+
+
+def _form_magic_factory(ipython):
+    def imagegen_form(line: str = ""):
+        """%imagegen_form [--api API] [--model M] [-n N] [--size WxH|W:H] [--quality Q] [--save DIR]
+        [--image PATH_OR_VAR]... [--out VAR] [prompt...]
+
+        Show an ImageGenForm with those fields pre-filled; `--out VAR` keeps it in VAR
+        (VAR.value is the latest ImageResponse, VAR.results every result).
+        """
+        from IPython.core.error import UsageError
+        from IPython.display import display
+        from .magic import API_ALIASES, expand_variables, resolve_image, split_options
+
+        parser = _form_parser()
+        ns = ipython.user_ns
+        argv, rest = split_options(line, parser)
+        args = parser.parse_args([expand_variables(t, ns, where="the options") for t in argv])
+        api = None
+        if args.api:
+            v = args.api.strip().lower().replace("-", "_")
+            api = API_ALIASES.get(v, v)
+            if api not in API_TYPES:
+                raise UsageError(f"%imagegen_form: --api {args.api!r}: use one of {', '.join(API_TYPES)}")
+        if args.out and (not args.out.isidentifier()):
+            raise UsageError(f"%imagegen_form: --out {args.out!r} is not a valid variable name")
+        if args.quality and args.quality not in QUALITY_CHOICES:
+            raise UsageError(f"%imagegen_form: --quality {args.quality!r}: use one of {', '.join(QUALITY_CHOICES)}")
+        images = [resolve_image(spec, ns) for spec in args.image]
+        prompt = expand_variables(rest, ns) if rest else ""
+        try:
+            form = ImageGenForm(prompt=prompt, api_type=api, model=args.model, size=args.size,
+                                aspect_ratio=args.aspect, n=args.n, quality=args.quality, images=images,
+                                save_dir=args.save)
+        except (RequestError, ConfigError) as e:
+            raise UsageError(f"%imagegen_form: {e}") from None
+        if args.out:
+            ns[args.out] = form
+        display(form)
+        return None
+
+    return imagegen_form
+
+
+def register_form_magic(ipython) -> None:
+    """Register the `%imagegen_form` line magic on `ipython` (idempotent)."""
+    ipython.register_magic_function(_form_magic_factory(ipython), magic_kind="line", magic_name="imagegen_form")
+
+
+def unregister_form_magic(ipython) -> None:
+    """Remove `%imagegen_form` (for unload_ipython_extension)."""
+    ipython.magics_manager.magics["line"].pop("imagegen_form", None)

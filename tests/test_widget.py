@@ -1,0 +1,512 @@
+"""The ipywidgets form driven from Python against the emulator (real HTTP on 127.0.0.1):
+fields -> request, Generate as a task on the running loop, Cancel, history, reuse, use as input,
+inline messages for bad fields (and nothing sent), the request cache, %imagegen_form."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_imagegen import runner
+from jupyter_imagegen.config import SUGGESTED_MODELS, ImageConfig
+from jupyter_imagegen.errors import RequestError
+from jupyter_imagegen.types import ImageRequest, ImageResponse, InputImage
+from jupyter_imagegen.widget import MAX_N, FormSettings, ImageGenForm, split_size
+
+from conftest import EMULATOR_TOKEN
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def png(size=(64, 48), color=(30, 120, 200), fmt="PNG") -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_form(emulator, *, cache=False, cache_dir=None, **fields) -> ImageGenForm:
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"),
+                      token=EMULATOR_TOKEN, backoff_base=0.05, cache=cache, cache_dir=cache_dir)
+    return ImageGenForm(config=cfg, **fields)
+
+
+def log_text(form: ImageGenForm) -> str:
+    return form.view.log.to_text()
+
+
+def output_html(form: ImageGenForm) -> str:
+    return "".join(o["data"].get("text/html", "") for o in form.output.outputs)
+
+
+async def wait_for(condition, timeout=5.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(step)
+
+
+async def run(form: ImageGenForm, timeout=20.0) -> ImageResponse:
+    form.generate_button.click()
+    assert form.task is not None, form.message_text
+    return await asyncio.wait_for(form.task, timeout)
+
+
+@pytest.fixture(autouse=True)
+async def _close_forms():
+    yield
+    await runner.aclose_client()
+
+
+# --------------------------------------------------------------------------------------------
+# fields -> request
+# --------------------------------------------------------------------------------------------
+def test_request_reflects_the_fields():
+    form = ImageGenForm(config=ImageConfig(api_type="openai_images", token="t" * 20), prompt="a fox",
+                        size="1536x1024", n=2, quality="high", images=[png()],
+                        request_options={"timeout": 30, "max_attempts": 2})
+    req = form.request
+    assert isinstance(req, ImageRequest)
+    assert (req.prompt, req.api_type, req.n, req.size, req.aspect_ratio, req.quality) == \
+        ("a fox", "openai_images", 2, "1536x1024", None, "high")
+    assert req.model is None and req.timeout == 30 and req.max_attempts == 2
+    assert len(req.images) == 1 and isinstance(req.images[0], InputImage)
+    form.size_input.value = "16:9"
+    form.model_input.value = "gpt-image-1-mini"
+    req = form.request
+    assert (req.size, req.aspect_ratio, req.model) == (None, "16:9", "gpt-image-1-mini")
+    assert form.request.request_id != req.request_id  # a new request every time
+
+
+def test_split_size():
+    assert split_size("") == (None, None)
+    assert split_size(" 1024X1024 ") == ("1024x1024", None)
+    assert split_size("auto") == ("auto", None)
+    assert split_size("2k") == ("2K", None)
+    assert split_size("3:2") == (None, "3:2")
+    with pytest.raises(RequestError):
+        split_size("big")
+
+
+def test_model_suggestions_follow_the_api():
+    form = ImageGenForm(config=ImageConfig(api_type="openai_images"))
+    assert list(form.model_input.options) == SUGGESTED_MODELS["openai_images"]
+    assert "gpt-image-1" in form.model_input.placeholder
+    form.model_input.value = "dall-e-3"
+    form.api_select.value = "openrouter_chat"
+    assert list(form.model_input.options) == SUGGESTED_MODELS["openrouter_chat"]
+    assert form.model_input.value == ""          # an OpenAI model would only be refused by OpenRouter
+    assert "gemini" in form.model_input.placeholder
+    assert "16:9" in form.size_input.options
+    form.model_input.value = "my/custom-model"   # free text is kept across API changes
+    form.api_select.value = "openai_responses"
+    assert form.model_input.value == "my/custom-model"
+
+
+# --------------------------------------------------------------------------------------------
+# generate: a task, the log, the gallery, the history
+# --------------------------------------------------------------------------------------------
+async def test_generate_runs_as_a_task_and_fills_log_gallery_and_history(emulator):
+    form = make_form(emulator, prompt="a red fox in snow", n=2)
+    t0 = time.monotonic()
+    form.generate_button.click()
+    assert time.monotonic() - t0 < 0.5                       # the click returns at once
+    assert isinstance(form.task, asyncio.Task) and not form.task.done()
+    assert form.generate_button.disabled and not form.cancel_button.disabled
+    assert form.running
+    resp = await asyncio.wait_for(form.task, 20)
+    assert resp.success and len(resp.artifacts) == 2
+    assert form.value is resp and form.results == [resp]
+    assert not form.generate_button.disabled and form.cancel_button.disabled and not form.running
+    # the live log and the gallery are in the Output (rendered by display.GenerationView)
+    text = log_text(form)
+    assert "started" in text and "attempt 1/" in text and "done: 2 images" in text
+    html = output_html(form)
+    assert html.count("<img ") == 2 and 'data-state="done"' in html
+    # the history: one card with two thumbnails, each with "use as input", and "reuse settings"
+    assert len(form.history_box.children) == 1
+    entry = form.history[0]
+    assert entry.prompt == "a red fox in snow" and entry.settings.n == 2
+    assert len(entry.use_buttons) == 2 and entry.reuse_button is not None
+    assert "History" in form.history_title.value
+    assert form.message_text == ""
+    assert emulator.requests[-1]["prompt"] == "a red fox in snow"
+
+
+async def test_the_loop_stays_free_while_generating(emulator):
+    emulator.add_faults("slow_headers:delay=1")
+    form = make_form(emulator, prompt="slow one")
+    form.generate_button.click()
+    ticks = 0
+    while not form.task.done():         # other work runs on the same loop meanwhile
+        await asyncio.sleep(0.02)
+        ticks += 1
+    assert ticks > 20
+    assert form.value.success
+
+
+async def test_history_is_newest_first_and_keeps_each_runs_settings(emulator):
+    form = make_form(emulator, prompt="first prompt", size="1024x1024")
+    r1 = await run(form)
+    form.prompt_text.value = "second prompt"
+    form.size_input.value = "1536x1024"
+    form.quality_select.value = "low"
+    r2 = await run(form)
+    assert form.results == [r2, r1]
+    assert [h.prompt for h in form.history] == ["second prompt", "first prompt"]
+    assert form.history[1].settings.size == "1024x1024" and form.history[0].settings.quality == "low"
+    assert form.history_box.children == (form.history[0].widget, form.history[1].widget)
+    assert "2 runs" in form.history_title.value
+
+
+async def test_max_history(emulator):
+    form = make_form(emulator, prompt="p", max_history=2)
+    for i in range(3):
+        form.prompt_text.value = f"prompt {i}"
+        await run(form)
+    assert [h.prompt for h in form.history] == ["prompt 2", "prompt 1"]
+    assert len(form.history_box.children) == 2
+
+
+async def test_a_second_click_while_running_sends_nothing_more(emulator):
+    emulator.add_faults("slow_headers:delay=0.5")
+    form = make_form(emulator, prompt="once")
+    form.generate_button.click()
+    first = form.task
+    form.generate_button.click()         # .click() fires even on a disabled button
+    assert form.task is first and "already running" in form.message_text
+    await first
+    assert emulator.request_count == 1
+
+
+async def test_retry_appears_in_the_log(emulator):
+    emulator.add_faults("429:retry_after_ms=100")
+    form = make_form(emulator, prompt="retry me")
+    resp = await run(form)
+    assert resp.success and resp.attempts == 2
+    text = log_text(form)
+    assert "429" in text and "retrying" in text
+    assert "429" in output_html(form)
+
+
+async def test_api_failure_shows_the_error_box_and_is_not_history(emulator):
+    emulator.add_faults("400:message=bad things")
+    form = make_form(emulator, prompt="refused")
+    resp = await run(form)
+    assert not resp.success and form.value is resp
+    assert form.results == [] and form.history_box.children == ()
+    assert "imagegen-error" in output_html(form) and "bad things" in output_html(form)
+    assert not form.generate_button.disabled
+
+
+# --------------------------------------------------------------------------------------------
+# cancel
+# --------------------------------------------------------------------------------------------
+async def _cancel_after_request_arrives(form, emulator):
+    form.generate_button.click()
+    task = form.task
+    await wait_for(lambda: emulator.request_count >= 1)
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    form.cancel_button.click()
+    done, _ = await asyncio.wait([task], timeout=1.0)
+    elapsed = time.monotonic() - t0
+    assert done, "the task did not finish within a second of Cancel"
+    return task, elapsed
+
+
+async def test_cancel_stops_a_slow_request_within_a_second(emulator):
+    emulator.add_faults("slow_headers:delay=10")
+    form = make_form(emulator, prompt="never arrives")
+    task, elapsed = await _cancel_after_request_arrives(form, emulator)
+    assert task.cancelled() and elapsed < 1.0
+    assert form.value is None and form.history == []
+    assert not form.generate_button.disabled and form.cancel_button.disabled
+    assert form.view.log.state == "cancelled"
+    assert "Cancel button" in log_text(form) and 'data-state="cancelled"' in output_html(form)
+    # the form works again afterwards
+    resp = await run(form)
+    assert resp.success and emulator.request_count == 2
+
+
+async def test_cancel_during_a_retry_wait(emulator):
+    emulator.add_faults("429:retry_after=30")
+    form = make_form(emulator, prompt="rate limited")
+    form.generate_button.click()
+    task = form.task
+    await wait_for(lambda: "retrying" in log_text(form))
+    t0 = time.monotonic()
+    assert form.cancel() is True
+    await asyncio.wait([task], timeout=1.0)
+    assert task.cancelled() and time.monotonic() - t0 < 1.0
+    await asyncio.sleep(0.3)
+    assert emulator.request_count == 1              # no retry was sent after Cancel
+    assert form.cancel() is False                   # nothing left to cancel
+
+
+async def test_cancel_closes_the_http_connection():
+    """A bare TCP server that reads the request and never answers: after Cancel it sees the
+    client close the connection (EOF) within a second — the HTTP call is really gone."""
+    received = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await reader.readuntil(b"\r\n\r\n")
+        received.set()
+        while await reader.read(65536):   # the body, then b"" when the client hangs up
+            pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = ImageConfig(api_type="openai_images", base_url=f"http://127.0.0.1:{port}/v1",
+                          token=EMULATOR_TOKEN, timeout=60)
+        form = ImageGenForm(config=cfg, prompt="hang")
+        form.generate_button.click()
+        await asyncio.wait_for(received.wait(), 5)
+        t0 = time.monotonic()
+        form.cancel_button.click()
+        await asyncio.wait_for(closed.wait(), 1.0)
+        assert time.monotonic() - t0 < 1.0
+        await asyncio.wait([form.task], timeout=1.0)
+        assert form.task.cancelled()
+        form.close()
+        await asyncio.sleep(0.05)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# --------------------------------------------------------------------------------------------
+# reuse settings / use as input
+# --------------------------------------------------------------------------------------------
+async def test_reuse_settings_restores_that_runs_fields(emulator):
+    form = make_form(emulator, prompt="a blue bird", n=2, size="1536x1024", quality="high",
+                     images=[png()], model="gpt-image-1")
+    await run(form)
+    form.prompt_text.value = "something else"
+    form.n_input.value = 1
+    form.size_input.value = "3:2"
+    form.quality_select.value = ""
+    form.model_input.value = ""
+    form.clear_inputs()
+    form.history[0].reuse_button.click()
+    s = form.settings
+    assert (s.prompt, s.n, s.size, s.quality, s.model) == ("a blue bird", 2, "1536x1024", "high", "gpt-image-1")
+    assert len(form.inputs) == 1 and form.input_images[0].data == png()
+    assert "restored" in form.message_text
+
+
+async def test_reuse_settings_across_apis(emulator):
+    form = make_form(emulator, prompt="openrouter run", size="16:9", api_type="openrouter_chat")
+    await run(form)
+    form.api_select.value = "openai_images"
+    form.reuse(0)
+    assert form.api_select.value == "openrouter_chat" and form.size_input.value == "16:9"
+    assert list(form.model_input.options) == SUGGESTED_MODELS["openrouter_chat"]
+
+
+async def test_use_as_input_feeds_a_result_back(emulator):
+    form = make_form(emulator, prompt="a teapot", n=2)
+    resp = await run(form)
+    form.history[0].use_buttons[1].click()
+    assert len(form.inputs) == 1
+    slot = form.inputs[0]
+    assert slot.image is not None and slot.image.data == resp.artifacts[1].data
+    assert slot.name.startswith("result-2")
+    assert len(form.inputs_box.children) == 1
+    assert "as an input image" in form.message_text
+    form.prompt_text.value = "the teapot, but red"
+    form.n_input.value = 1
+    resp2 = await run(form)
+    assert resp2.success
+    last = emulator.requests[-1]
+    assert last["path"].endswith("/images/edits"), last
+    assert form.history[0].settings.images[0].data == resp.artifacts[1].data
+
+
+async def test_remove_an_input_image(emulator):
+    form = make_form(emulator, prompt="x", images=[png(), png(color=(1, 2, 3))])
+    assert len(form.inputs_box.children) == 2
+    form.inputs[0].remove_button.click()
+    assert len(form.inputs) == 1 and form.input_images[0].data == png(color=(1, 2, 3))
+    assert len(form.inputs_box.children) == 1
+
+
+def test_upload_through_the_file_upload_widget():
+    form = ImageGenForm(config=ImageConfig(api_type="openai_images"), prompt="x")
+    data = png(fmt="JPEG")
+    form.upload.value = ({"name": "photo.jpg", "type": "image/jpeg", "size": len(data),
+                          "content": memoryview(data), "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    assert form.upload.value == ()                 # cleared: the same file can be chosen again
+    assert len(form.inputs) == 1 and form.inputs[0].image.mime_type == "image/jpeg"
+    assert form.inputs[0].image.name == "photo.jpg"
+    # its card shows a thumbnail (an Image widget) and a remove button
+    card = form.inputs_box.children[0]
+    assert type(card.children[0]).__name__ == "Image"
+    assert form.inputs[0].remove_button in card.children
+
+
+# --------------------------------------------------------------------------------------------
+# bad fields: an inline message, nothing sent
+# --------------------------------------------------------------------------------------------
+def _upload(form, name, data):
+    form.upload.value = ({"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
+                          "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda f: setattr(f.prompt_text, "value", "   "), "prompt is empty"),
+    (lambda f: setattr(f.n_input, "value", 0), "ask for 1 to"),
+    (lambda f: setattr(f.n_input, "value", MAX_N + 1), "ask for 1 to"),
+    (lambda f: setattr(f.size_input, "value", "huge"), "size 'huge'"),
+    (lambda f: _upload(f, "notes.txt", b"just some text, not an image"), "not a PNG, JPEG"),
+    (lambda f: _upload(f, "broken.png", png()[:60]), "damaged"),
+    (lambda f: _upload(f, "big.png", png(size=(600, 600)) + b"\0" * 5000), "limit"),
+    (lambda f: _upload(f, "empty.png", b""), "empty"),
+    (lambda f: setattr(f.size_input, "value", "333x333"), "not available"),        # the provider's check
+    (lambda f: setattr(f.n_input, "value", 12), "n=12"),                           # gpt-image-1: 1 to 10
+], ids=["empty-prompt", "n-zero", "n-too-big", "bad-size", "unreadable-upload", "damaged-upload",
+        "too-large-upload", "empty-upload", "size-not-for-model", "n-over-model-limit"])
+async def test_bad_fields_show_a_message_and_send_nothing(emulator, setup, message):
+    form = make_form(emulator, prompt="fine prompt", max_upload_bytes=4000)
+    setup(form)
+    form.generate_button.click()
+    assert form.task is None
+    assert message in form.message_text, form.message_text
+    assert 'data-kind="error"' in form.message.value
+    assert not form.generate_button.disabled
+    await asyncio.sleep(0.1)
+    assert emulator.request_count == 0
+    if message not in ("not available", "n=12"):
+        with pytest.raises(RequestError):
+            form.request
+
+
+async def test_a_refused_upload_blocks_until_removed(emulator):
+    form = make_form(emulator, prompt="with input")
+    _upload(form, "notes.txt", b"hello")
+    assert form.inputs[0].error and "notes.txt" in form.message_text
+    form.generate_button.click()
+    assert form.task is None and "remove it" in form.message_text
+    form.inputs[0].remove_button.click()
+    assert form.message_text == ""
+    resp = await run(form)
+    assert resp.success and emulator.request_count == 1
+
+
+async def test_missing_token_is_an_inline_message_and_nothing_is_sent(emulator):
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"))
+    form = ImageGenForm(config=cfg, prompt="no key")
+    form.generate_button.click()
+    result = await asyncio.wait_for(form.task, 5)
+    assert result is None and form.value is None
+    assert "IMAGE_AUTH_TOKEN" in form.message_text and "%env" in form.message_text
+    assert "IMAGE_AUTH_TOKEN" in output_html(form)
+    assert emulator.request_count == 0 and not form.generate_button.disabled
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and the cache
+# --------------------------------------------------------------------------------------------
+async def test_cache_answers_a_repeat_and_fresh_asks_again(emulator, tmp_path):
+    form = make_form(emulator, prompt="cached fox", cache=True, cache_dir=str(tmp_path / "cache"))
+    r1 = await run(form)
+    r2 = await run(form)
+    assert r1.success and r2.from_cache and emulator.request_count == 1
+    assert "from cache" in log_text(form)
+    assert "from cache" in form.history[0].widget.children[0].value
+    form.fresh_check.value = True
+    r3 = await run(form)
+    assert not r3.from_cache and emulator.request_count == 2
+
+
+async def test_default_configuration_comes_from_the_environment_with_the_cache_on(emulator, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGE_AUTH_TOKEN", EMULATOR_TOKEN)
+    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
+    monkeypatch.setenv("IMAGE_BASE_URL", emulator.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("IMAGE_CACHE", "IMAGE_MODEL", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    form = ImageGenForm(prompt="from env")
+    assert form.api_select.value == "openai_images"
+    r1 = await run(form)
+    r2 = await run(form)
+    assert r1.success and r2.from_cache and emulator.request_count == 1
+    client = runner.current_client()
+    assert client is not None and client.cache is not None       # the kernel's shared client, as the magic
+    assert EMULATOR_TOKEN not in output_html(form)
+    monkeypatch.setenv("IMAGE_CACHE", "0")                         # IMAGE_CACHE=0 turns it off
+    r3 = await run(form)
+    assert not r3.from_cache and emulator.request_count == 2
+
+
+async def test_a_given_client_is_used(emulator):
+    from jupyter_imagegen.client import ImageClient
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"),
+                      token=EMULATOR_TOKEN)
+    async with ImageClient(cfg) as client:
+        form = ImageGenForm(client=client, prompt="given client")
+        resp = await run(form)
+        assert resp.success and resp.api_type == "openai_images"
+
+
+async def test_save_folder_writes_the_images(emulator, tmp_path):
+    out = tmp_path / "pics" / "sub"
+    form = make_form(emulator, prompt="saved lighthouse", n=2, save_dir=str(out))
+    resp = await run(form)
+    files = sorted(out.iterdir())
+    assert len(files) == 2 and [Path(p) for p in resp.paths] == files
+    assert files[0].read_bytes() == resp.artifacts[0].data
+    assert "saved 2 files" in log_text(form)
+
+
+async def test_wait_and_settings_roundtrip(emulator):
+    form = make_form(emulator, prompt="p1", n=3, size="2:3")
+    form.generate_button.click()
+    resp = await form.wait(20)
+    assert resp is form.value and resp.success and len(resp.artifacts) == 3
+    s = form.settings
+    assert isinstance(s, FormSettings) and "n=3" in s.summary() and "2:3" in s.summary()
+
+
+def test_generate_without_a_running_loop_says_so():
+    form = ImageGenForm(config=ImageConfig(api_type="openai_images", token="t" * 20), prompt="sync")
+    form.generate_button.click()
+    assert form.task is None and "running event loop" in form.message_text
+    assert not form.generate_button.disabled
+
+
+# --------------------------------------------------------------------------------------------
+# %imagegen_form
+# --------------------------------------------------------------------------------------------
+def test_imagegen_form_magic(monkeypatch, capsys):
+    from IPython.core.error import UsageError
+    from IPython.testing import globalipapp
+    from jupyter_imagegen.widget import register_form_magic, unregister_form_magic
+    shell = globalipapp.get_ipython()
+    monkeypatch.setenv("IMAGE_API_TYPE", "openrouter_chat")
+    register_form_magic(shell)
+    try:
+        shell.user_ns["style"] = "watercolour"
+        shell.run_line_magic("imagegen_form", "--api openai -n 2 --size 16:9 --quality low --out f a fox, {style}")
+        form = shell.user_ns["f"]
+        assert isinstance(form, ImageGenForm)
+        s = form.settings
+        assert (s.prompt, s.api_type, s.n, s.size, s.quality) == ("a fox, watercolour", "openai_images", 2,
+                                                                  "16:9", "low")
+        with pytest.raises(UsageError, match="--api"):
+            shell.run_line_magic("imagegen_form", "--api nope")
+        with pytest.raises(UsageError, match="imagegen_form"):
+            shell.run_line_magic("imagegen_form", "--bogus 1")
+    finally:
+        unregister_form_magic(shell)
+        shell.user_ns.pop("f", None)
+        shell.user_ns.pop("style", None)
+    assert "imagegen_form" not in shell.magics_manager.magics["line"]
