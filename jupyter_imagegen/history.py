@@ -1,0 +1,472 @@
+"""The kernel's image history: every request made through the magic, the form and `compare`.
+
+    from jupyter_imagegen import history
+    history                   # an HTML table with thumbnails (also: %imagegen_history)
+    history[-1]               # the latest entry; history[3] is entry #3 (numbered from 1)
+    history[3].rerun()        # send the same request again (answered from the cache if unchanged)
+    history[3].artifacts[0]   # its first image, e.g. as an input: ImageRequest(images=[...])
+    history.record(resp)      # add a response made elsewhere (the form calls this)
+
+This module *is* the history: ``jupyter_imagegen.history`` supports ``len()``, indexing, iteration
+and rich display. Entries keep the prompt, the settings, timing, attempts, usage/cost, saved
+paths, ``from_cache`` and the error -- never the token (requests are copied without it and
+without credential headers). Memory is bounded: the last `MAX_ENTRIES` entries are kept, and
+the full-size images of only the most recent ones (`MAX_BYTES` in total); older entries keep a
+small thumbnail and reload their images from the saved files when asked.
+
+Plain `ImageClient` calls are not recorded (a library call has no side effects); call
+`record(resp)` to add one.
+"""
+from __future__ import annotations
+
+import html
+import sys
+import threading
+import time
+import types
+from collections import deque
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .types import Artifact, ImageRequest, ImageResponse
+
+__all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
+           "MAX_ENTRIES", "MAX_BYTES", "THUMB_SIDE"]
+
+#: entries kept in memory
+MAX_ENTRIES = 500
+#: full-size image bytes kept in memory across entries (older entries keep thumbnails only)
+MAX_BYTES = 256 * 1024 * 1024
+#: longest side of the thumbnails in the history table
+THUMB_SIDE = 96
+
+#: request headers never copied into the history (credentials) or not worth repeating
+_DROP_HEADERS = ("authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "x-emulator-fault")
+
+
+def _clean_request(request: Optional[ImageRequest]) -> Optional[ImageRequest]:
+    """A copy without the token, credential headers and one-off cache switches."""
+    if request is None:
+        return None
+    token = request.token
+    headers = {k: v for k, v in (request.headers or {}).items()
+               if k.lower() not in _DROP_HEADERS and not (token and token in str(v))}
+    return request.replace(token=None, headers=headers, fresh=False, cache=None,
+                           images=list(request.images or []), params=dict(request.params or {}),
+                           request_id=request.request_id)
+
+
+def _kernel_client():
+    """The kernel's shared client with the magic's configuration: the environment, and the
+    request cache on unless IMAGE_CACHE says otherwise."""
+    import os
+    from . import runner
+    from .config import ENV_CACHE, ImageConfig
+    config = ImageConfig.from_env()
+    if not os.environ.get(ENV_CACHE):
+        config = config.replace(cache=True)
+    return runner.get_client(config)
+
+
+def _rerun(request: ImageRequest, *, client=None, source: str = "rerun", rerun_of: Optional[int] = None,
+           on_event=None) -> ImageResponse:
+    from . import runner
+    client = client if client is not None else _kernel_client()
+    resp = runner.run_sync(client.generate(request, on_event=on_event))
+    record(resp, source=source, request=request, rerun_of=rerun_of)
+    return resp
+
+
+class HistoryEntry:
+    """One request and its outcome. `response` is the full ImageResponse while it is kept in
+    memory; `artifacts` falls back to the saved files after that."""
+
+    def __init__(self, number: int, resp: ImageResponse, *, source: str, request: Optional[ImageRequest],
+                 rerun_of: Optional[int] = None):
+        from .saving import request_settings
+        self.number = number
+        self.time = time.time()
+        self.source = source
+        self.rerun_of = rerun_of
+        self.request = _clean_request(request if request is not None else resp.request)
+        self.settings: Dict[str, Any] = request_settings(self.request, resp)
+        self.request_id = resp.request_id
+        self.success = bool(resp.success)
+        self.error = resp.error
+        self.errors = list(resp.errors or [])
+        self.status_code = resp.status_code
+        self.model = resp.model or self.settings.get("model")
+        self.api_type = resp.api_type or self.settings.get("api_type")
+        self.elapsed = resp.elapsed
+        self.attempts = resp.attempts
+        self.usage = resp.usage
+        self.from_cache = bool(getattr(resp, "from_cache", False))
+        self.revised_prompt = resp.revised_prompt
+        self.text = resp.text
+        self.artifact_count = len(resp.artifacts)
+        self.bytes = sum(len(a.data) for a in resp.artifacts)
+        self._paths = resp.paths          # the same list: paths saved after recording show up too
+        self._response: Optional[ImageResponse] = resp
+        self._thumbs: Optional[List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]] = None
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def prompt(self) -> str:
+        return (self.request.prompt if self.request is not None else self.settings.get("prompt")) or ""
+
+    @property
+    def paths(self) -> List[str]:
+        return list(self._paths)
+
+    @property
+    def cost(self) -> Optional[float]:
+        return self.usage.cost if self.usage is not None else None
+
+    @property
+    def response(self) -> Optional[ImageResponse]:
+        """The full response, while it is kept in memory (None after it was let go)."""
+        return self._response
+
+    @property
+    def artifacts(self) -> List[Artifact]:
+        """The full-size images: from memory, else read back from the saved files."""
+        if self._response is not None:
+            return list(self._response.artifacts)
+        out = []
+        for i, p in enumerate(self._paths):
+            try:
+                with open(p, "rb") as f:
+                    out.append(Artifact(f.read(), index=i, path=p, revised_prompt=self.revised_prompt))
+            except OSError:
+                continue
+        return out
+
+    @property
+    def images(self) -> list:
+        return [a.image for a in self.artifacts]
+
+    @property
+    def image(self):
+        arts = self.artifacts
+        return arts[0].image if arts else None
+
+    def thumbnails(self) -> List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]:
+        if self._thumbs is None:
+            from .display import preview
+            arts = self._response.artifacts if self._response is not None else self.artifacts
+            self._thumbs = [preview(a, THUMB_SIDE) for a in arts]
+        return self._thumbs
+
+    def _release(self) -> None:
+        """Let go of the full-size images (thumbnails are made first)."""
+        if self._response is not None:
+            self.thumbnails()
+            self._response = None
+
+    # -- actions --------------------------------------------------------------------------------
+    def to_request(self, **overrides: Any) -> ImageRequest:
+        """The same request again (a new request id); keyword overrides win."""
+        if self.request is None:
+            raise ValueError(f"history entry #{self.number} has no request to re-run")
+        return self.request.replace(images=list(self.request.images or []), params=dict(self.request.params or {}),
+                                    headers=dict(self.request.headers or {}), **overrides)
+
+    def rerun(self, *, client=None, **overrides: Any) -> ImageResponse:
+        """Send this request again and return the new response (recorded as a new entry).
+
+        With the request cache on, an unchanged request is answered from the cache at no cost;
+        pass ``fresh=True`` (or ``seed=...``) for a new sample, or any other ImageRequest field.
+        """
+        return _rerun(self.to_request(**overrides), client=client, rerun_of=self.number)
+
+    async def arerun(self, *, client=None, **overrides: Any) -> ImageResponse:
+        """`rerun` for async code (the form)."""
+        client = client if client is not None else _kernel_client()
+        request = self.to_request(**overrides)
+        resp = await client.generate(request)
+        record(resp, source="rerun", request=request, rerun_of=self.number)
+        return resp
+
+    # -- display --------------------------------------------------------------------------------
+    def summary(self) -> str:
+        if self.success:
+            what = f"{self.artifact_count} image{'s' if self.artifact_count != 1 else ''}"
+            if self.from_cache:
+                what += " (cache)"
+        else:
+            what = f"failed: {(self.error or '')[:80]}"
+        return f"#{self.number} {self.model} ({self.api_type}) {what} — {self.prompt[:60]!r}"
+
+    def __repr__(self) -> str:
+        return f"<HistoryEntry {self.summary()}>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if self._response is not None:
+            from .display import response_mimebundle
+            bundle = dict(response_mimebundle(self._response))
+            head = f"<div style='opacity:.7;font-size:12px'>history #{self.number} · {_esc(self.prompt[:200])}</div>"
+            if "text/html" in bundle:
+                bundle["text/html"] = head + bundle["text/html"]
+            return bundle
+        return {"text/plain": repr(self), "text/html": _table([self])}
+
+
+def _esc(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def _fmt_settings(s: Dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("size", "size"), ("aspect_ratio", "aspect"), ("quality", "quality"),
+                       ("output_format", "format"), ("background", "bg"), ("n", "n"), ("seed", "seed")):
+        v = s.get(key)
+        if v is not None and not (key == "n" and v == 1):
+            parts.append(f"{label}={v}")
+    if s.get("images"):
+        parts.append(f"inputs={len(s['images'])}")
+    return " ".join(parts)
+
+
+def _fmt_usage(e: HistoryEntry) -> str:
+    u = e.usage
+    if u is None:
+        return ""
+    parts = []
+    if u.cost is not None:
+        parts.append(f"${u.cost:.4f}")
+    if u.total_tokens is not None:
+        parts.append(f"{u.total_tokens:,} tok")
+    elif u.input_tokens is not None or u.output_tokens is not None:
+        parts.append(f"{(u.input_tokens or 0) + (u.output_tokens or 0):,} tok")
+    return " · ".join(parts)
+
+
+def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str:
+    import base64
+    cell = "padding: 4px 8px; text-align: left; vertical-align: top; border-bottom: 1px solid rgba(127,127,127,0.2)"
+    head = ("#", "time", "images", "prompt", "model / API", "settings", "result", "usage", "files")
+    rows = []
+    for e in items:
+        thumbs = []
+        for mime, data, (w, h) in e.thumbnails():
+            if data:
+                size = f' width="{w}" height="{h}"' if w and h else ""
+                thumbs.append(f'<img src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}"{size} '
+                              f'style="max-width:{THUMB_SIDE}px;height:auto;margin:0 2px 2px 0;border-radius:2px" '
+                              f'alt="{_esc(e.prompt[:100])}"/>')
+        if e.success:
+            result = f"{e.artifact_count} image{'s' if e.artifact_count != 1 else ''}"
+            result += " · from cache" if e.from_cache else f" · {e.elapsed:.1f} s · {e.attempts} attempt" + \
+                ("s" if e.attempts != 1 else "")
+            if e.errors:
+                result += f"<br><span style='color:#ed6c02'>{len(e.errors)} failed</span>"
+        else:
+            code = f"HTTP {e.status_code}: " if e.status_code else ""
+            result = f"<span style='color:#d32f2f'>failed</span><br>{_esc(code + (e.error or '')[:200])}"
+        files = "<br>".join(f"<code>{_esc(p)}</code>" for p in e.paths[:4])
+        if len(e.paths) > 4:
+            files += f"<br>(+{len(e.paths) - 4} more)"
+        src = f"<br><span style='opacity:.6'>{_esc(e.source)}" + \
+              (f" of #{e.rerun_of}" if e.rerun_of else "") + "</span>"
+        prompt = e.prompt
+        cells = [
+            f"<b>{e.number}</b>",
+            _esc(time.strftime("%H:%M:%S", time.localtime(e.time))) + src,
+            "".join(thumbs),
+            f'<span title="{_esc(prompt)}">{_esc(prompt if len(prompt) <= 160 else prompt[:159] + "…")}</span>',
+            f"{_esc(e.model)}<br><span style='opacity:.7'>{_esc(e.api_type)}</span>",
+            _esc(_fmt_settings(e.settings)),
+            result,
+            _esc(_fmt_usage(e)),
+            files,
+        ]
+        rows.append("<tr>" + "".join(f'<td style="{cell}">{c}</td>' for c in cells) + "</tr>")
+    if not rows:
+        return "<div class='imagegen-history' style='opacity:.7'>imagegen history: no requests yet</div>"
+    ths = "".join(f'<th style="{cell}">{h}</th>' for h in head)
+    shown = len(items)
+    caption = f"imagegen history: {shown} entr{'y' if shown == 1 else 'ies'}"
+    if total is not None and total > shown:
+        caption += f" (latest {shown} of {total}; %imagegen_history --all shows every one)"
+    caption += " · <code>history[N].rerun()</code> · <code>history[N].artifacts</code>"
+    return (f"<div class='imagegen-history'><div style='opacity:.75;font-size:12px;margin-bottom:4px'>{caption}</div>"
+            f"<table style='border-collapse:collapse;font-size:12px'><thead><tr>{ths}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+class History:
+    """A bounded list of `HistoryEntry`, numbered from 1 in recording order."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES):
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+        self._entries: Deque[HistoryEntry] = deque()
+        self._next = 1
+        self._lock = threading.RLock()
+
+    # -- recording ------------------------------------------------------------------------------
+    def record(self, resp: ImageResponse, *, source: str = "python", request: Optional[ImageRequest] = None,
+               rerun_of: Optional[int] = None) -> HistoryEntry:
+        """Add `resp` (recording the same response object twice returns the existing entry)."""
+        if not isinstance(resp, ImageResponse):
+            raise TypeError(f"record() takes an ImageResponse, not {type(resp).__name__}")
+        with self._lock:
+            for e in list(self._entries)[-16:]:
+                if e._response is resp:
+                    return e
+            entry = HistoryEntry(self._next, resp, source=source, request=request, rerun_of=rerun_of)
+            self._next += 1
+            self._entries.append(entry)
+            while len(self._entries) > self.max_entries:
+                self._entries.popleft()
+            self._trim()
+            return entry
+
+    def _trim(self) -> None:
+        total = 0
+        for e in reversed(self._entries):   # newest first keep their images
+            if e._response is None:
+                continue
+            if total + e.bytes > self.max_bytes and e is not self._entries[-1]:
+                e._release()
+            else:
+                total += e.bytes
+
+    def clear(self) -> None:
+        """Forget every entry (numbering continues)."""
+        with self._lock:
+            self._entries.clear()
+
+    # -- access ---------------------------------------------------------------------------------
+    @property
+    def entries(self) -> List[HistoryEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, number: int) -> HistoryEntry:
+        """Entry `number` (as shown in the table); negative numbers count from the latest."""
+        items = self.entries
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"history entries are numbered: history[3], history[-1] (got {number!r})")
+        if number < 0:
+            if -number > len(items):
+                raise IndexError(f"history[{number}]: there are only {len(items)} entries")
+            return items[number]
+        if number == 0:
+            raise IndexError("history entries are numbered from 1 (as in the table); history[-1] is the latest")
+        for e in items:
+            if e.number == number:
+                return e
+        if items and number < items[0].number:
+            raise IndexError(f"history entry #{number} was dropped (the latest {self.max_entries} are kept)")
+        raise IndexError(f"no history entry #{number} yet"
+                         + (f" (the latest is #{items[-1].number})" if items else " (nothing recorded yet)"))
+
+    def __getitem__(self, key: Union[int, slice]) -> Union[HistoryEntry, List[HistoryEntry]]:
+        if isinstance(key, slice):
+            return self.entries[key]
+        return self.get(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        return iter(self.entries)
+
+    @property
+    def last(self) -> Optional[HistoryEntry]:
+        items = self.entries
+        return items[-1] if items else None
+
+    # -- display --------------------------------------------------------------------------------
+    def table_html(self, limit: Optional[int] = 20) -> str:
+        items = self.entries
+        shown = items if not limit else items[-limit:]
+        return _table(list(reversed(shown)), total=len(items))
+
+    def text(self, limit: Optional[int] = 20) -> str:
+        items = self.entries
+        shown = items if not limit else items[-limit:]
+        if not shown:
+            return "imagegen history: no requests yet"
+        return "\n".join(["imagegen history (latest first):"] + [f"  {e.summary()}" for e in reversed(shown)])
+
+    def __repr__(self) -> str:
+        return f"<imagegen history: {len(self)} entries>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": self.text(), "text/html": self.table_html()}
+
+
+#: the kernel's history (this module delegates to it)
+_history = History()
+
+
+def record(resp: ImageResponse, *, source: str = "python", request: Optional[ImageRequest] = None,
+           rerun_of: Optional[int] = None) -> HistoryEntry:
+    """Record a response in the kernel's history; returns its entry.
+
+    The magic records ``source="magic"``, `compare` ``"compare"``; the form should call
+    ``history.record(resp, source="form")`` once the response is there (after saving, so the
+    paths are listed; later saves still show up since the entry shares ``resp.paths``).
+    """
+    return _history.record(resp, source=source, request=request, rerun_of=rerun_of)
+
+
+def clear() -> None:
+    _history.clear()
+
+
+def entries() -> List[HistoryEntry]:
+    return _history.entries
+
+
+def get(number: int) -> HistoryEntry:
+    return _history.get(number)
+
+
+def table_html(limit: Optional[int] = 20) -> str:
+    return _history.table_html(limit)
+
+
+def text(limit: Optional[int] = 20) -> str:
+    return _history.text(limit)
+
+
+def show(limit: Optional[int] = 20) -> None:
+    """Display the table (what %imagegen_history does)."""
+    from IPython.display import display
+    display({"text/plain": _history.text(limit), "text/html": _history.table_html(limit)}, raw=True)
+
+
+def _repr_mimebundle_(include=None, exclude=None):
+    return _history._repr_mimebundle_(include, exclude)
+
+
+class _HistoryModule(types.ModuleType):
+    """Makes `jupyter_imagegen.history` itself indexable, sized, iterable and displayable."""
+
+    def __getitem__(self, key):
+        return _history[key]
+
+    def __len__(self) -> int:
+        return len(_history)
+
+    def __iter__(self):
+        return iter(_history)
+
+    def __bool__(self) -> bool:  # a module is always true, even with no entries
+        return True
+
+    def __repr__(self) -> str:
+        return repr(_history)
+
+    @property
+    def last(self) -> Optional[HistoryEntry]:
+        return _history.last
+
+    @property
+    def history(self) -> History:
+        return _history
+
+
+sys.modules[__name__].__class__ = _HistoryModule
