@@ -12,6 +12,7 @@ __all__ = [
     "Artifact", "ConfigError", "Event", "ImageAPIError", "ImageClient", "ImageConfig",
     "ImageGenError", "ImageRequest", "ImageResponse", "ImageRetryableError", "InputImage",
     "RequestError", "Usage", "mask_token", "load_ipython_extension", "unload_ipython_extension",
+    "load", "save_response", "compare", "acompare", "CompareResult", "history",
 ]
 
 
@@ -19,6 +20,16 @@ def __getattr__(name):  # lazy: importing the package must not import aiohttp/IP
     if name == "ImageClient":
         from .client import ImageClient
         return ImageClient
+    if name in ("load", "save_response"):
+        from . import saving
+        return getattr(saving, name)
+    if name in ("compare", "acompare", "CompareResult"):
+        import importlib
+        mod = importlib.import_module(".compare", __name__)  # callable: compare(...) runs a comparison
+        return mod if name == "compare" else getattr(mod, name)
+    if name == "history":  # the module is the kernel's history (indexable, displayable)
+        import importlib
+        return importlib.import_module(".history", __name__)
     raise AttributeError(name)
 
 

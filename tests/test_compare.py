@@ -1,0 +1,312 @@
+"""compare(): every combination concurrently, one labelled grid, per-cell errors (real HTTP to the emulator)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from _magic_helpers import RecordingPublisher
+from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load, runner
+from jupyter_imagegen.compare import CompareResult, acompare, compare, parse_compare_spec, split_prompts
+from jupyter_imagegen.emulator import Emulator, EmulatorThread
+
+TOKEN = "sk-COMPARE-LEAKCHECK-5e6f7a8b9c0d1e2f3a4b"
+MODELS = ["gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"]
+PROMPTS = ["a red fox in snow", "a lighthouse at dusk"]
+
+
+@pytest.fixture
+async def emu():
+    async with Emulator(token=TOKEN) as e:
+        yield e
+
+
+def client_for(emu, tmp_path=None, api_type="openai_images", **kw):
+    if tmp_path is not None:
+        kw.update(cache=True, cache_dir=str(tmp_path / "cache"))
+    cfg = ImageConfig(api_type=api_type, base_url=emu.base_url_for(api_type), token=TOKEN, backoff_base=0.01, **kw)
+    return ImageClient(cfg)
+
+
+def sent_combinations(emu):
+    return sorted((r["prompt"], r["model"]) for r in emu.requests)
+
+
+# ---------------------------------------------------------------------------------------------
+# shape and labels
+# ---------------------------------------------------------------------------------------------
+async def test_grid_shape_and_labels(emu):
+    async with client_for(emu) as client:
+        result = await acompare(prompts=PROMPTS, models=MODELS, client=client, quality="low", record=False)
+    assert isinstance(result, CompareResult)
+    assert result.shape == (2, 3) and len(result.grid) == 2 and all(len(r) == 3 for r in result.grid)
+    assert result.row_dims == ["prompt"] and result.col_dims == ["model"]
+    assert result.row_labels == PROMPTS and result.col_labels == MODELS
+    for r, prompt in enumerate(PROMPTS):
+        for c, model in enumerate(MODELS):
+            resp = result.grid[r][c]
+            assert resp.success and resp.request.prompt == prompt and resp.model == model
+            assert resp.request.quality == "low"
+    # every combination was sent exactly once
+    assert emu.request_count == 6
+    assert sent_combinations(emu) == sorted((p, m) for p in PROMPTS for m in MODELS)
+    assert result["a lighthouse at dusk", "gpt-image-1-mini"] is result.grid[1][1]
+    assert result[1, 2] is result.grid[1][2] and result[0] is result.grid[0][0]
+    with pytest.raises(KeyError, match="no column labelled"):
+        result["a red fox in snow", "dall-e-9"]
+
+    html = result.html()
+    assert html.count("<table") == 1                       # ONE grid
+    assert 'data-rows="2" data-cols="3"' in html
+    thead, tbody = html.split("<tbody>")
+    for m in MODELS:
+        assert f">{m}</th>" in thead
+    assert "prompt \\ model" in thead
+    rows = re.findall(r"<tr>(.*?)</tr>", tbody)
+    assert len(rows) == 2
+    for row, prompt in zip(rows, PROMPTS):
+        assert prompt in re.findall(r'<th scope="row"[^>]*>(.*?)</th>', row)[0]
+        assert row.count("<td") == 3 and row.count("<img ") == 3
+    # previews are downscaled (the emulator draws 1024 px images)
+    for w, h in re.findall(r'<img [^>]*width="(\d+)" height="(\d+)"', html):
+        assert max(int(w), int(h)) <= 256
+    text = result.text()
+    assert "2 prompts × 3 models" in text and "6 ok" in text
+    bundle = result._repr_mimebundle_()
+    assert bundle["text/html"] == html and "[1,2]" in bundle["text/plain"]
+    assert TOKEN not in html and TOKEN not in text
+
+
+async def test_more_than_two_dimensions_combine_labels(emu):
+    async with client_for(emu) as client:
+        result = await acompare(prompts=PROMPTS, models=MODELS[:2], sizes=["1024x1024", "1536x1024"], client=client,
+                                record=False)
+    assert result.shape == (2, 4)
+    assert result.col_title == "model · size"
+    assert result.col_labels == ["gpt-image-1 · 1024x1024", "gpt-image-1 · 1536x1024",
+                                 "gpt-image-1-mini · 1024x1024", "gpt-image-1-mini · 1536x1024"]
+    for c, label in enumerate(result.col_labels):
+        model, size = label.split(" · ")
+        for r in range(2):
+            resp = result.grid[r][c]
+            assert resp.model == model and resp.artifacts[0].size == tuple(int(x) for x in size.split("x"))
+    assert "model · size" in result.html()
+    assert result["a red fox in snow", ("gpt-image-1-mini", "1536x1024")] is result.grid[0][3]
+
+
+async def test_one_varied_setting_is_one_row_and_layout_can_be_forced(emu):
+    async with client_for(emu) as client:
+        one = await acompare(prompts="a fox", models=MODELS, client=client, record=False)
+        forced = await acompare(prompts=PROMPTS, models=MODELS, rows="model", client=client, record=False)
+        same = await acompare(prompts="a fox", client=client, record=False)
+    assert one.shape == (1, 3) and one.row_dims == [] and one.col_labels == MODELS
+    assert "prompt: a fox" in one.html()
+    assert forced.shape == (3, 2) and forced.row_labels == MODELS and forced.col_labels == PROMPTS
+    assert same.shape == (1, 1) and same.grid[0][0].success
+    with pytest.raises(Exception, match="prompt"):
+        await acompare(models=MODELS, client=client, record=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# partial failures stay in their cells
+# ---------------------------------------------------------------------------------------------
+async def test_a_failing_column_keeps_its_errors_in_place(emu):
+    async with client_for(emu) as client:
+        result = await acompare(prompts=PROMPTS, models=["gpt-image-1", "no-such-model"], client=client, record=False)
+    assert result.ok == 2 and result.failed == 2
+    for r in range(2):
+        good, bad = result.grid[r]
+        assert good.success and good.artifacts
+        assert not bad.success and bad.status_code == 400 and "no-such-model" in bad.error
+    tbody = result.html().split("<tbody>")[1]
+    for row in re.findall(r"<tr>(.*?)</tr>", tbody):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert "<img " in cells[0] and "imagegen-error" not in cells[0]
+        assert "imagegen-error" in cells[1] and "HTTP 400" in cells[1] and "<img " not in cells[1]
+    assert "2 failed" in result.text()
+
+
+async def test_a_queued_fault_fails_one_cell_and_a_retry_heals_another(emu):
+    emu.add_faults("400", "ok", "503")    # cell 0: refused; cell 1: fine; cell 2: 503 then retried
+    async with client_for(emu) as client:
+        result = await acompare(prompts="a fox", models=MODELS, client=client, concurrency=1, record=False)
+    first, second, third = result.grid[0]
+    assert not first.success and first.status_code == 400
+    assert second.success and second.attempts == 1
+    assert third.success and third.attempts == 2
+    assert (result.ok, result.failed) == (2, 1)
+    assert emu.request_count == 4
+
+
+async def test_bad_input_in_one_cell_does_not_stop_the_others(emu):
+    async with client_for(emu) as client:
+        result = await acompare(prompts="a fox", apis=["openai_images", "openai_responses"], sizes=["12x12"],
+                                client=client, record=False)
+        mixed = await acompare(prompts="a fox", models=["gpt-image-1", "dall-e-3"], quality="hd", client=client,
+                               record=False)
+    assert result.shape == (1, 2) and result.failed >= 1
+    assert mixed.grid[0][1].success and not mixed.grid[0][0].success
+
+
+# ---------------------------------------------------------------------------------------------
+# cache, saving, history, live display
+# ---------------------------------------------------------------------------------------------
+async def test_running_a_grid_again_is_answered_from_the_cache(emu, tmp_path):
+    async with client_for(emu, tmp_path) as client:
+        first = await acompare(prompts=PROMPTS, models=MODELS, client=client, record=False)
+        assert emu.request_count == 6
+        second = await acompare(prompts=PROMPTS, models=MODELS, client=client, record=False)
+    assert emu.request_count == 6
+    assert all(r.from_cache for r in second.responses) and second.ok == 6
+    assert [[a.data for a in r.artifacts] for r in first.responses] == \
+        [[a.data for a in r.artifacts] for r in second.responses]
+    assert "6 from cache" in second.text()
+
+
+async def test_save_writes_every_cell_with_metadata_and_history_records_them(emu, tmp_path):
+    history.clear()
+    out = tmp_path / "grid"
+    seen = []
+    async with client_for(emu) as client:
+        result = await acompare(prompts=PROMPTS, models=MODELS[:2], client=client, save=str(out),
+                                on_cell=lambda c: seen.append([Path(p).exists() for p in c.response.paths]))
+    assert len(seen) == 4 and all(s == [True] for s in seen)   # on disk when the cell was reported
+    images = sorted(out.glob("*.png"))
+    assert len(images) == 4 and len(list(out.glob("*.json"))) == 4
+    for p in images:
+        meta = load(p)
+        assert meta.prompt in PROMPTS and meta.model in MODELS[:2]
+        assert meta.prompt.encode() in p.read_bytes()          # every file carries its prompt
+    for f in out.iterdir():
+        assert TOKEN.encode() not in f.read_bytes()
+    assert sorted(result.paths) == sorted(str(p) for p in images)
+    recorded = history[-4:]
+    assert [e.source for e in recorded] == ["compare"] * 4
+    assert sorted((e.prompt, e.model) for e in recorded) == sorted((p, m) for p in PROMPTS for m in MODELS[:2])
+    assert all(e.paths for e in recorded)
+    history.clear()
+
+
+async def test_live_grid_is_one_display_updated_in_place(emu):
+    from IPython.testing import globalipapp
+    shell = globalipapp.get_ipython()
+    rec = RecordingPublisher(shell)
+    old = shell.display_pub
+    shell.display_pub = rec
+    try:
+        async with client_for(emu) as client:
+            result = await acompare(prompts=PROMPTS, models=MODELS, client=client, live=True, record=False)
+    finally:
+        shell.display_pub = old
+    new = rec.of_type("display_data")
+    assert len(new) == 1 and "imagegen-compare" in new[0]["data"]["text/html"]
+    updates = rec.of_type("update_display_data")
+    assert updates and {u["display_id"] for u in updates} == {new[0]["display_id"]}
+    assert updates[-1]["data"]["text/html"].count("<img ") == 6
+    # on screen already: its Out[] is one line, not a second grid
+    assert "shown above" in result._repr_mimebundle_()["text/plain"]
+    assert "text/html" not in result._repr_mimebundle_()
+
+
+# ---------------------------------------------------------------------------------------------
+# the synchronous entry point, with the kernel's client from IMAGE_*
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def emu_thread():
+    e = EmulatorThread(token=TOKEN).start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def test_sync_compare_uses_the_kernel_client_and_its_cache(emu_thread, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
+    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("IMAGE_CACHE", raising=False)
+    monkeypatch.delenv("IMAGE_MODEL", raising=False)
+    import jupyter_imagegen
+    try:
+        before = emu_thread.request_count
+        result = jupyter_imagegen.compare(prompts=PROMPTS, models=MODELS[:2], record=False)
+        assert result.shape == (2, 2) and result.ok == 4
+        assert emu_thread.request_count == before + 4
+        again = compare(prompts=PROMPTS, models=MODELS[:2], record=False)
+        assert again.ok == 4 and emu_thread.request_count == before + 4
+    finally:
+        runner.close_client()
+
+
+def test_helpers():
+    assert split_prompts("a fox\n---\n\na lighthouse\n  ---  \n\n---\n") == ["a fox", "a lighthouse"]
+    assert split_prompts("one line --- not a separator") == ["one line --- not a separator"]
+    assert parse_compare_spec("model=a, b,c") == ("model", ["a", "b", "c"])
+    assert parse_compare_spec("aspect_ratio=1:1,16:9") == ("aspect", ["1:1", "16:9"])
+    for bad in ("model", "colour=red", "model=", "prompt=a,b"):
+        with pytest.raises(ValueError):
+            parse_compare_spec(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook level: a real kernel runs the notebook twice; the second run costs no HTTP call
+# ---------------------------------------------------------------------------------------------
+def _run_notebook(cells, workdir: Path, env_updates, kernel_dir: Path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    spec_dir = kernel_dir / "kernels" / "imagegen-compare-test"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "imagegen compare test", "language": "python"}))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    ksm = KernelSpecManager(kernel_dirs=[str(kernel_dir / "kernels")])
+    km = KernelManager(kernel_name="imagegen-compare-test", kernel_spec_manager=ksm)
+    old = dict(os.environ)
+    os.environ.update(env_updates)
+    try:
+        client = nbclient.NotebookClient(nb, km=km, timeout=90, resources={"metadata": {"path": str(workdir)}})
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return nb
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emu_thread, tmp_path):
+    pytest.importorskip("ipykernel")
+    env = {"IMAGE_AUTH_TOKEN": TOKEN, "IMAGE_API_TYPE": "openai_images",
+           "IMAGE_BASE_URL": emu_thread.base_url_for("openai_images"), "IMAGE_CACHE_DIR": str(tmp_path / "cache")}
+    env_clear = ("IMAGE_CACHE", "IMAGE_MODEL")
+    cells = [
+        "import os\n" + "".join(f"os.environ.pop({k!r}, None)\n" for k in env_clear) +
+        "from jupyter_imagegen import compare",
+        f"compare(prompts={PROMPTS!r}, models={MODELS!r}, save='renders')",
+    ]
+    before = emu_thread.request_count
+    nb = _run_notebook(cells, tmp_path, env, tmp_path / "k")
+    assert emu_thread.request_count == before + 6
+    outs = nb.cells[1].outputs
+    grids = [o for o in outs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
+    assert len(grids) == 1 and grids[0]["data"]["text/html"].count("<table") == 1
+    html = grids[0]["data"]["text/html"]
+    assert html.count("<img ") == 6 and all(m in html for m in MODELS) and all(p in html for p in PROMPTS)
+    saved = sorted((tmp_path / "renders").glob("*.png"))
+    assert len(saved) == 6 and all(load(p).prompt in PROMPTS for p in saved)
+    # the whole notebook again, in a new kernel: everything from the on-disk request cache
+    nb2 = _run_notebook(cells, tmp_path, env, tmp_path / "k")
+    assert emu_thread.request_count == before + 6
+    html2 = [o for o in nb2.cells[1].outputs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
+    assert len(html2) == 1 and "6 from cache" in html2[0]["data"]["text/html"]
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.suffix in (".png", ".json", ".ipynb"):
+            assert TOKEN.encode() not in f.read_bytes()
