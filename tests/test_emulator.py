@@ -633,6 +633,7 @@ def test_emulator_thread_from_sync_code():
         with pytest.raises(urllib.error.HTTPError) as ei:
             urllib.request.urlopen(req, timeout=10)
         assert ei.value.code == 503
+        ei.value.close()
         with urllib.request.urlopen(req, timeout=10) as r:
             assert len(json.loads(r.read())["data"]) == 1
         assert t.request_count == 2 and [r["status"] for r in t.requests] == [503, 200]
