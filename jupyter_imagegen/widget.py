@@ -39,7 +39,7 @@ import ipywidgets as W
 
 from . import events as ev
 from . import runner
-from .config import DEFAULT_MODELS, ENV_CACHE, SUGGESTED_MODELS, ImageConfig
+from .config import DEFAULT_MODELS, ENV_CACHE, SUGGESTED_MODELS, ImageConfig, validate_api_type
 from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview
 from .errors import ConfigError, RequestError
 from .providers.base import MAX_FANOUT_N
@@ -105,6 +105,28 @@ def split_size(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
 
 def _join_size(size: Optional[str], aspect: Optional[str]) -> str:
     return aspect or size or ""
+
+
+def _save_dir_problem(folder: str) -> Optional[str]:
+    """Why images could not be saved in `folder` (None when they can); creates nothing."""
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"save folder {folder}: cannot write there ({existing} is not a writable directory)"
+    return None
+
+
+def _record_in_kernel_history(resp: ImageResponse, request: ImageRequest) -> None:
+    """Add the response to the kernel-wide history (`jupyter_imagegen.history`), when present."""
+    try:
+        from . import history
+    except ImportError:  # pragma: no cover - the module is part of the package
+        return
+    try:
+        history.record(resp, source="form", request=request)
+    except Exception:  # the form's own history does not depend on it
+        log.debug("recording in the kernel history failed", exc_info=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,11 +232,15 @@ class ImageGenForm(W.VBox):
         self._running = False
 
         base = self._base_config()
-        start_api = api_type or (client.config.api_type if client is not None else base.api_type)
-        if start_api not in API_TYPES:
-            raise ConfigError(f"api_type={start_api!r} is not a known API type; use one of: {', '.join(API_TYPES)}")
+        start_api = validate_api_type(api_type, "api_type") if api_type else base.api_type
         if size and aspect_ratio:
             raise RequestError("give either a size or an aspect ratio, not both")
+        if quality and quality not in QUALITY_CHOICES:
+            raise RequestError(f"quality={quality!r}: use one of {', '.join(QUALITY_CHOICES)}")
+        try:
+            n = int(n)
+        except (TypeError, ValueError):
+            raise RequestError(f"n={n!r} must be a whole number of images") from None
 
         # -- fields ---------------------------------------------------------------------------
         full = W.Layout(width="100%")
@@ -248,6 +274,8 @@ class ImageGenForm(W.VBox):
         self.output = W.Output(layout=W.Layout(width="100%"))
         self.history_title = W.HTML(value="")
         self.history_box = W.VBox([], layout=W.Layout(width="100%"))
+        self.preview_max_side = preview_max_side
+        #: the renderer of the current (or last) run; a new one per run, drawing into `output`
         self.view = GenerationView(output=self.output, preview_max_side=preview_max_side, title="imagegen")
 
         for cls, w in (("imagegen-prompt", self.prompt_text), ("imagegen-generate", self.generate_button),
@@ -547,11 +575,10 @@ class ImageGenForm(W.VBox):
         except (RequestError, ConfigError) as e:
             self._say(str(e))
             return None
-        if settings.save_dir:
-            try:
-                Path(settings.save_dir).expanduser().mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                self._say(f"save folder {settings.save_dir}: cannot create it ({e.strerror or e})")
+        if settings.save_dir:  # checked now (created when the images are there), not after paying for them
+            problem = _save_dir_problem(settings.save_dir)
+            if problem:
+                self._say(problem)
                 return None
         try:
             asyncio.get_running_loop()
@@ -560,8 +587,9 @@ class ImageGenForm(W.VBox):
                       "in plain Python use ImageClient.generate_sync(form.request)")
             return None
         self._say(None)
-        self.view.redact = [t for t in (getattr(client.config, "token", None), request.token) if t]
-        self.view.reset()
+        # one view per run (it replaces the previous run's log and result in the Output)
+        self.view = GenerationView(output=self.output, preview_max_side=self.preview_max_side, title="imagegen",
+                                   redact=[t for t in (getattr(client.config, "token", None), request.token) if t])
         self.view.start(settings.prompt)
         self._cancel_requested = False
         self._t0 = time.monotonic()
@@ -584,7 +612,7 @@ class ImageGenForm(W.VBox):
                 "the HTTP call was closed; nothing more will be sent")
 
     async def _run(self, client, request: ImageRequest, settings: FormSettings) -> Optional[ImageResponse]:
-        view = self.view
+        view = self.view  # this run's view, even if another run has started meanwhile
 
         def on_event(event) -> None:
             if (event.type == ev.GENERATION_FAILED and event.data.get("cancelled")
@@ -615,19 +643,22 @@ class ImageGenForm(W.VBox):
             return None
 
         save_errors: List[str] = []
+        self.value = resp
         try:
             if settings.save_dir and resp.artifacts:
-                from .magic import save_artifacts
-                paths, save_errors = save_artifacts(resp, settings.save_dir, settings.prompt)
-                if paths:
-                    view.note(f"saved {len(paths)} file{'s' if len(paths) != 1 else ''} to {settings.save_dir}")
+                from .saving import save_response
+                saved = save_response(resp, settings.save_dir, prompt=settings.prompt, request=request,
+                                      redact=view.redact)
+                save_errors = list(saved.errors)
+                if saved.paths:
+                    n = len(saved.paths)
+                    view.note(f"saved {n} file{'s' if n != 1 else ''} to {settings.save_dir}")
+            _record_in_kernel_history(resp, request)
             view.show_response(resp, extra_errors=save_errors)
-            self.value = resp
             if resp.artifacts:
                 self._add_history(HistoryEntry(resp, settings, request, time.time()))
         except Exception as e:  # pragma: no cover - display problems must not lose the response
             log.exception("showing the response failed")
-            self.value = resp
             view.show_error(f"{type(e).__name__}: {e}", title="Could not show the result")
         finally:
             self._set_running(False)
@@ -701,21 +732,22 @@ class ImageGenForm(W.VBox):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Cancel a run in progress, close the widgets, and the form's own client (if any)."""
-        self.cancel()
-        own, self._own_client = self._own_client, None
-        if own is not None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                own.close_sync()
-            else:
-                runner.spawn(own.close(), loop=loop)
-        for w in self._all_widgets():
-            try:
+        """Cancel a run in progress, close the widgets, and the form's own client (if any).
+        (ipywidgets also calls this when the form is garbage collected.)"""
+        try:
+            self.cancel()
+            own, self._own_client = getattr(self, "_own_client", None), None
+            if own is not None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    own.close_sync()
+                else:
+                    runner.spawn(own.close(), loop=loop)
+            for w in self._all_widgets():
                 w.close()
-            except Exception:  # pragma: no cover
-                pass
+        except Exception:  # pragma: no cover - closing must never raise (it runs from __del__ too)
+            log.debug("closing the form failed", exc_info=True)
         super().close()
 
     def _all_widgets(self) -> List[W.Widget]:

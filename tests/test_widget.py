@@ -157,6 +157,8 @@ async def test_history_is_newest_first_and_keeps_each_runs_settings(emulator):
     form.quality_select.value = "low"
     r2 = await run(form)
     assert form.results == [r2, r1]
+    assert "second prompt" in log_text(form) and "first prompt" not in log_text(form)   # one log per run
+    assert output_html(form).count("imagegen-log") == 1
     assert [h.prompt for h in form.history] == ["second prompt", "first prompt"]
     assert form.history[1].settings.size == "1024x1024" and form.history[0].settings.quality == "low"
     assert form.history_box.children == (form.history[0].widget, form.history[1].widget)
@@ -460,11 +462,31 @@ async def test_a_given_client_is_used(emulator):
 async def test_save_folder_writes_the_images(emulator, tmp_path):
     out = tmp_path / "pics" / "sub"
     form = make_form(emulator, prompt="saved lighthouse", n=2, save_dir=str(out))
+    assert not out.exists()                                 # created only when the images are there
     resp = await run(form)
-    files = sorted(out.iterdir())
-    assert len(files) == 2 and [Path(p) for p in resp.paths] == files
-    assert files[0].read_bytes() == resp.artifacts[0].data
+    files = sorted(p for p in out.iterdir() if p.suffix != ".json")
+    assert len(files) == 2 and sorted(Path(p) for p in resp.paths) == files
+    from PIL import Image
+    with Image.open(files[0]) as im:                         # saved with the prompt embedded
+        assert im.size == resp.artifacts[0].size and im.info.get("prompt") == "saved lighthouse"
     assert "saved 2 files" in log_text(form)
+
+
+async def test_an_unwritable_save_folder_is_an_inline_message(emulator, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    form = make_form(emulator, prompt="x", save_dir=str(blocker / "sub"))
+    form.generate_button.click()
+    assert form.task is None and "cannot write there" in form.message_text
+    assert emulator.request_count == 0
+
+
+async def test_runs_are_recorded_in_the_kernel_history(emulator):
+    from jupyter_imagegen import history
+    form = make_form(emulator, prompt="recorded run")
+    resp = await run(form)
+    last = history.entries()[-1]
+    assert last.source == "form" and last.prompt == "recorded run" and last.response is resp
 
 
 async def test_wait_and_settings_roundtrip(emulator):
@@ -510,3 +532,20 @@ def test_imagegen_form_magic(monkeypatch, capsys):
         shell.user_ns.pop("f", None)
         shell.user_ns.pop("style", None)
     assert "imagegen_form" not in shell.magics_manager.magics["line"]
+
+
+def test_constructor_checks_its_arguments():
+    from jupyter_imagegen.errors import ConfigError
+    assert ImageGenForm(api_type="OpenAI-Images").api_select.value == "openai_images"
+    with pytest.raises(ConfigError, match="api_type"):
+        ImageGenForm(api_type="dalle")
+    with pytest.raises(RequestError, match="quality"):
+        ImageGenForm(quality="ultra")
+    with pytest.raises(RequestError, match="either a size or an aspect"):
+        ImageGenForm(size="1024x1024", aspect_ratio="16:9")
+    with pytest.raises(TypeError):
+        ImageGenForm(config={"api_type": "openai_images"})
+    form = ImageGenForm(aspect_ratio="9:16", images=[b"not an image"])
+    assert form.size_input.value == "9:16"
+    assert form.inputs[0].error and "not a PNG" in form.message_text
+    assert repr(form).startswith("<ImageGenForm ")
