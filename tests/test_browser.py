@@ -3,8 +3,11 @@ kernel starts the emulator (a 429 queued for the first request) and shows the Im
 headless Chromium (Debian's /usr/bin/chromium driven by Playwright) runs all cells, types a
 prompt, clicks Generate and waits for the image. Checks: the image rendered (naturalWidth > 0),
 the retry appeared in the live log, the kernel stayed idle while the request was in flight, the
-button was disabled meanwhile, and the result went to the history. A screenshot is saved to
-test-artifacts/widget-browser.png (and the form alone to widget-browser-form.png).
+button was disabled meanwhile, and the result went to the history; then an input image is
+uploaded through the real FileUpload and a request that hangs is cancelled from the page.
+Screenshots go to test-artifacts/: widget-browser.png (the page once the image is there),
+widget-browser-form.png (the form alone), widget-browser-cancel.png (after Cancel), and
+widget-browser-failure.png when the test fails.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ SETUP_CELL = f"""\
 import os, tempfile
 from jupyter_imagegen.emulator import EmulatorThread
 emu = EmulatorThread(token={EMU_TOKEN!r}, latency=0.8).start()
-emu.add_faults("429:retry_after=1")      # the first request is rate limited: the log shows the retry
+# the first request is rate limited (the log shows the retry), its retry passes, and the request
+# after that hangs for 20 s (the test cancels it from the page)
+emu.add_faults("429:retry_after=1", "ok", "slow_headers:delay=20")
 os.environ.update(IMAGE_AUTH_TOKEN={EMU_TOKEN!r}, IMAGE_API_TYPE="openai_images",
                   IMAGE_BASE_URL=emu.base_url_for("openai_images"), IMAGE_CACHE="0",
                   IMAGE_CACHE_DIR=tempfile.mkdtemp(prefix="imagegen-cache-"))
@@ -95,6 +100,8 @@ def lab(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     (root / "form.ipynb").write_text(json.dumps(_notebook([SETUP_CELL, FORM_CELL]), indent=1))
+    from PIL import Image
+    Image.new("RGB", (320, 200), (30, 150, 90)).save(root / "sketch.png")
     home = tmp_path / "jupyter"
     config_dir = home / "config"
     (config_dir / "labconfig").mkdir(parents=True)
@@ -156,6 +163,8 @@ def test_form_in_jupyterlab_shows_retry_and_image(lab):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "widget-browser.png"
     form_shot = ARTIFACTS / "widget-browser-form.png"
+    cancel_shot = ARTIFACTS / "widget-browser-cancel.png"
+    ok = False
     console = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -210,11 +219,39 @@ def test_form_in_jupyterlab_shows_retry_and_image(lab):
                 assert PROMPT in entry and "use as input" in entry and "reuse settings" in entry, entry
                 page.wait_for_function("() => !document.querySelector('button.imagegen-generate').disabled",
                                        timeout=10_000)
-
                 page.locator(".imagegen-form").scroll_into_view_if_needed()
+                page.screenshot(path=str(shot))                            # the retry, the image, the history
                 page.locator(".imagegen-form").screenshot(path=str(form_shot))
+
+                # an input image through the real FileUpload, then a request that hangs: Cancel it
+                with page.expect_file_chooser() as chooser:
+                    page.click(".imagegen-upload")
+                chooser.value.set_files(str(lab["root"] / "sketch.png"))
+                page.wait_for_function("() => [...document.querySelectorAll('.imagegen-input img')]"
+                                       "       .some(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+                assert "sketch.png" in page.inner_text(".imagegen-input")
+                prompt.fill("the sketch as a painting")
+                page.wait_for_timeout(300)
+                generate.click()
+                page.wait_for_function(
+                    "() => /attempt 1/.test((document.querySelector('.imagegen-log') || {}).innerText || '')",
+                    timeout=15_000)
+                page.wait_for_timeout(500)
+                cancel = page.locator("button.imagegen-cancel")
+                assert cancel.is_enabled() and generate.is_disabled()
+                t0 = time.monotonic()
+                cancel.click()
+                page.wait_for_function(
+                    "() => (document.querySelector('.imagegen-log') || {dataset: {}}).dataset.state === 'cancelled'"
+                    " && !document.querySelector('button.imagegen-generate').disabled", timeout=5_000)
+                assert time.monotonic() - t0 < 3.0       # a round trip through the kernel, not 20 s
+                assert "Cancel button" in page.inner_text(".imagegen-log")
+                assert page.locator(".imagegen-history-entry").count() == 1   # a cancelled run is not a result
+                page.locator(".imagegen-form").screenshot(path=str(cancel_shot))
+                ok = True
             finally:
-                page.screenshot(path=str(shot))
+                if not ok:
+                    page.screenshot(path=str(ARTIFACTS / "widget-browser-failure.png"))
         finally:
             browser.close()
     errors = [c for c in console if c.startswith("error:") and "widget" in c.lower()]
