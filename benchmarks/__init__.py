@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: this client vs bare aiohttp vs the openai SDK (see README.md here)."""
