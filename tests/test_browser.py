@@ -108,6 +108,13 @@ def lab(tmp_path):
     # no news/update popups over the notebook (and no attempt to fetch them)
     (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # the notebook's "python3" kernel is this interpreter (the user data dir wins over any
+    # system-wide kernelspec), so it imports the package and the test dependencies under test
+    spec_dir = home / "data" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python"}))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     for k in list(env):
