@@ -329,7 +329,9 @@ class CompareResult:
         rows, cols = self.shape
         return f"<CompareResult {rows}x{cols}: {self.ok} ok, {self.failed} failed>"
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> Optional[str]:
+        if getattr(self, "_imagegen_shown", False):
+            return None  # on screen already (see _repr_mimebundle_)
         return self.html()
 
     def _repr_mimebundle_(self, include=None, exclude=None):
@@ -434,6 +436,27 @@ def _base_request(base: Union[None, ImageRequest, Dict[str, Any]], kwargs: Dict[
     return ImageRequest(**fields)
 
 
+def _refused(request: ImageRequest, error: Exception) -> ImageResponse:
+    """The response of a cell that could not be sent (bad option for this model, no token...)."""
+    return ImageResponse(request_id=request.request_id, success=False, error=str(error), model=request.model,
+                         api_type=request.api_type, request=request)
+
+
+def _precheck(client, request: ImageRequest) -> None:
+    """Raise what `client.generate` would raise before sending: invalid options or input images,
+    and a missing token (unless the request cache holds the answer, which needs none)."""
+    resolved, _ = client.resolve(request)
+    cfg = getattr(client, "config", None)
+    if request.token or getattr(cfg, "token", None) or not hasattr(client, "_token"):
+        return
+    cache = getattr(client, "cache", None)
+    if cache is not None and request.cache is not False and not request.fresh:
+        from .cache import request_key
+        if cache.get(request_key(resolved)) is not None:
+            return
+    client._token(request)  # raises ConfigError naming the variable
+
+
 def _layout(dims: List[Tuple[str, List[Any]]], rows: Union[None, str, Sequence[str]],
             cols: Union[None, str, Sequence[str]]) -> Tuple[List[str], List[str]]:
     varied = [d for d, v in dims if len(v) > 1]
@@ -471,13 +494,18 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
                    live: bool = False, output=None, preview_size: Optional[int] = GRID_PREVIEW_MAX_SIDE,
                    on_event: Optional[Callable[[Any], Any]] = None,
                    on_cell: Optional[Callable[[CompareCell], Any]] = None,
+                   on_start: Optional[Callable[[CompareResult], Any]] = None, validate: bool = True,
                    redact: Sequence[Optional[str]] = (), **request_fields: Any) -> CompareResult:
     """`compare` for async code (the form): same arguments, awaitable.
 
     ``live=True`` shows the grid at once and updates it in place as cells finish (in the
     notebook, or in ``output=`` an ipywidgets.Output). ``on_event(event)`` receives every cell's
     client events (``event.request_id`` tells the cells apart: ``cell.request.request_id``);
-    ``on_cell(cell)`` is called as each cell finishes (after saving).
+    ``on_cell(cell)`` is called as each cell finishes (after saving); ``on_start(result)`` once
+    the cells are built, before anything is sent. ``validate``: check every cell first (options,
+    input images, the token unless the cache has the answer); a cell that cannot be sent shows
+    its error in place, and when *no* cell can be sent the first error is raised (RequestError /
+    ConfigError) before anything is shown.
     """
     base_req = _base_request(base, request_fields)
     values: Dict[str, Optional[List[Any]]] = {
@@ -517,6 +545,20 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             cells.append(CompareCell(ri, ci, settings, req))
     result = CompareResult(dims, row_dims, col_dims, cells, max_side=preview_size, redact=redact)
 
+    if on_start is not None:
+        on_start(result)
+    if validate:
+        problems = []
+        for cell in cells:
+            try:
+                _precheck(client, cell.request)
+            except (RequestError, ConfigError) as e:
+                problems.append(e)
+                cell.response = _refused(cell.request, e)
+                cell.status = "failed"
+        if problems and len(problems) == len(cells):
+            raise problems[0]
+
     view = _GridView(result, output=output) if (live or output is not None) else None
     limit = asyncio.Semaphore(max(1, int(concurrency or getattr(client.config, "max_concurrency", 4))))
     t0 = time.monotonic()
@@ -524,6 +566,14 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
         view.start()
 
     async def run_cell(cell: CompareCell) -> None:
+        if cell.response is not None:  # refused by the pre-check: nothing to send
+            if record:
+                from . import history
+                history.record(cell.response, source="compare", request=cell.request)
+            if view is not None:
+                view.cell_done(cell)
+            return
+
         def cb(event) -> None:
             s = _status_from_event(event)
             if s:
@@ -541,8 +591,7 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             try:
                 resp = await client.generate(cell.request, on_event=cb)
             except (RequestError, ConfigError) as e:
-                resp = ImageResponse(request_id=cell.request.request_id, success=False, error=str(e),
-                                     model=cell.request.model, api_type=cell.request.api_type, request=cell.request)
+                resp = _refused(cell.request, e)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug or an unexpected failure stays in its cell
@@ -591,6 +640,7 @@ def compare(prompts: Union[None, str, Sequence[str]] = None, models: Union[None,
             live: bool = False, output=None, preview_size: Optional[int] = GRID_PREVIEW_MAX_SIDE,
             on_event: Optional[Callable[[Any], Any]] = None,
             on_cell: Optional[Callable[[CompareCell], Any]] = None,
+            on_start: Optional[Callable[[CompareResult], Any]] = None, validate: bool = True,
             **request_fields: Any) -> CompareResult:
     """Run every combination of the given prompts and settings concurrently; one labelled grid.
 
@@ -606,7 +656,8 @@ def compare(prompts: Union[None, str, Sequence[str]] = None, models: Union[None,
     return run_sync(acompare(prompts, models, sizes, apis, aspects=aspects, qualities=qualities, base=base,
                              client=client, rows=rows, cols=cols, concurrency=concurrency, save=save,
                              record=record, live=live, output=output, preview_size=preview_size,
-                             on_event=on_event, on_cell=on_cell, **request_fields))
+                             on_event=on_event, on_cell=on_cell, on_start=on_start, validate=validate,
+                             **request_fields))
 
 
 class _CompareModule(types.ModuleType):

@@ -16,6 +16,12 @@ configuration is a one-line ``UsageError`` and nothing is sent.
 The magic blocks until the images are there (so "Run all" stays in order), shows a live event
 log updated in place, then the gallery; it returns the ImageResponse (so ``_`` works). Interrupt
 the kernel to cancel: the request is cancelled cleanly and the cell stops with KeyboardInterrupt.
+
+Exploring: ``--compare model=a,b`` (repeatable) and several prompts separated by a line ``---``
+run every combination concurrently into one labelled grid (a `CompareResult`); ``--save DIR``
+writes each image with its metadata before it is shown; ``--from PATH`` re-runs the request
+that made a saved image, ``--rerun N`` history entry N (other options override); every request
+is recorded in `jupyter_imagegen.history`, shown by ``%imagegen_history``.
 """
 from __future__ import annotations
 
@@ -24,23 +30,23 @@ import keyword
 import os
 import re
 import string
-import time
-import unicodedata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from . import events as ev
 from .config import ENV_CACHE, ImageConfig, validate_api_type, validate_base_url
 from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown
 from .errors import ConfigError, RequestError
+from .saving import save_response, slugify
 from .types import Artifact, ImageRequest, ImageResponse, InputImage
 
 __all__ = ["ImageGenMagics", "load_ipython_extension", "unload_ipython_extension", "expand_variables",
-           "split_options", "resolve_image", "save_artifacts", "build_request", "FAULT_HEADER"]
+           "split_options", "resolve_image", "save_artifacts", "build_request", "FAULT_HEADER", "slugify",
+           "explicit_options", "apply_overrides", "parse_compare_options"]
 
 #: the emulator's fault-injection header (sent by --fault; real APIs ignore it)
 FAULT_HEADER = "X-Emulator-Fault"
@@ -253,12 +259,26 @@ def resolve_image(spec: str, ns: Dict[str, Any], *, option: str = "--image") -> 
             is_expr = False
         value = None
         if is_expr:
+            env = ns
+            if "history" not in ns:  # --image history[3] works without importing it
+                from . import history
+                env = {**ns, "history": history}
             try:
-                value = eval(spec, ns)  # noqa: S307 - e.g. --image resp.artifacts[1]
+                value = eval(spec, env)  # noqa: S307 - e.g. --image resp.artifacts[1]
             except Exception:
                 value = None
         if value is None:
             raise UsageError(f"{label}: no notebook variable named {spec!r} and no such file")
+    from .history import HistoryEntry
+    from .saving import LoadedImage
+    if isinstance(value, LoadedImage):
+        value = value.artifact
+    if isinstance(value, HistoryEntry):
+        arts = value.artifacts
+        if not arts:
+            raise UsageError(f"{label}: history entry #{value.number} has no images"
+                             + (f" (it failed: {value.error})" if value.error else ""))
+        value = arts[0]
     if isinstance(value, ImageResponse):
         if not value.artifacts:
             raise UsageError(f"{label}: that ImageResponse has no images"
@@ -274,44 +294,10 @@ def resolve_image(spec: str, ns: Dict[str, Any], *, option: str = "--image") -> 
         raise UsageError(str(e)) from None
 
 
-def slugify(text: str, limit: int = 40) -> str:
-    """`A red fox, in snow!` -> `a-red-fox-in-snow` (ASCII, for file names)."""
-    s = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
-    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
-    if len(s) > limit:
-        s = s[:limit].rsplit("-", 1)[0] if "-" in s[:limit] else s[:limit]
-    return s or "image"
-
-
 def save_artifacts(resp: ImageResponse, directory: os.PathLike | str, prompt: str) -> Tuple[List[str], List[str]]:
-    """Write every artifact to `directory` as `YYYYmmdd-HHMMSS-slug-INDEX.ext` (never overwriting).
-
-    Sets each artifact's `.path`, appends to `resp.paths`; returns (paths, error messages).
-    """
-    d = Path(directory).expanduser()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    slug = slugify(prompt)
-    paths: List[str] = []
-    errors: List[str] = []
-    for i, art in enumerate(resp.artifacts, start=1):
-        base = f"{stamp}-{slug}-{i}"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            k = 1
-            while True:
-                target = d / (f"{base}{art.extension}" if k == 1 else f"{base}-{k}{art.extension}")
-                try:  # reserve the name: two runs in the same second never overwrite each other
-                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-                    break
-                except FileExistsError:
-                    k += 1
-            art.save(target)
-        except OSError as e:
-            errors.append(f"could not save image {i} to {d}: {e.strerror or e}")
-            continue
-        paths.append(str(target))
-        resp.paths.append(str(target))
-    return paths, errors
+    """Kept for compatibility: `jupyter_imagegen.saving.save_response` (metadata + sidecar)."""
+    res = save_response(resp, directory, prompt=prompt)
+    return res.paths, res.errors
 
 
 def build_request(args: argparse.Namespace, prompt: str, images: Sequence[InputImage],
@@ -345,6 +331,78 @@ class FaultSequence:
                 self.request.headers.pop(FAULT_HEADER, None)
 
 
+#: option dest -> ImageRequest field, for --from / --rerun overrides
+_OVERRIDES = {"model": "model", "api": "api_type", "base_url": "base_url", "n": "n", "size": "size",
+              "aspect": "aspect_ratio", "quality": "quality", "format": "output_format",
+              "background": "background", "timeout": "timeout", "seed": "seed"}
+
+
+def explicit_options(argv: Sequence[str], parser: argparse.ArgumentParser) -> set:
+    """The dests of the options actually written on the line (not argparse defaults)."""
+    actions = parser._option_string_actions
+    found = set()
+    for tok in argv:
+        if not tok.startswith("-") or re.match(r"^-\d", tok):
+            continue
+        action = actions.get(tok.split("=", 1)[0])
+        if action is None and not tok.startswith("--"):
+            action = actions.get(tok[:2])          # -n2
+        if action is not None:
+            found.add(action.dest)
+    return found
+
+
+def apply_overrides(base: ImageRequest, args: argparse.Namespace, explicit: set, prompt: str,
+                    images: Sequence[InputImage], mask: Optional[InputImage]) -> ImageRequest:
+    """--from / --rerun: the recorded request, with what the line (and the cell body) says on top."""
+    changes: Dict[str, Any] = {}
+    for dest, name in _OVERRIDES.items():
+        if dest in explicit:
+            changes[name] = getattr(args, dest)
+    if "size" in explicit and "aspect" not in explicit:
+        changes["aspect_ratio"] = None       # one or the other
+    if "aspect" in explicit and "size" not in explicit:
+        changes["size"] = None
+    if "api" in explicit and "model" not in explicit and args.api != base.api_type:
+        changes["model"] = None              # the recorded model belongs to the other API
+    if "retries" in explicit:
+        changes["max_attempts"] = args.retries + 1
+    if prompt:
+        changes["prompt"] = prompt
+    if "image" in explicit:
+        changes["images"] = list(images)
+    if "mask" in explicit:
+        changes["mask"] = mask
+    headers = {k: v for k, v in (base.headers or {}).items() if k.lower() != FAULT_HEADER.lower()}
+    if args.fault:
+        headers[FAULT_HEADER] = args.fault[0]
+    changes.update(headers=headers, fresh=args.fresh, token=None,
+                   cache=False if (args.no_cache or args.fault) else None)
+    return base.replace(**changes)
+
+
+_COMPARE_TYPES = {"model": str.strip, "size": _size, "aspect": str.strip, "api": _api,
+                  "quality": _choice(QUALITIES, "quality")}
+
+
+def parse_compare_options(specs: Sequence[str]) -> Dict[str, List[str]]:
+    """`--compare model=a,b --compare size=...` -> {"model": [...], "size": [...]} (UsageError)."""
+    from .compare import parse_compare_spec
+    dims: Dict[str, List[str]] = {}
+    for spec in specs:
+        try:
+            key, values = parse_compare_spec(spec)
+            values = [_COMPARE_TYPES[key](v) for v in values]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--compare {spec}: {e}") from None
+        for v in values:
+            if v not in dims.setdefault(key, []):
+                dims[key].append(v)
+    return dims
+
+
 # --------------------------------------------------------------------------------------------
 # the magic
 # --------------------------------------------------------------------------------------------
@@ -357,12 +415,21 @@ examples:
   %%imagegen --image foxes --image sketch.png
   make the fox wear the hat from the second image
 
+  %%imagegen --compare model=gpt-image-1,gpt-image-1-mini --compare size=1024x1024,1536x1024
+  a red fox in fresh snow
+  ---
+  a lighthouse at dusk
+
+  %imagegen --from images/20250101-120000-a-lighthouse-at-dusk-1.png --size 1536x1024
+  %imagegen --rerun 3 --fresh          (entry 3 of %imagegen_history; --image history[3] uses its image)
+
 configuration: IMAGE_AUTH_TOKEN (required), IMAGE_API_TYPE, IMAGE_BASE_URL, IMAGE_MODEL,
 IMAGE_TIMEOUT, IMAGE_MAX_RETRIES; the options override them for one call. Identical requests
 are answered from the on-disk cache (IMAGE_CACHE_DIR) at no cost: --fresh asks again,
 --no-cache or IMAGE_CACHE=0 skips it.
 The result is returned (use `_`), and `--out VAR` stores it: VAR.image is a PIL image,
-VAR.artifacts the full-size images, VAR.paths the saved files.
+VAR.artifacts the full-size images, VAR.paths the saved files (a CompareResult for --compare:
+VAR.grid[row][col] is an ImageResponse).
 """
 
 
@@ -397,7 +464,17 @@ class ImageGenMagics(Magics):
     @argument("--mask", metavar="PATH_OR_VAR", help="a mask for the edit (transparent = area to change)")
     @argument("--out", type=_identifier, metavar="VAR", help="store the ImageResponse in this notebook variable")
     @argument("--save", metavar="DIR",
-              help="write the full-size images to DIR (created if needed) as timestamp-prompt-N.ext")
+              help="write the full-size images to DIR (created if needed) as timestamp-prompt-N.ext, with the "
+                   "prompt and settings embedded in the file and in a JSON sidecar (timestamp-prompt-N.json)")
+    @argument("--compare", action="append", default=[], metavar="KEY=V1,V2",
+              help="compare side by side (repeatable): model=a,b,c, size=..., aspect=..., api=..., quality=...; "
+                   "several prompts: separate them with a line '---' in the cell. Every combination runs "
+                   "concurrently into one labelled grid")
+    @argument("--from", dest="from_path", metavar="PATH",
+              help="re-run the request that made a saved image (read from its sidecar or embedded metadata); "
+                   "options on the line override, a cell body replaces the prompt")
+    @argument("--rerun", type=_whole, metavar="N",
+              help="re-run entry N of %%imagegen_history (options on the line override)")
     @argument("--retries", type=_retries, metavar="N", help="retries after the first attempt (default 2)")
     @argument("--timeout", type=_seconds, metavar="S", help="seconds allowed for one attempt (default 120)")
     @argument("--preview-size", dest="preview_size", type=_pixels, default=DEFAULT_PREVIEW_MAX_SIDE, metavar="PX",
@@ -429,7 +506,7 @@ class ImageGenMagics(Magics):
             raise GenerationCancelled(str(e)) from None
 
     # -- implementation -------------------------------------------------------------------------
-    def _parse(self, line: str, cell: Optional[str]) -> Tuple[argparse.Namespace, str]:
+    def _parse(self, line: str, cell: Optional[str]) -> Tuple[argparse.Namespace, str, set]:
         ns = self.shell.user_ns
         parser = self.imagegen.parser
         argv, rest = split_options(line, parser)
@@ -447,25 +524,62 @@ class ImageGenMagics(Magics):
                                  "cell body (quote option values that contain spaces)")
             source, where = cell, "the prompt"
         prompt = expand_variables(source, ns, where=where).strip()
-        if not prompt:
+        if not prompt and not args.from_path and args.rerun is None:
             raise UsageError("empty prompt: write what the image should show "
                              + ("in the cell body below %%imagegen" if cell is not None else "after %imagegen"))
-        return args, prompt
+        return args, prompt, explicit_options(argv, parser)
+
+    def _recorded_request(self, args: argparse.Namespace) -> Tuple[Optional[ImageRequest], str]:
+        """--from PATH / --rerun N: the request to start from, and a label for the log."""
+        if args.from_path and args.rerun is not None:
+            raise UsageError("use either --from PATH or --rerun N, not both")
+        if args.from_path:
+            from .saving import load
+            spec = args.from_path
+            try:
+                loaded = load(spec)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"--from {spec}: {e}") from None
+            if not loaded.metadata:
+                raise UsageError(f"--from {spec}: the image carries no jupyter-imagegen metadata "
+                                 "(no sidecar .json next to it, nothing embedded)")
+            try:
+                base = loaded.to_request(**({"images": [], "mask": None} if args.image else {}))
+            except FileNotFoundError as e:
+                raise UsageError(f"--from {spec}: {e}; give it again with --image") from None
+            except (ValueError, TypeError) as e:
+                raise UsageError(f"--from {spec}: {e}") from None
+            return base, f"re-run of {Path(spec).name}"
+        if args.rerun is not None:
+            from . import history
+            try:
+                entry = history[args.rerun]
+                base = entry.to_request()
+            except (IndexError, TypeError, ValueError) as e:
+                raise UsageError(f"--rerun {args.rerun}: {e}") from None
+            return base, f"re-run of #{entry.number}"
+        return None, ""
 
     def _run(self, line: str, cell: Optional[str]):
         __tracebackhide__ = True
         from . import runner
-        args, prompt = self._parse(line, cell)
+        args, prompt, explicit = self._parse(line, cell)
         ns = self.shell.user_ns
         images = [resolve_image(spec, ns) for spec in args.image]
         mask = resolve_image(args.mask, ns, option="--mask") if args.mask else None
+        compare_dims = parse_compare_options(args.compare)
+        prompts = split_prompts(prompt) if cell is not None else ([prompt] if prompt else [])
+        recorded, label = self._recorded_request(args)
         try:
             config = ImageConfig.from_env()
         except ConfigError as e:
             raise UsageError(str(e)) from None
         if not os.environ.get(ENV_CACHE):
             config = config.replace(cache=True)  # the magic caches unless IMAGE_CACHE says otherwise
-        request = build_request(args, prompt, images, mask)
+        if recorded is not None:
+            request = apply_overrides(recorded, args, explicit, prompts[0] if len(prompts) == 1 else "", images, mask)
+        else:
+            request = build_request(args, prompts[0], images, mask)
         client = runner.get_client(config)
         if args.save:  # checked now (created when the images are there), not after paying for them
             existing = Path(args.save).expanduser().absolute()
@@ -474,10 +588,13 @@ class ImageGenMagics(Magics):
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
                 raise UsageError(f"--save {args.save}: cannot write there ({existing} is not a writable directory)")
 
+        if compare_dims or len(prompts) > 1:
+            return self._compare(args, explicit, request, prompts, compare_dims, client)
+
         # the log appears with the first event: the client validates the request and the token
         # before its first event, so a request refused before sending shows one line only
         view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
-                              redact=[client.config.token])
+                              redact=[client.config.token], title=f"imagegen · {label}" if label else "imagegen")
         faults = FaultSequence(request, args.fault)
 
         def on_event(event) -> None:
@@ -491,17 +608,18 @@ class ImageGenMagics(Magics):
             raise
         except (RequestError, ConfigError) as e:  # bad request / no token: nothing was sent
             msg = str(e)
-            if msg.startswith("no API token"):
-                src = client.config.token_source
-                msg = (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
-                       "nothing was sent")
-            raise UsageError(msg) from None
+            raise UsageError(_token_message(msg, client)) from None
 
         save_errors: List[str] = []
-        if args.save and resp.artifacts:
-            paths, save_errors = save_artifacts(resp, args.save, prompt)
-            if paths:
-                view.note(f"saved {len(paths)} file{'s' if len(paths) != 1 else ''} to {args.save}")
+        if args.save and resp.artifacts:  # written before anything is shown
+            saved = save_response(resp, args.save, prompt=request.prompt, request=request,
+                                  redact=[client.config.token])
+            save_errors = list(saved.errors)
+            if saved.paths:
+                n = len(saved.paths)
+                view.note(f"saved {n} file{'s' if n != 1 else ''} to {args.save}")
+        from . import history
+        history.record(resp, source="magic", request=request)
         if args.out:
             ns[args.out] = resp
         view.show_response(resp, extra_errors=save_errors)
@@ -510,6 +628,63 @@ class ImageGenMagics(Magics):
         self._shown.append(resp)
         return resp
 
+    def _compare(self, args: argparse.Namespace, explicit: set, request: ImageRequest, prompts: List[str],
+                 dims: Dict[str, List[str]], client):
+        """--compare / several prompts: every combination at once, one live grid."""
+        from . import runner
+        from .compare import GRID_PREVIEW_MAX_SIDE, acompare
+        faults: Dict[str, FaultSequence] = {}
+
+        def on_start(result) -> None:
+            if args.fault:
+                for c in result.cells:
+                    faults[c.request.request_id] = FaultSequence(c.request, args.fault)
+
+        def on_event(event) -> None:
+            fs = faults.get(event.request_id)
+            if fs is not None:
+                fs.on_event(event)
+
+        preview = args.preview_size if "preview_size" in explicit else GRID_PREVIEW_MAX_SIDE
+        try:
+            result = runner.run_sync(acompare(
+                prompts=prompts if len(prompts) > 1 else None, models=dims.get("model"), sizes=dims.get("size"),
+                apis=dims.get("api"), aspects=dims.get("aspect"), qualities=dims.get("quality"), base=request,
+                client=client, save=args.save, live=True, preview_size=preview or None, on_event=on_event,
+                on_start=on_start, redact=[client.config.token]))
+        except (RequestError, ConfigError) as e:  # no cell could be sent: nothing was sent or shown
+            raise UsageError(_token_message(str(e), client)) from None
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        mark_shown(result)
+        self._shown.append(result)
+        return result
+
+    @magic_arguments()
+    @argument("-n", type=_count, default=20, metavar="N", help="show the latest N entries (default 20)")
+    @argument("--all", action="store_true", help="show every entry kept (the latest 500)")
+    @argument("--clear", action="store_true", help="forget the history")
+    @line_magic
+    def imagegen_history(self, line: str = ""):
+        """Show the kernel's image requests as a table with thumbnails (newest first).
+
+        From Python: `from jupyter_imagegen import history`; `history[3].rerun()` sends entry 3
+        again, `history[3].artifacts[0]` is its first image (`--image history[3]` in the magic),
+        `%imagegen --rerun 3` re-runs it with other options on top.
+        """
+        from . import history
+        try:
+            args = parse_argstring(self.imagegen_history, line)
+        except UsageError as e:
+            raise UsageError(f"{e}  (%imagegen_history? lists the options)") from None
+        if args.clear:
+            n = len(history)
+            history.clear()
+            print(f"imagegen history: {n} entr{'y' if n == 1 else 'ies'} forgotten")
+            return None
+        history.show(None if args.all else args.n)
+        return None
+
     def _post_run_cell(self, *_: Any) -> None:
         """After the cell: the returned response displays in full again (e.g. typing `_`)."""
         shown, self._shown = self._shown, []
@@ -517,8 +692,22 @@ class ImageGenMagics(Magics):
             clear_shown(resp)
 
 
+def _token_message(msg: str, client) -> str:
+    if msg.startswith("no API token"):
+        src = client.config.token_source
+        return (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
+                "nothing was sent")
+    return msg
+
+
+def split_prompts(text: str) -> List[str]:
+    from .compare import split_prompts as _split
+    return _split(text)
+
+
 # Abbreviated long options (--qual for --quality) would make typos silently mean something else.
 ImageGenMagics.imagegen.parser.allow_abbrev = False
+ImageGenMagics.imagegen_history.parser.allow_abbrev = False
 
 _loaded: Dict[int, ImageGenMagics] = {}
 
@@ -545,4 +734,5 @@ def unload_ipython_extension(ipython) -> None:
         magics._post_run_cell()
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("imagegen", None)
+    ipython.magics_manager.magics["line"].pop("imagegen_history", None)
     runner.close_client()

@@ -143,13 +143,21 @@ async def test_a_queued_fault_fails_one_cell_and_a_retry_heals_another(emu):
 
 
 async def test_bad_input_in_one_cell_does_not_stop_the_others(emu):
+    from jupyter_imagegen.errors import ConfigError, RequestError
     async with client_for(emu) as client:
-        result = await acompare(prompts="a fox", apis=["openai_images", "openai_responses"], sizes=["12x12"],
-                                client=client, record=False)
-        mixed = await acompare(prompts="a fox", models=["gpt-image-1", "dall-e-3"], quality="hd", client=client,
-                               record=False)
-    assert result.shape == (1, 2) and result.failed >= 1
-    assert mixed.grid[0][1].success and not mixed.grid[0][0].success
+        mixed = await acompare(prompts="a fox", sizes=["1024x1536", "1792x1024"], client=client, record=False)
+        # no cell can be sent: the first problem is raised before anything is sent or shown
+        with pytest.raises(RequestError, match="12x12"):
+            await acompare(prompts="a fox", models=MODELS, size="12x12", client=client, record=False)
+    assert mixed.grid[0][0].success
+    bad = mixed.grid[0][1]
+    assert not bad.success and "1792x1024" in bad.error and bad.attempts == 0
+    assert emu.request_count == 1
+    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"))
+    async with ImageClient(cfg) as tokenless:
+        with pytest.raises(ConfigError, match="IMAGE_AUTH_TOKEN"):
+            await acompare(prompts=PROMPTS, models=MODELS, client=tokenless, record=False)
+    assert emu.request_count == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +217,7 @@ async def test_live_grid_is_one_display_updated_in_place(emu):
     assert updates[-1]["data"]["text/html"].count("<img ") == 6
     # on screen already: its Out[] is one line, not a second grid
     assert "shown above" in result._repr_mimebundle_()["text/plain"]
-    assert "text/html" not in result._repr_mimebundle_()
+    assert "text/html" not in result._repr_mimebundle_() and result._repr_html_() is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,24 +297,34 @@ def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emu_thread, tm
     env_clear = ("IMAGE_CACHE", "IMAGE_MODEL")
     cells = [
         "import os\n" + "".join(f"os.environ.pop({k!r}, None)\n" for k in env_clear) +
-        "from jupyter_imagegen import compare",
-        f"compare(prompts={PROMPTS!r}, models={MODELS!r}, save='renders')",
+        "from jupyter_imagegen import compare\n%load_ext jupyter_imagegen",
+        f"%%imagegen --compare model={','.join(MODELS)} --save renders\n{PROMPTS[0]}\n---\n{PROMPTS[1]}",
+        f"compare(prompts={PROMPTS!r}, models={MODELS!r})",
     ]
+
+    def grids(cell):
+        return [o for o in cell.outputs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
+
     before = emu_thread.request_count
     nb = _run_notebook(cells, tmp_path, env, tmp_path / "k")
-    assert emu_thread.request_count == before + 6
-    outs = nb.cells[1].outputs
-    grids = [o for o in outs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
-    assert len(grids) == 1 and grids[0]["data"]["text/html"].count("<table") == 1
-    html = grids[0]["data"]["text/html"]
-    assert html.count("<img ") == 6 and all(m in html for m in MODELS) and all(p in html for p in PROMPTS)
+    assert emu_thread.request_count == before + 6      # the Python cell was answered from the cache
+    magic_cell, python_cell = nb.cells[1], nb.cells[2]
+    # the magic: ONE labelled grid (updated in place while it ran), Out[] is a single line
+    assert len(grids(magic_cell)) == 1
+    html = grids(magic_cell)[0]["data"]["text/html"]
+    assert html.count("<table") == 1 and html.count("<img ") == 6 and "prompt \\ model" in html
+    assert all(f">{m}</th>" in html for m in MODELS) and all(p in html for p in PROMPTS)
+    results = [o for o in magic_cell.outputs if o["output_type"] == "execute_result"]
+    assert len(results) == 1 and set(results[0]["data"]) == {"text/plain"}
+    assert len(grids(python_cell)) == 1 and "6 from cache" in grids(python_cell)[0]["data"]["text/html"]
     saved = sorted((tmp_path / "renders").glob("*.png"))
-    assert len(saved) == 6 and all(load(p).prompt in PROMPTS for p in saved)
+    assert len(saved) == 6 and sorted(load(p).prompt for p in saved) == sorted(PROMPTS * 3)
+    assert all(load(p).prompt.encode() in p.read_bytes() for p in saved)     # every file carries its prompt
     # the whole notebook again, in a new kernel: everything from the on-disk request cache
     nb2 = _run_notebook(cells, tmp_path, env, tmp_path / "k")
     assert emu_thread.request_count == before + 6
-    html2 = [o for o in nb2.cells[1].outputs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
-    assert len(html2) == 1 and "6 from cache" in html2[0]["data"]["text/html"]
+    for cell in nb2.cells[1:]:
+        assert len(grids(cell)) == 1 and "6 from cache" in grids(cell)[0]["data"]["text/html"]
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.suffix in (".png", ".json", ".ipynb"):
             assert TOKEN.encode() not in f.read_bytes()

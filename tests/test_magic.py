@@ -265,21 +265,25 @@ def test_failed_response_is_stored_too(ip, emu):
 def test_save_writes_files_before_display(ip, emu, tmp_path):
     shell, rec = ip
     out_dir = tmp_path / "renders"
-    rec.probe = lambda: sorted(p.name for p in out_dir.glob("*")) if out_dir.exists() else []
+    rec.probe = lambda: sorted(p.name for p in out_dir.glob("*.png")) if out_dir.exists() else []
     res = run(shell, f"%%imagegen -n 2 --save {out_dir} --out r\nA red fox, in snow!")
     assert res.success, res.error_in_exec
     resp = shell.user_ns["r"]
-    files = sorted(out_dir.iterdir())
+    files = sorted(out_dir.glob("*.png"))   # each with its JSON sidecar (see test_saving.py)
     assert [str(p) for p in files] == sorted(resp.paths) and len(files) == 2
+    assert sorted(p.stem for p in out_dir.glob("*.json")) == [p.stem for p in files]
     for p in files:
         assert re.fullmatch(r"\d{8}-\d{6}-a-red-fox-in-snow-[12]\.png", p.name), p.name
-        assert p.read_bytes() in [a.data for a in resp.artifacts]
+        # the prompt is embedded; the pixels are the ones the API sent
+        assert b"A red fox, in snow!" in p.read_bytes()
+        from PIL import Image
+        assert Image.open(p).tobytes() in [a.image.tobytes() for a in resp.artifacts]
     gallery = rec.galleries()[0]
     assert gallery["probe"] == [p.name for p in files]      # on disk before the gallery was shown
     assert gallery["data"]["text/html"].count("saved: <code>") == 2
     # the same prompt again in the same second: new names, nothing overwritten
     res = run(shell, f"%%imagegen -n 2 --save {out_dir}\nA red fox, in snow!")
-    assert len(list(out_dir.iterdir())) == 4
+    assert len(list(out_dir.glob("*.png"))) == 4
 
 
 def test_save_into_an_impossible_directory_is_one_line(ip, emu, tmp_path):
@@ -566,3 +570,160 @@ def test_unload_removes_the_magics_and_closes_the_client(ip, emu):
     finally:
         shell.extension_manager.load_extension("jupyter_imagegen")
     assert run(shell, "%imagegen two").success
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 5: --compare and '---' prompts, --save metadata, --from, history, %imagegen_history
+# ---------------------------------------------------------------------------------------------
+COMPARE_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
+
+
+def test_compare_models_and_prompts_renders_one_grid(ip, emu, capsys):
+    from jupyter_imagegen.compare import CompareResult
+    shell, rec = ip
+    before = emu.request_count
+    res = run(shell, f"%%imagegen --compare model={','.join(COMPARE_MODELS)} --quality low --out g\n"
+                     "a red fox in snow\n---\na lighthouse at {{dusk}}\n")
+    assert res.success, res.error_in_exec
+    grid = shell.user_ns["g"]
+    assert isinstance(grid, CompareResult) and res.result is grid
+    assert grid.shape == (2, 3) and grid.row_labels == ["a red fox in snow", "a lighthouse at {dusk}"]
+    assert grid.col_labels == list(COMPARE_MODELS) and grid.ok == 6
+    assert emu.request_count == before + 6
+    sent = emu.requests[-6:]
+    assert sorted((r["prompt"], r["model"]) for r in sent) == \
+        sorted((p, m) for p in ("a red fox in snow", "a lighthouse at {dusk}") for m in COMPARE_MODELS)
+    assert all(r["quality"] == "low" for r in sent)
+    # one output, updated in place; the final state holds the six images
+    shown = rec.of_type("display_data")
+    assert len(shown) == 1 and "imagegen-compare" in shown[0]["data"]["text/html"]
+    final = ([shown[0]] + rec.of_type("update_display_data"))[-1]["data"]["text/html"]
+    assert final.count("<img ") == 6 and final.count("<table") == 1
+    assert "prompt \\ model" in final
+    out = capsys.readouterr().out
+    assert "shown above" in out and "[1,2]" not in out                    # no second grid as Out[]
+    assert "<table" in grid._repr_mimebundle_()["text/html"]               # displayed later: in full
+    # recorded in the history, one entry per cell
+    from jupyter_imagegen import history
+    assert [e.source for e in history[-6:]] == ["compare"] * 6
+
+
+def test_compare_keeps_a_failing_cell_in_place_and_saves_the_rest(ip, emu, tmp_path):
+    from jupyter_imagegen import load
+    shell, rec = ip
+    out = tmp_path / "grid"
+    res = run(shell, f"%%imagegen --compare model=gpt-image-1,no-such-model --compare size=1024x1024,1536X1024 "
+                     f"--save {out} --out g\na red fox")
+    assert res.success, res.error_in_exec
+    g = shell.user_ns["g"]
+    assert g.shape == (2, 2) and (g.row_title, g.col_title) == ("model", "size")
+    assert g.row_labels == ["gpt-image-1", "no-such-model"] and g.col_labels == ["1024x1024", "1536x1024"]
+    assert (g.ok, g.failed) == (2, 2)
+    assert all(r.success for r in g.grid[0]) and all(r.status_code == 400 for r in g.grid[1])
+    html = rec.messages[-1]["data"]["text/html"]
+    assert html.count("imagegen-error") == 2 and html.count("<img ") == 2
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 2 and all(load(p).prompt == "a red fox" for p in files)
+
+
+@pytest.mark.parametrize("code, message", [
+    ("%%imagegen --compare colour=red,blue\na cat", "KEY one of model, size, aspect, api, quality"),
+    ("%%imagegen --compare model=\na cat", "no values"),
+    ("%%imagegen --compare api=dalle,openai\na cat", "'dalle' is not a known API"),
+    ("%%imagegen --compare quality=ultra\na cat", "not a quality"),
+    ("%%imagegen --compare model=gpt-image-1,gpt-image-1-mini --size 12x12\na cat", "12x12"),
+    ("%imagegen --from nowhere.png", "--from nowhere.png: no such file"),
+    ("%imagegen --rerun 99999", "--rerun 99999: no history entry #99999"),
+    ("%imagegen --rerun 0", "numbered from 1"),
+])
+def test_bad_compare_and_rerun_input_is_one_line(ip, emu, capsys, code, message):
+    shell, rec = ip
+    before = emu.request_count
+    res = run(shell, code)
+    assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
+    assert message in str(res.error_in_exec)
+    assert emu.request_count == before and rec.messages == []
+
+
+def test_from_reruns_exactly_the_saved_request(ip, emu, tmp_path):
+    shell, rec = ip
+    sketch = tmp_path / "sketch.png"
+    sketch.write_bytes(make_png())
+    out = tmp_path / "saved"
+    res = run(shell, f"%%imagegen --save {out} --image {sketch} --model gpt-image-1-mini --size 1024x1536 "
+                     f"--quality low --format webp --background transparent --seed 7 --out first\n"
+                     "a red fox wearing a hat")
+    assert res.success, res.error_in_exec
+    original = last_request(emu)
+    saved = shell.user_ns["first"].paths[0]
+    assert saved.endswith(".webp")
+    keys = ("path", "model", "prompt", "n", "size", "quality", "output_format", "background", "input_images",
+            "body_keys")
+    assert original["content_type"].startswith("multipart/form-data")
+
+    assert run(shell, f"%imagegen --from {saved} --out again").success
+    again = last_request(emu)
+    assert {k: again.get(k) for k in keys} == {k: original.get(k) for k in keys}
+    assert shell.user_ns["again"].request.seed == 7
+    # without the sidecar: from the metadata embedded in the WebP file
+    Path(saved).with_suffix(".json").unlink()
+    assert run(shell, f"%imagegen --from {saved}").success
+    assert {k: last_request(emu).get(k) for k in keys} == {k: original.get(k) for k in keys}
+    # options on the line override, a cell body replaces the prompt
+    assert run(shell, f"%%imagegen --from {saved} --size 1536x1024 -n 2\na red fox wearing a crown").success
+    changed = last_request(emu)
+    assert (changed["size"], str(changed["n"]), changed["prompt"], changed["model"], changed["input_images"]) == \
+        ("1536x1024", "2", "a red fox wearing a crown", "gpt-image-1-mini", 1)
+    # an image without metadata says so
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(make_png())
+    res = run(shell, f"%imagegen --from {plain}")
+    assert isinstance(res.error_in_exec, UsageError) and "no jupyter-imagegen metadata" in str(res.error_in_exec)
+
+
+def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emu, capsys):
+    from jupyter_imagegen import history
+    shell, rec = ip
+    history.clear()
+    assert run(shell, "%%imagegen --size 1024x1536 --quality low\na lighthouse at dusk").success
+    entry = history[-1]
+    assert entry.source == "magic" and entry.prompt == "a lighthouse at dusk" and entry.success
+    assert entry.attempts == 1 and entry.usage is not None and entry.request.token is None
+    original = last_request(emu)
+    n = entry.number
+    assert run(shell, f"%imagegen --rerun {n}").success
+    keys = ("path", "model", "prompt", "n", "size", "quality", "output_format")
+    assert {k: last_request(emu).get(k) for k in keys} == {k: original.get(k) for k in keys}
+    assert run(shell, f"%imagegen --rerun {n} --size 1536x1024").success
+    assert last_request(emu)["size"] == "1536x1024"
+    # an entry's image as an input, without importing anything
+    assert run(shell, f"%imagegen --image history[{n}] --image history[-1].artifacts[0] add a moon").success
+    assert last_request(emu)["input_images"] == 2
+    # failures are recorded too
+    run(shell, "%imagegen --fault 400 a failing one")
+    assert not history[-1].success and history[-1].status_code == 400
+    assert len(history) == 5
+    # %imagegen_history: one table with thumbnails, newest first, no token
+    rec.messages.clear()
+    assert run(shell, "%imagegen_history").success
+    assert len(rec.messages) == 1
+    table = rec.messages[0]["data"]["text/html"]
+    assert "imagegen-history" in table and table.count("<img ") >= 4
+    assert table.index("a failing one") < table.index("a lighthouse at dusk") and TOKEN not in table
+    rec.messages.clear()
+    run(shell, "%imagegen_history -n 2")
+    assert "latest 2 of 5" in rec.messages[0]["data"]["text/html"]
+    res = run(shell, "%imagegen_history --bogus")
+    assert isinstance(res.error_in_exec, UsageError)
+    run(shell, "%imagegen_history --clear")
+    assert len(history) == 0 and "5 entries forgotten" in capsys.readouterr().out
+
+
+def test_unload_removes_the_history_magic(ip, emu):
+    shell, rec = ip
+    assert "imagegen_history" in shell.magics_manager.magics["line"]
+    shell.extension_manager.unload_extension("jupyter_imagegen")
+    try:
+        assert "imagegen_history" not in shell.magics_manager.magics["line"]
+    finally:
+        shell.extension_manager.load_extension("jupyter_imagegen")
