@@ -727,3 +727,22 @@ def test_unload_removes_the_history_magic(ip, emu):
         assert "imagegen_history" not in shell.magics_manager.magics["line"]
     finally:
         shell.extension_manager.load_extension("jupyter_imagegen")
+
+
+def test_interrupting_a_compare_cancels_every_cell(ip, emu):
+    shell, rec = ip
+    before = emu.request_count
+    t, fired = _interrupt_when(lambda: emu.request_count >= before + 3, 0.3)
+    t0 = time.monotonic()
+    try:
+        res = run(shell, f"%%imagegen --compare model={','.join(COMPARE_MODELS)} --fault 429:retry_after=5\na fox")
+    finally:
+        t.join(5)
+    assert fired.is_set()
+    assert isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert time.monotonic() - t0 < 2.0
+    assert not asyncio.all_tasks(runner._private_loop())
+    assert emu.request_count == before + 3                      # no retry was sent
+    final = rec.messages[-1]["data"]
+    assert final["text/plain"].count("cancelled") == 3
+    assert run(shell, "%imagegen a quick lighthouse").success  # the next cell works
