@@ -12,6 +12,7 @@ import io
 import os
 import re
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -265,15 +266,18 @@ class InputImage:
 def _check_decodable(data: bytes, label: str) -> None:
     from PIL import Image
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > MAX_INPUT_PIXELS:
-                raise RequestError(f"{label}: {w}x{h} pixels is over the limit of {MAX_INPUT_PIXELS:,} "
-                                   "(a possible decompression bomb) — resize it first")
-            im.verify()
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice its limit: refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_INPUT_PIXELS:
+                    raise RequestError(f"{label}: {w}x{h} pixels is over the limit of {MAX_INPUT_PIXELS:,} "
+                                       "(a possible decompression bomb) — resize it first")
+                im.verify()
     except RequestError:
         raise
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RequestError(f"{label}: refused as a possible decompression bomb ({e})") from None
     except Exception as e:
         raise RequestError(f"{label}: the image data is damaged and cannot be decoded ({e})") from None
