@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import json
 import logging
 import time
@@ -429,6 +430,9 @@ class _CallContext:
             else:
                 if sniff_mime(ref.data or b"") is None:
                     raise ImageAPIError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
+                problem = received_image_problem(ref.data)
+                if problem:
+                    raise ImageAPIError(200, f"the API sent an image that {problem}", api_url)
                 arts.append(Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt))
         return arts
 
@@ -466,6 +470,9 @@ class _CallContext:
                     mime = sniff_mime(data)
                     if mime is None:
                         raise ImageAPIError(None, f"the file at {shown} is not a PNG, JPEG, WebP or GIF image", url)
+                    problem = received_image_problem(data)
+                    if problem:
+                        raise ImageAPIError(None, f"the image at {shown} {problem}", url)
                     return data, mime
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
@@ -485,6 +492,31 @@ class _CallContext:
 
 class _TransientDownload(Exception):
     pass
+
+
+#: the most pixels a received image may claim (Pillow's own bomb limit is usually lower)
+MAX_RECEIVED_PIXELS = 16384 * 16384
+
+
+def received_image_problem(data: bytes) -> Optional[str]:
+    """Why received image bytes must not be shown (None when they are fine): Pillow reads the
+    header and verifies the structure without decoding the pixels; a header claiming more pixels
+    than Pillow's limit (a decompression bomb) or a damaged file is refused."""
+    import warnings
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_RECEIVED_PIXELS:
+                    return f"claims {w}x{h} pixels (a possible decompression bomb); refused"
+                im.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "claims too many pixels (a possible decompression bomb); refused"
+    except Exception as e:
+        return f"is damaged and cannot be decoded ({type(e).__name__})"
+    return None
 
 
 def _short(e: Any) -> str:
