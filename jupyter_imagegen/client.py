@@ -476,7 +476,8 @@ class _CallContext:
                     return data, mime
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
-                last = str(e) or type(e).__name__
+                last = (f"timed out after {self.cfg.download_timeout:g} s" if isinstance(e, asyncio.TimeoutError)
+                        else str(e) or type(e).__name__)
                 if attempt < self.max_attempts:
                     delay = next_delay(attempt, None, base=self.cfg.backoff_base, maximum=self.cfg.backoff_max,
                                        retry_after_max=self.cfg.retry_after_max)
@@ -484,8 +485,13 @@ class _CallContext:
                                             status_code=None, delay=delay, reason=f"download failed: {last}",
                                             retry_after=None, index=None, api_url=shown)
                     await asyncio.sleep(delay)
+            except aiohttp.TooManyRedirects:
+                last = "too many redirects"
+                break
             except aiohttp.ClientError as e:
-                last = _short(e)
+                # a redirect to file:, ftp: or a malformed URL (aiohttp names these *Redirect*Error)
+                last = ("it redirected to a URL that is not http(s); refused" if "Redirect" in type(e).__name__
+                        else _short(e))
                 break
         raise ImageAPIError(None, f"could not download the image from {shown}: {last}", url)
 
