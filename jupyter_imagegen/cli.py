@@ -13,8 +13,12 @@ DEMO_NOTEBOOK = "quickstart.ipynb"
 
 
 def _find_notebook(name: str) -> Path:
+    given = Path(name).expanduser()
+    if given.suffix == ".ipynb" and given.is_file():  # an explicit path wins
+        return given.resolve()
     here = Path(__file__).resolve().parent
-    for cand in (Path.cwd() / "notebooks" / name, here / "notebooks" / name, here.parent / "notebooks" / name):
+    # the package's own copy (wheel), then the repository's (editable install)
+    for cand in (here / "notebooks" / name, here.parent / "notebooks" / name):
         if cand.is_file():
             return cand
     raise SystemExit(f"error: cannot find {name}: expected it in {here / 'notebooks'} or {here.parent / 'notebooks'}")

@@ -65,7 +65,8 @@ class Event:
             return f"attempt {d.get('attempt')}/{d.get('max_attempts')}{part}"
         if self.type == API_RETRY:
             status = d.get("status_code")
-            what = str(status) if status else (d.get("reason") or "network error")
+            # a 2xx that is retried had a broken body: say so rather than show a success code
+            what = str(status) if status and status >= 300 else (d.get("reason") or "network error")
             return f"{what} — retrying in {d.get('delay', 0):.1f} s (attempt {d.get('attempt')} failed)"
         if self.type == PARTIAL_IMAGE:
             return f"partial image {d.get('partial_index', 0) + 1}"
