@@ -49,10 +49,24 @@ def sniff_mime(data: bytes) -> Optional[str]:
 def _image_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
     from PIL import Image
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the header is safe to read
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                return im.size
     except Exception:
         return None, None
+
+
+def _open_checked(data: bytes):
+    """Image.open that refuses a decompression bomb (Pillow only warns between its limit and
+    twice its limit; set PIL.Image.MAX_IMAGE_PIXELS to allow bigger images)."""
+    from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombWarning as e:
+            raise Image.DecompressionBombError(str(e)) from None
 
 
 @dataclass
@@ -137,17 +151,16 @@ class Artifact:
     def image(self):
         """The image as a PIL.Image (decoded on first access, then kept)."""
         if self._image is None:
-            from PIL import Image
-            im = Image.open(io.BytesIO(self.data))
+            im = _open_checked(self.data)   # a decompression bomb raises before any pixel is decoded
             im.load()
             self._image = im
         return self._image
 
     def verify(self) -> bool:
-        """True when the bytes decode as an image (Pillow's verify, no full decode)."""
-        from PIL import Image
+        """True when the bytes decode as an image (Pillow's verify, no full decode) and are not
+        a decompression bomb."""
         try:
-            with Image.open(io.BytesIO(self.data)) as im:
+            with _open_checked(self.data) as im:
                 im.verify()
             return True
         except Exception:
