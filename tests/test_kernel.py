@@ -132,8 +132,8 @@ def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
     # the token never reaches the notebook
     assert TOKEN not in json.dumps([m["content"] for m in msgs])
 
-    saved = sorted((workdir / "out").iterdir())
-    assert len(saved) == 2 and all(p.suffix == ".png" for p in saved)
+    saved = sorted((workdir / "out").glob("*.png"))  # each image also has a .json sidecar
+    assert len(saved) == 2
 
     # `_` and --out hold the response; its first image is a PIL image Jupyter can show itself
     reply, msgs = execute(kc, "print(_ is fox, type(fox.image).__module__, len(fox.paths))\nfox.image")
@@ -180,6 +180,14 @@ def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel):
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] in ("GenerationCancelled", "KeyboardInterrupt")
     assert took < 2.0, f"interrupt took {took:.1f} s"
+    # ipykernel aborts requests that arrive while it is still unwinding the failed cell
+    # (stop_on_error): wait for the interrupted cell's idle status, as a frontend does
+    while True:
+        msg = kc.get_iopub_msg(timeout=10)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            break
+    time.sleep(0.3)
 
     # no task left behind on the kernel loop, and the next cell works
     reply, msgs = execute(kc, "import asyncio\nprint(sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() "
