@@ -357,8 +357,8 @@ class _CallContext:
                 if call.stream and status == 200 and ctype.startswith("text/event-stream"):
                     return await self._read_stream(resp, call, index)
                 if resp.content_length is not None and resp.content_length > cap:
-                    raise ImageAPIError(status, f"the response is {resp.content_length / 1e6:.0f} MB, over the "
-                                        f"{cap / 1e6:.0f} MB limit; refused", call.url)
+                    raise ImageAPIError(status, f"the response is {_bytes_text(resp.content_length)}, over the "
+                                        f"{_bytes_text(cap)} limit; refused", call.url)
                 if resp.content_length is not None:
                     body = await resp.read()
                 else:
@@ -366,7 +366,7 @@ class _CallContext:
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         buf += chunk
                         if len(buf) > cap:
-                            raise ImageAPIError(status, f"the response is over the {cap / 1e6:.0f} MB limit; refused",
+                            raise ImageAPIError(status, f"the response is over the {_bytes_text(cap)} limit; refused",
                                                 call.url)
                     body = bytes(buf)
         except asyncio.TimeoutError:
@@ -458,13 +458,13 @@ class _CallContext:
                         raise ImageAPIError(None, f"the image URL {shown} served {ctype or 'no content type'}, "
                                             "not an image", url)
                     if resp.content_length is not None and resp.content_length > cap:
-                        raise ImageAPIError(None, f"the image at {shown} is {resp.content_length / 1e6:.0f} MB, "
-                                            f"over the {cap / 1e6:.0f} MB download limit", url)
+                        raise ImageAPIError(None, f"the image at {shown} is {_bytes_text(resp.content_length)}, "
+                                            f"over the {_bytes_text(cap)} download limit", url)
                     buf = bytearray()
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         buf += chunk
                         if len(buf) > cap:
-                            raise ImageAPIError(None, f"the image at {shown} is over the {cap / 1e6:.0f} MB "
+                            raise ImageAPIError(None, f"the image at {shown} is over the {_bytes_text(cap)} "
                                                 "download limit", url)
                     data = bytes(buf)
                     mime = sniff_mime(data)
@@ -523,6 +523,13 @@ def received_image_problem(data: bytes) -> Optional[str]:
     except Exception as e:
         return f"is damaged and cannot be decoded ({type(e).__name__})"
     return None
+
+
+def _bytes_text(n: int) -> str:
+    """12 kB, 1.5 MB, 256 MB: a size a person reads at a glance (never '0 MB')."""
+    if n < 1_000_000:
+        return f"{max(1, round(n / 1000))} kB"
+    return f"{n / 1e6:.1f} MB" if n < 10_000_000 else f"{n / 1e6:.0f} MB"
 
 
 def _short(e: Any) -> str:
