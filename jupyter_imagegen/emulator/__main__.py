@@ -1,4 +1,4 @@
-"""``python -m jupyter_imagegen.emulator [--host H] [--port P] [--token T] [--latency S] [--fault SPEC]``
+"""``python -m jupyter_imagegen.emulator [--host H] [--port P] [--token T] [--latency S] [--stream-delay S] [--fault SPEC]``
 
 Prints ``jupyter-imagegen emulator listening on http://HOST:PORT`` once bound, then serves
 until SIGINT / SIGTERM.
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the only bearer token accepted (default: $IMAGE_EMULATOR_TOKEN, "
                         "else any non-empty token)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds to sleep before every API answer")
+    p.add_argument("--stream-delay", type=float, default=0.0, metavar="S",
+                   help="seconds before each partial / final image of a streamed answer")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="queue a fault for the next API request (repeatable), e.g. 429:retry_after=1")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request to stderr")
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> None:
     emu = Emulator(token=args.token, latency=args.latency, host=args.host, port=args.port,
-                   access_log=args.access_log)
+                   access_log=args.access_log, stream_delay=args.stream_delay)
     if args.fault:
         emu.add_faults(*args.fault)
     await emu.start()

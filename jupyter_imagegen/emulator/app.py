@@ -90,9 +90,11 @@ class EmulatorState:
     queue and the file store, so an :class:`EmulatorThread` can be driven from another thread."""
 
     def __init__(self, token: Optional[str] = None, latency: float = 0.0, *, max_log: int = 10000,
-                 max_files: int = 512):
+                 max_files: int = 512, stream_delay: float = 0.0):
         self.token = token
         self.latency = float(latency)
+        #: seconds before each image-bearing event of a stream (partials and the final image)
+        self.stream_delay = float(stream_delay)
         self._lock = threading.Lock()
         self._faults: Deque[Fault] = collections.deque()
         self._log: Deque[Dict[str, Any]] = collections.deque(maxlen=max_log)
@@ -694,6 +696,7 @@ def _image_specs(call: Call, p: Dict[str, Any], inputs: List[bytes] = (), mask: 
 async def _answer_images(call: Call, p: Dict[str, Any], inputs: List[bytes] = (),
                          mask: Optional[bytes] = None) -> web.StreamResponse:
     if p["stream"]:
+        p["input_data"], p["mask_data"] = list(inputs), mask   # for the SSE handler's drawing
         return await _stream(call, p)
     if call.fault_name == "no_image":
         gens: List[Generated] = []
@@ -858,25 +861,29 @@ def _short(prompt: str, limit: int = 120) -> str:
     return s if len(s) <= limit else s[: limit - 1].rstrip() + "\u2026"
 
 
+async def chat_plan(call: Call, p: Dict[str, Any]) -> Tuple[List[RenderSpec], str]:
+    """What a chat call draws and says (input images resolved): shared by the JSON and SSE answers."""
+    inputs = [await call.resolve_image(r) for r in p["images"]]
+    subject = _short(p["prompt"]) or "your request"
+    if not p["draw"]:
+        return [], f"(text only — add \"image\" to modalities for a picture) A short description of {subject}."
+    if call.fault_name == "no_image":
+        return [], "I can't draw that."
+    w, h = aspect_ratio_size(p["aspect_ratio"], p["image_size"])
+    seed = p["seed"]
+    spec = RenderSpec(prompt=p["prompt"], width=w, height=h, fmt=p["output_format"],
+                      index=0, variant=call.state.next_variant() if seed is None else f"seed:{seed}",
+                      model=p["model"], inputs=inputs)
+    text = f"Here is an image of {subject}." if not inputs else f"Here is the edited image: {subject}."
+    return [spec], text
+
+
 async def handle_chat(call: Call, body: Body) -> web.StreamResponse:
     p = validate_chat(body.json)
     if p["stream"]:
         return await _stream(call, p)
-    inputs = [await call.resolve_image(r) for r in p["images"]]
-    gens: List[Generated] = []
-    subject = _short(p["prompt"]) or "your request"
-    if not p["draw"]:
-        text = f"(text only — add \"image\" to modalities for a picture) A short description of {subject}."
-    elif call.fault_name == "no_image":
-        text = "I can't draw that."
-    else:
-        w, h = aspect_ratio_size(p["aspect_ratio"], p["image_size"])
-        seed = p["seed"]
-        spec = RenderSpec(prompt=p["prompt"], width=w, height=h, fmt=p["output_format"],
-                          index=0, variant=call.state.next_variant() if seed is None else f"seed:{seed}",
-                          model=p["model"], inputs=inputs)
-        gens = await call.draw([spec])
-        text = f"Here is an image of {subject}." if not inputs else f"Here is the edited image: {subject}."
+    specs, text = await chat_plan(call, p)
+    gens = await call.draw(specs) if specs else []
     payload = chat_payload(call, p, gens, text)
     first = gens[0].b64 if gens and call.fault_name != "url" else None
     return await send_payload(call, payload, first)
@@ -921,6 +928,34 @@ def responses_payload(call: Call, p: Dict[str, Any], gens: List[Generated], text
     }
 
 
+async def responses_plan(call: Call, p: Dict[str, Any]) -> Tuple[List[RenderSpec], str, Optional[str]]:
+    """What a /responses call draws, says and revises the prompt to (inputs resolved; ``p`` gets the
+    resolved output fields): shared by the JSON and SSE answers."""
+    subject = _short(p["prompt"]) or "your request"
+    if not p["draw"]:
+        p.setdefault("resolved_background", "opaque")
+        p.setdefault("output_format", "png")
+        p.setdefault("resolved_quality", "high")
+        return [], f"(text only — no image_generation tool was enabled) A short description of {subject}.", None
+    if call.fault_name == "no_image":
+        return [], "I can't help with generating that image.", None
+    inputs = [await call.resolve_image(r) for r in p["images"]]
+    mask = await call.resolve_image(p["mask"]) if p.get("mask") is not None else None
+    if mask is not None and inputs and open_image(mask).size != open_image(inputs[0]).size:
+        mask = None
+    auto = (1024, 1024)
+    if inputs:
+        fw, fh = open_image(inputs[0]).size
+        auto = (1536, 1024) if fw > fh * 1.2 else (1024, 1536) if fh > fw * 1.2 else (1024, 1024)
+    w, h, _ = resolve_size(p["size_param"], p["tool_model"], param="tools[0].size", auto=auto)
+    spec = RenderSpec(prompt=p["prompt"] or "(no prompt)", width=w, height=h, fmt=p["output_format"],
+                      background=p["resolved_background"], index=0, variant=call.state.next_variant(),
+                      compression=p["output_compression"], model=p["tool_model"], inputs=inputs, mask=mask)
+    revised = f"{p['prompt'] or 'An image'}, rendered as a bold flat illustration."
+    text = f"Here is the image of {subject}." if not inputs else f"Here is the edited image: {subject}."
+    return [spec], text, revised
+
+
 async def handle_responses(call: Call, body: Body) -> web.StreamResponse:
     p = validate_responses(body.json)
     prev = p["previous_response_id"]
@@ -929,31 +964,10 @@ async def handle_responses(call: Call, body: Body) -> web.StreamResponse:
                        code="previous_response_not_found")
     if p["stream"]:
         return await _stream(call, p)
-    subject = _short(p["prompt"]) or "your request"
-    gens: List[Generated] = []
-    if not p["draw"]:
-        text = f"(text only — no image_generation tool was enabled) A short description of {subject}."
-        p.setdefault("resolved_background", "opaque")
-        p.setdefault("output_format", "png")
-        p.setdefault("resolved_quality", "high")
-    elif call.fault_name == "no_image":
-        text = "I can't help with generating that image."
-    else:
-        inputs = [await call.resolve_image(r) for r in p["images"]]
-        mask = await call.resolve_image(p["mask"]) if p.get("mask") is not None else None
-        if mask is not None and inputs and open_image(mask).size != open_image(inputs[0]).size:
-            mask = None
-        auto = (1024, 1024)
-        if inputs:
-            fw, fh = open_image(inputs[0]).size
-            auto = (1536, 1024) if fw > fh * 1.2 else (1024, 1536) if fh > fw * 1.2 else (1024, 1024)
-        w, h, _ = resolve_size(p["size_param"], p["tool_model"], param="tools[0].size", auto=auto)
-        spec = RenderSpec(prompt=p["prompt"] or "(no prompt)", width=w, height=h, fmt=p["output_format"],
-                          background=p["resolved_background"], index=0, variant=call.state.next_variant(),
-                          compression=p["output_compression"], model=p["tool_model"], inputs=inputs, mask=mask)
-        gens = await call.draw([spec])
-        gens[0].revised_prompt = f"{p['prompt'] or 'An image'}, rendered as a bold flat illustration."
-        text = f"Here is the image of {subject}." if not inputs else f"Here is the edited image: {subject}."
+    specs, text, revised = await responses_plan(call, p)
+    gens = await call.draw(specs) if specs else []
+    for g in gens:
+        g.revised_prompt = revised
     payload = responses_payload(call, p, gens, text)
     call.state.remember_response(payload["id"])
     return await send_payload(call, payload, gens[0].b64 if gens else None)
@@ -965,6 +979,7 @@ async def health(request: web.Request) -> web.Response:
     state: EmulatorState = request.app[STATE_KEY]
     return json_response({"status": "ok", "emulator": "jupyter-imagegen", "requests": state.request_count,
                           "pending_faults": state.pending_faults, "latency": state.latency,
+                          "stream_delay": state.stream_delay,
                           "auth": "token" if state.token is not None else "any-bearer",
                           "apis": ["openrouter_chat", "openai_images", "openai_responses"],
                           "streaming": sorted(STREAM_HANDLERS)})

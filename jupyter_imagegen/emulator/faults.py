@@ -23,8 +23,23 @@ A fault spec is ``name[:k=v[,k=v...]]``, for example ``429:retry_after=2``,
 ``url``                image results as ``http://<emulator>/files/<id>.<ext>`` URLs
                        (images API: ``data[i].url``; OpenRouter: ``images[].image_url.url``;
                        ignored by ``/responses``, which always returns base64).
+``stream_break``       (``"stream": true`` only) send ``after`` events (default: one partial
+                       image, or none when there is at most one image event), then drop
+                       the connection without the terminal event; ``eof=1`` ends the
+                       HTTP response cleanly instead (still no terminal event).
+``stream_error``       (streams only) send ``after`` events, then an error event in the
+                       vendor's shape (``message=<text>``), then end the stream.
+``stream_slow``        (streams only) ``delay`` seconds before each image-bearing event
+                       (overrides the emulator's ``stream_delay``); ``stream_break`` and
+                       ``stream_error`` take ``delay`` too.
 ``ok`` / ``none``      no fault (handy in a queue: ``"503", "ok", "503"``).
 =====================  ===================================================================
+
+A stream (``"stream": true``) also honours ``reset_after_headers`` (drop right after the
+headers), ``truncate`` (the first image event is cut in the middle of its base64, then the
+response ends), ``invalid_json`` (a ``data:`` line that is not JSON), ``slow_body`` (a stall
+of ``delay`` s half-way), ``no_image`` (chat / responses: no image in the stream) and ``url``
+(chat: image URLs). Stream-only faults are ignored by requests that do not stream.
 """
 from __future__ import annotations
 
@@ -37,14 +52,19 @@ from typing import Any, Dict, Optional, Tuple, Union
 PRE_FAULTS = ("html", "reset", "slow_headers")
 #: faults that change a successful answer
 POST_FAULTS = ("reset_after_headers", "truncate", "invalid_json", "no_image", "slow_body", "url")
+#: faults that change a ``"stream": true`` answer (ignored otherwise)
+STREAM_FAULTS = ("stream_break", "stream_error", "stream_slow")
 NOOP_FAULTS = ("ok", "none")
-FAULT_NAMES = PRE_FAULTS + POST_FAULTS + NOOP_FAULTS
+FAULT_NAMES = PRE_FAULTS + POST_FAULTS + STREAM_FAULTS + NOOP_FAULTS
 
 _PARAMS: Dict[str, Tuple[str, ...]] = {
     "status": ("retry_after", "retry_after_date", "retry_after_ms", "message"),
     "html": ("status", "retry_after"),
     "slow_headers": ("delay",),
     "slow_body": ("delay",),
+    "stream_break": ("after", "delay", "eof"),
+    "stream_error": ("after", "delay", "message"),
+    "stream_slow": ("delay",),
 }
 
 

@@ -22,11 +22,14 @@ class Emulator:
 
     ``token=None`` accepts any non-empty bearer token; a string requires exactly that token.
     ``latency`` seconds are slept before every API answer. ``port=0`` picks a free port.
+    ``stream_delay`` seconds are slept before each image-bearing event of a ``"stream": true``
+    answer (each partial image and the final image), like a model that is still drawing.
     """
 
     def __init__(self, token: Optional[str] = None, latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0, *, access_log: bool = False, shutdown_timeout: float = 0.5):
-        self.state = EmulatorState(token=token, latency=latency)
+                 port: int = 0, *, access_log: bool = False, shutdown_timeout: float = 0.5,
+                 stream_delay: float = 0.0):
+        self.state = EmulatorState(token=token, latency=latency, stream_delay=stream_delay)
         self.host = host
         self._requested_port = int(port)
         self._port: Optional[int] = None
@@ -117,6 +120,14 @@ class Emulator:
     @latency.setter
     def latency(self, value: float) -> None:
         self.state.latency = float(value)
+
+    @property
+    def stream_delay(self) -> float:
+        return self.state.stream_delay
+
+    @stream_delay.setter
+    def stream_delay(self, value: float) -> None:
+        self.state.stream_delay = float(value)
 
     def add_faults(self, *specs: Union[str, Fault]) -> List[Fault]:
         """Queue faults: each applies to one coming API request, in order (``"ok"`` lets one pass)."""
@@ -260,6 +271,14 @@ class EmulatorThread:
     @latency.setter
     def latency(self, value: float) -> None:
         self.emulator.latency = value
+
+    @property
+    def stream_delay(self) -> float:
+        return self.emulator.stream_delay
+
+    @stream_delay.setter
+    def stream_delay(self, value: float) -> None:
+        self.emulator.stream_delay = value
 
     def add_faults(self, *specs: Union[str, Fault]) -> List[Fault]:
         return self.emulator.add_faults(*specs)
