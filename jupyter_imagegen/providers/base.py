@@ -231,17 +231,27 @@ class StreamState:
         raise NotImplementedError
 
 
-def sse_json(event: Any, api_url: str) -> Any:
+def sse_json(event: Any, api_url: str) -> Dict[str, Any]:
+    """The JSON object of one event; anything else means the stream is damaged."""
     try:
-        return json.loads(event.data)
+        payload = json.loads(event.data)
     except ValueError:
         raise StreamBroken(f"a stream event is not valid JSON ({event.data[:60]!r})") from None
+    if not isinstance(payload, dict):
+        raise StreamBroken(f"a stream event is not a JSON object ({event.data[:60]!r})")
+    return payload
 
 
 def raise_stream_error(payload: Any, api_url: str) -> None:
-    """An error delivered inside a stream (both vendors put an `error` object in the event)."""
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        err = payload["error"]
+    """An error delivered inside a stream: an `error` object in the event (OpenAI images, OpenRouter
+    chunks), or a Responses `{"type": "error", "code", "message", "param"}` event."""
+    if not isinstance(payload, dict):
+        return
+    err = payload.get("error")
+    if not isinstance(err, dict) and payload.get("type") == "error":
+        err = payload
+    if isinstance(err, dict):
         code = err.get("code")
-        raise ImageAPIError(code if isinstance(code, int) else 200, str(err.get("message") or err), api_url,
-                            code=None if isinstance(code, int) else code)
+        message = str(err.get("message") or json.dumps(err)[:300])
+        raise ImageAPIError(code if isinstance(code, int) else 200, f"the stream ended with an error: {message}",
+                            api_url, code=None if isinstance(code, int) else (str(code) if code else None))
