@@ -26,15 +26,18 @@ class SSEParser:
         self._data: List[str] = []
         self._id: Optional[str] = None
         self._pending = 0  # bytes held in the current, not yet dispatched, event
+        self._scanned = 0  # bytes at the start of _buf already known to hold no newline
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
         self._buf += chunk
         if len(self._buf) + self._pending > self.max_bytes:
             raise SSEError(f"a server-sent event is over {self.max_bytes / 1e6:.0f} MB; refused")
         while True:
-            nl = self._buf.find(b"\n")
+            nl = self._buf.find(b"\n", self._scanned)  # a long line is not rescanned chunk after chunk
             if nl < 0:
+                self._scanned = len(self._buf)
                 return
+            self._scanned = 0
             line = bytes(self._buf[:nl])
             del self._buf[:nl + 1]
             if line.endswith(b"\r"):
@@ -48,6 +51,7 @@ class SSEParser:
         if self._buf:
             ev = self._line(self._buf.decode("utf-8", "replace"))
             self._buf.clear()
+            self._scanned = 0
             if ev is not None:
                 yield ev
         ev = self._line("")
