@@ -306,7 +306,7 @@ class _CallContext:
                                     max_attempts=self.max_attempts, api_url=call.url, index=index,
                                     fanout=self.fanout)
             try:
-                out.parsed = await self._attempt(call, index)
+                out.parsed = self._scrub_parsed(await self._attempt(call, index))
                 out.artifacts = await self._materialise(out.parsed, call.url)
                 return out
             except ImageRetryableError as e:
@@ -327,6 +327,15 @@ class _CallContext:
                 out.error = e
                 return out
         return out  # pragma: no cover - the loop always returns
+
+    def _scrub_parsed(self, parsed: Parsed) -> Parsed:
+        """A server that echoes the request back (a debugging proxy, a chatty model) must not put
+        the key into the text or the revised prompts we show and save."""
+        parsed.text = self.scrub(parsed.text) or None
+        parsed.revised_prompt = self.scrub(parsed.revised_prompt) or None
+        for ref in parsed.images:
+            ref.revised_prompt = self.scrub(ref.revised_prompt) or None
+        return parsed
 
     def _headers(self, call: HttpCall) -> Dict[str, str]:
         accept = "text/event-stream" if call.stream else "application/json"
