@@ -285,6 +285,10 @@ class _Scrubber:
             return text or ""
         return text.replace(self.token, self.mask) if self.token else text
 
+    def bytes(self, body: bytes) -> bytes:
+        """The same for a raw body, before anything cuts it (a cut key would escape replace())."""
+        return body.replace(self.token.encode(), self.mask.encode()) if self.token and body else body
+
 
 class _CallContext:
     """Everything one HTTP call (with its retries) needs; `run(index)` is one call of a fan-out."""
@@ -396,7 +400,7 @@ class _CallContext:
             raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
 
         if status >= 400 or not (200 <= status < 300):
-            message, code = error_message_from_body(status, body, ctype)
+            message, code = error_message_from_body(status, self.scrub.bytes(body), ctype)
             message = f"HTTP {status}: {message}"
             if is_retryable_status(status):
                 raise ImageRetryableError(status, message, call.url, retry_after=retry_after, code=code)
