@@ -312,10 +312,19 @@ class EmulatorProcess:
 
 
 # -- 3. large payload ------------------------------------------------------------------------------
+try:  # the client checks received images (header + structure, no pixel decode) before returning them
+    from jupyter_imagegen.client import received_image_problem
+except ImportError:  # an older client
+    received_image_problem = None
+
+
 def _client_body_to_image(provider, body: bytes, url: str):
-    """What the client does from the response bytes: json.loads, provider.parse, Artifact, .image."""
+    """What the client does from the response bytes: json.loads, provider.parse, the received-image
+    check, Artifact, .image."""
     parsed = provider.parse(json.loads(body), url)
     ref = parsed.images[0]
+    if received_image_problem is not None:
+        assert received_image_problem(ref.data) is None
     art = Artifact(ref.data, ref.mime_type)
     return art.image
 
@@ -385,7 +394,7 @@ async def bench_large(report: Report, server: ServerProcess, payload: str, png: 
                 times[name].append(dt)
     c, f, b = median(times["client"]), median(times["floor"]), median(times["pillow"])
     report.add(Row(f"3. {label}: response bytes -> PIL vs Pillow decode", c, b, "s", "<= 1.20", c / b <= 1.2,
-                   note="client: json.loads + provider.parse (base64) + Artifact.image; baseline: "
+                   note="client: json.loads + provider.parse (base64) + its received-image check + Artifact.image; baseline: "
                         f"Image.open(BytesIO(png)).load(). The wire format's own floor (json.loads + "
                         f"b64decode + Pillow, nothing else) is {f / b:.2f}x Pillow here"))
     report.add(Row(f"3. {label}: response bytes -> PIL vs the floor (json + b64 + Pillow)", c, f, "s",
