@@ -430,8 +430,10 @@ class _CallContext:
         except SSEError as e:
             raise ImageAPIError(200, str(e), call.url) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as e:
-            raise StreamBroken(f"the connection dropped after {partials} partial image(s) "
-                               f"({_short(e) or type(e).__name__})") from None
+            # aiohttp's own text ("TransferEncodingError: 400, message=...") reads like an HTTP 400
+            seen = f"after {partials} partial image{'s' if partials != 1 else ''}" if partials else "before any image"
+            raise StreamBroken(f"the connection dropped {seen}, before the final image "
+                               f"({type(e).__name__})") from None
         return state.finish()
 
     async def _materialise(self, parsed: Parsed, api_url: str) -> List[Artifact]:
