@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 from aiohttp import web
 from PIL import Image
@@ -57,10 +58,12 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 
 @dataclass
 class Frame:
-    """One server-sent event. ``wait``: the model "draws" for ``stream_delay`` before it."""
+    """One server-sent event. ``wait``: the model "draws" for ``stream_delay`` before it;
+    ``images``: ("partial" | "final", sha256 of the image bytes) it carries, for the request log."""
     data: str
     event: Optional[str] = None
     wait: bool = False
+    images: List[Tuple[str, str]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         head = f"event: {self.event}\n" if self.event else ""
@@ -69,6 +72,10 @@ class Frame:
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # -- partial images ---------------------------------------------------------------------------------
@@ -145,7 +152,8 @@ async def start_stream(call: Call) -> web.StreamResponse:
 async def play(call: Call, resp: web.StreamResponse, frames: List[Frame],
                error_frame: Optional[Frame] = None) -> web.StreamResponse:
     """Send ``frames`` (the last one is the terminal event), applying the delay and the faults;
-    records ``stream_events`` and ``outcome`` in the request log."""
+    records ``stream_events`` (events sent), ``stream_images`` ([kind, sha256] of each image sent)
+    and ``outcome`` in the request log."""
     entry, fault = call.entry, call.fault
     name = call.fault_name
     delay = _delay(call)
@@ -159,6 +167,7 @@ async def play(call: Call, resp: web.StreamResponse, frames: List[Frame],
     stall_at = len(frames) // 2 if name == "slow_body" else None
     sent = 0
     entry["stream_events"] = 0
+    entry["stream_images"] = []
     try:
         for i, fr in enumerate(frames):
             if stop_at is not None and i == stop_at:
@@ -192,6 +201,7 @@ async def play(call: Call, resp: web.StreamResponse, frames: List[Frame],
             await resp.write(data)
             sent += 1
             entry["stream_events"] = sent
+            entry["stream_images"].extend([kind, sha] for kind, sha in fr.images)
         await resp.write_eof()
         entry.setdefault("outcome", "stream_completed")
     except (_Gone, ConnectionError):
@@ -219,11 +229,11 @@ async def stream_images(call: Call, p: Dict[str, Any]) -> web.StreamResponse:
             frames.append(Frame(_json({"type": f"{prefix}.partial_image",
                                        "b64_json": base64.b64encode(data).decode("ascii"),
                                        **common, "partial_image_index": j}),
-                                event=f"{prefix}.partial_image", wait=True))
+                                event=f"{prefix}.partial_image", wait=True, images=[("partial", _sha(data))]))
         frames.append(Frame(_json({"type": f"{prefix}.completed", "b64_json": g.b64, **common,
                                    "usage": image_usage(p["prompt"], g.width, g.height, p["quality"], 1,
                                                         n_inputs)}),
-                            event=f"{prefix}.completed", wait=True))
+                            event=f"{prefix}.completed", wait=True, images=[("final", _sha(g.data))]))
     message = call.fault.params.get("message") if call.fault is not None and call.fault_name == "stream_error" else None
     error = Frame(_json({"type": "error", "error": {
         "type": "server_error", "code": "server_error", "param": None,
@@ -247,9 +257,9 @@ async def stream_responses(call: Call, p: Dict[str, Any]) -> web.StreamResponse:
     seq = iter(range(1 << 30))
     frames: List[Frame] = []
 
-    def add(type_: str, wait: bool = False, **fields: Any) -> None:
+    def add(type_: str, wait: bool = False, images: Tuple[Tuple[str, str], ...] = (), **fields: Any) -> None:
         frames.append(Frame(_json({"type": type_, "sequence_number": next(seq), **fields}), event=type_,
-                            wait=wait))
+                            wait=wait, images=list(images)))
 
     pending = {**final, "status": "in_progress", "output": [], "usage": None}
     add("response.created", response=pending)
@@ -262,12 +272,14 @@ async def stream_responses(call: Call, p: Dict[str, Any]) -> web.StreamResponse:
             add("response.image_generation_call.in_progress", output_index=oi, item_id=iid)
             add("response.image_generation_call.generating", output_index=oi, item_id=iid)
             for j, data in enumerate(partials[oi] if oi < len(partials) else []):
-                add("response.image_generation_call.partial_image", wait=True, output_index=oi, item_id=iid,
+                add("response.image_generation_call.partial_image", wait=True, images=[("partial", _sha(data))],
+                    output_index=oi, item_id=iid,
                     partial_image_index=j, partial_image_b64=base64.b64encode(data).decode("ascii"),
                     size=item["size"], quality=item["quality"], background=item["background"],
                     output_format=item["output_format"])
             add("response.image_generation_call.completed", wait=True, output_index=oi, item_id=iid)
-            add("response.output_item.done", output_index=oi, item=item)
+            add("response.output_item.done", output_index=oi, item=item,
+                images=[("final", _sha(gens[oi].data))] if oi < len(gens) else ())
         else:  # the assistant's message
             part = item["content"][0]
             add("response.output_item.added", output_index=oi,
@@ -321,7 +333,8 @@ async def stream_chat(call: Call, p: Dict[str, Any]) -> web.StreamResponse:
 
     frames = [Frame(chunk({"content": text}))]
     if message.get("images"):
-        frames.append(Frame(chunk({"content": "", "images": message["images"]}), wait=True))
+        frames.append(Frame(chunk({"content": "", "images": message["images"]}), wait=True,
+                            images=[("final", _sha(g.data)) for g in gens]))
     frames.append(Frame(chunk({"content": ""}, "stop", usage=full["usage"])))
     frames.append(Frame("[DONE]"))
     fmsg = call.fault.params.get("message") if call.fault is not None and call.fault_name == "stream_error" else None
