@@ -1,0 +1,349 @@
+"""The API key never leaves the Authorization header of an API call.
+
+Checked with a recognisable fake key (and its middle part, which no mask ever shows) in:
+events, errors, suggestions, reprs, logs at DEBUG, the kernel history, the request cache on
+disk, saved images and their sidecars, the magic's display messages, and the executed notebooks
+(quickstart, widget, reliability through nbclient in a real kernel, every file they wrote).
+Servers that echo the request back (a 400/500/502 body, an HTML title, a model's text, a
+revised prompt, a no-image explanation) are scrubbed, even when the echo is longer than the
+part of the body the error message keeps; a redirect to another origin and image downloads
+never receive the key.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from _magic_helpers import RecordingPublisher
+from _reliab_helpers import Recorder, TinyServer, png_bytes
+from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
+from jupyter_imagegen.emulator import Emulator, EmulatorThread
+
+TOKEN = "sk-FAKE-imagegen-SECRET-TOKEN-5e1f2a3b4c5d6e7f"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+#: every 12-character piece of the key: a mask shows 4 + 4, so any of these in a text is a leak
+#: (a whole key, its middle part, or a key cut short by whatever truncated the text)
+PIECES = [TOKEN[i:i + 12] for i in range(len(TOKEN) - 11)]
+
+
+def leaks(text: str):
+    """The pieces of the key found in `text` (empty when clean)."""
+    return [s for s in PIECES if s in text]
+
+
+def tree_leaks(root: Path):
+    """Files under `root` (binary included: embedded image metadata) that hold the secret."""
+    bad = []
+    for p in root.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            for s in PIECES:
+                if s.encode() in data or s.encode("utf-16-le") in data:
+                    bad.append(f"{p.relative_to(root)} holds {s!r}")
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# a server that echoes the request back, in every place an answer can carry text
+# ---------------------------------------------------------------------------------------------
+def _png_b64() -> str:
+    return base64.b64encode(png_bytes()).decode()
+
+
+async def _echo(request: web.Request):
+    kind = request.headers.get("X-Kind", "")
+    if not kind and request.content_type == "application/json":
+        kind = str((await request.json()).get("prompt", ""))      # the magic cannot set headers
+    auth = request.headers.get("Authorization", "")
+    dump = json.dumps(dict(request.headers))
+    if kind == "400-json":
+        return web.json_response({"error": {"message": f"invalid header: {auth}", "type": "invalid_request_error"}},
+                                 status=400)
+    if kind == "400-long":        # the key straddles the 300 characters the message keeps
+        return web.Response(text="x" * 259 + " headers: " + auth, status=400)
+    if kind == "400-meta":        # OpenRouter's metadata.raw, cut at 200
+        return web.json_response({"error": {"code": 400, "message": "Provider returned error",
+                                            "metadata": {"raw": "y" * 169 + auth}}}, status=400)
+    if kind == "500-headers":     # retried: the api_retry events carry the reason
+        return web.Response(text=f"upstream failed; request was {dump}", status=500)
+    if kind == "502-html":
+        return web.Response(text=f"<!DOCTYPE html><html><head><title>{'z' * 49}{auth}</title></head></html>",
+                            status=502, content_type="text/html")
+    if kind == "200-text":        # a chatty model repeats the request
+        return web.json_response({"id": "x", "choices": [{"message": {
+            "content": f"you sent {auth}", "images": [{"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + _png_b64()}}]}}]})
+    if kind == "200-no-image":
+        return web.json_response({"id": "x", "choices": [{"message": {"content": f"no picture; you sent {auth}"}}]})
+    if kind == "200-revised":
+        return web.json_response({"created": 1, "data": [{"b64_json": _png_b64(), "revised_prompt": f"a fox {auth}"}]})
+    if kind == "200-url":
+        return web.json_response({"created": 1, "data": [{"url": f"http://127.0.0.1:{request.url.port}/img.png"}]})
+    return web.json_response({"created": 1, "data": [{"b64_json": _png_b64()}]})
+
+
+async def _img(request):
+    return web.Response(body=png_bytes(), content_type="image/png")
+
+
+ECHO_CASES = [
+    ("openai_images", "400-json", False), ("openai_images", "400-long", False),
+    ("openrouter_chat", "400-meta", False), ("openai_images", "500-headers", False),
+    ("openai_images", "502-html", False), ("openrouter_chat", "200-text", True),
+    ("openrouter_chat", "200-no-image", False), ("openai_images", "200-revised", True),
+    ("openai_images", "200-url", True),
+]
+
+
+async def test_client_output_never_holds_the_key(tmp_path, caplog):
+    """Every place a client call can put text, over the emulator and over echoing servers."""
+    from jupyter_imagegen import history, saving
+    caplog.set_level(logging.DEBUG)
+    history.clear()
+    cache_dir = tmp_path / "cache"
+    saved_dir = tmp_path / "saved"
+    seen = []            # (label, text) of everything a user could see or keep
+
+    async with Emulator(token=TOKEN) as emu, TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo, \
+            TinyServer({"/v1/{tail:.*}": _echo}) as other_origin:
+
+        async def redirect(request):
+            raise web.HTTPTemporaryRedirect(other_origin.url + request.path)
+
+        async with TinyServer({"/v1/{tail:.*}": redirect}) as redirector:
+            runs = []
+            for api in ("openrouter_chat", "openai_images", "openai_responses"):
+                for faults in ([], ["401"], ["429:retry_after=0", "reset", "ok"], ["no_image"], ["url"]):
+                    runs.append((api, emu.base_url_for(api), faults, {}))
+            for api, kind, _ok in ECHO_CASES:
+                runs.append((api, echo.url + "/v1", [], {"X-Kind": kind}))
+            runs.append(("openai_images", redirector.url + "/v1", [], {}))
+
+            cfg = ImageConfig(api_type="openai_images", token=TOKEN, backoff_base=0.01, max_attempts=2,
+                              cache=True, cache_dir=str(cache_dir))
+            client = ImageClient(cfg)
+            seen.append(("client repr", repr(client)))
+            seen.append(("config repr", repr(cfg) + str(cfg.auth_hint) + cfg.masked_token))
+            for api, base, faults, headers in runs:
+                emu.add_faults(*faults)
+                rec = Recorder()
+                req = ImageRequest(f"a fox {api} {faults} {headers}", api_type=api, base_url=base,
+                                   headers=dict(headers), fresh=True)
+                resp = await client.generate(req, on_event=rec)
+                label = f"{api} {faults} {headers}"
+                seen.append((f"{label} events", "\n".join(repr(e.to_dict()) + e.describe() for e in rec.events)))
+                seen.append((f"{label} response", "\n".join([
+                    repr(resp), str(resp.error), str(resp.text), str(resp.revised_prompt), str(resp.auth_hint),
+                    " ".join(resp.suggestions), " ".join(resp.errors), repr(resp.request),
+                    " ".join(repr(a) + str(a.revised_prompt) + str(a.source_url) for a in resp.artifacts)])))
+                if not resp.success:
+                    try:
+                        resp.raise_for_error()
+                    except Exception as e:
+                        seen.append((f"{label} raised", f"{e!r} {e}"))
+                from jupyter_imagegen.display import response_mimebundle
+                seen.append((f"{label} display", json.dumps(response_mimebundle(resp), default=str)))
+                history.record(resp, request=req)
+                if resp.artifacts:
+                    saving.save_response(resp, saved_dir, request=req)
+            # the same request with the key passed per call, not from the config
+            per_call = ImageRequest("a per-call key", api_type="openai_images",
+                                    base_url=emu.base_url_for("openai_images"), token=TOKEN)
+            seen.append(("request repr", repr(per_call)))
+            r2 = await ImageClient(ImageConfig(api_type="openai_images", token=None)).generate(per_call)
+            seen.append(("per-call response", repr(r2) + str(r2.auth_hint)))
+            history.record(r2, request=per_call)
+            await client.close()
+        hits = other_origin.hits + [h for h in echo.hits if h["path"] == "/img.png"]
+
+    # history: its table, text, reprs, and the requests it would re-run
+    seen.append(("history", history.text(None) + history.table_html(None) + repr(history)))
+    for entry in history.entries():
+        seen.append((f"history #{entry.number}", repr(entry) + entry.summary() + json.dumps(
+            entry._repr_mimebundle_(), default=str)))
+        assert entry.to_request().token is None
+        assert not leaks(json.dumps(entry.to_request().headers))
+    seen.append(("logs", caplog.text))
+
+    problems = [f"{label}: {leaks(text)}" for label, text in seen if leaks(text)]
+    assert not problems, "\n".join(problems)
+    assert "sk-F...6e7f" in "".join(t for _, t in seen), "the masked key is what is shown"
+    assert any(cache_dir.rglob("*")) and any(saved_dir.rglob("*.json")), "nothing was cached or saved"
+    assert not tree_leaks(cache_dir) and not tree_leaks(saved_dir), tree_leaks(cache_dir) + tree_leaks(saved_dir)
+    # the redirect to another origin and the image download got no key
+    assert hits and all("Authorization" not in h["headers"] and not leaks(json.dumps(h["headers"])) for h in hits)
+    # and the emulator's request log never held it either
+    assert emu.request_count > 10
+    history.clear()
+
+
+@pytest.mark.parametrize("api, kind, ok", ECHO_CASES, ids=[c[1] for c in ECHO_CASES])
+async def test_echoed_headers_are_scrubbed(api, kind, ok):
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo:
+        cfg = ImageConfig(api_type=api, base_url=echo.url + "/v1", token=TOKEN, backoff_base=0.01, max_attempts=2)
+        rec = Recorder()
+        async with ImageClient(cfg) as client:
+            resp = await client.generate(ImageRequest("a fox", headers={"X-Kind": kind}), on_event=rec)
+    assert resp.success is ok, resp.error
+    text = " ".join([str(resp.error), str(resp.text), str(resp.revised_prompt), repr(resp),
+                     " ".join(str(a.revised_prompt) for a in resp.artifacts)]
+                    + [repr(e.to_dict()) for e in rec.events])
+    assert not leaks(text), text
+    if kind in ("400-json", "200-text", "200-revised"):
+        assert "Bearer sk-F...6e7f" in text, "the echo is kept, masked"
+    # the sent request did carry the key (the scrubbing is not a mistake in what was sent)
+    assert any(h["headers"].get("Authorization") == f"Bearer {TOKEN}" for h in echo.hits)
+
+
+# ---------------------------------------------------------------------------------------------
+# the magic: display messages, printed output, history, saved files
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def emu_thread():
+    e = EmulatorThread(token=TOKEN).start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def test_magic_output_never_holds_the_key(emu_thread, monkeypatch, tmp_path, capsys, caplog):
+    from IPython.testing import globalipapp
+    from jupyter_imagegen import history, runner
+    caplog.set_level(logging.DEBUG)
+    shell = globalipapp.get_ipython()
+    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
+    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("IMAGE_CACHE", raising=False)     # the magic's default: cache on
+    monkeypatch.setenv("IMAGE_MAX_ATTEMPTS", "2")
+    monkeypatch.chdir(tmp_path)
+    shell.extension_manager.load_extension("jupyter_imagegen")
+    rec = RecordingPublisher(shell)
+    old_pub, shell.display_pub = shell.display_pub, rec
+    history.clear()
+
+    loop = asyncio.new_event_loop()
+    echo = TinyServer({"/v1/{tail:.*}": _echo})
+    import threading
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(echo.__aenter__())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(echo.__aexit__(None, None, None))
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ready.wait(10)
+    shell.user_ns["echo_url"] = echo.url + "/v1"
+    cells = [
+        "%%imagegen --save out --out ok1\na lighthouse",
+        "%%imagegen --fault 401 --out refused\na lighthouse",
+        "%%imagegen --fault 503 --fault 503 --out gave_up\na lighthouse",
+        "%%imagegen --base-url {echo_url}\n200-revised",
+        "%imagegen_history",
+        "print(refused.error, refused.suggestions, refused.auth_hint); refused",
+        "print(repr(ok1.request), ok1.request.headers)",
+    ]
+    try:
+        for code in cells:
+            shell.run_cell(code, store_history=False)
+        # the echo server: its 400 echoes the Authorization header
+        monkeypatch.setenv("IMAGE_BASE_URL", echo.url + "/v1")
+        for kind in ("400-json", "400-long", "502-html", "500-headers", "200-revised"):
+            shell.run_cell(f"%%imagegen --save out --out echoed\n{kind}", store_history=False)
+    finally:
+        shell.display_pub = old_pub
+        runner.close_client()
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+    out = capsys.readouterr()
+    everything = json.dumps(rec.messages, default=str) + out.out + out.err + caplog.text + history.text(None) \
+        + history.table_html(None)
+    assert not leaks(everything), leaks(everything)
+    assert "sk-F...6e7f" in everything
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").glob("*.json"))
+    assert not tree_leaks(tmp_path), tree_leaks(tmp_path)
+    assert len(rec.messages) > 10
+    history.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebooks, executed in a real kernel with the fake key
+# ---------------------------------------------------------------------------------------------
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+#: the throwaway key a notebook makes for its own emulator (reliability.ipynb always does)
+NOTEBOOK_KEY = re.compile(r"emulator-[0-9a-f]{16}")
+
+
+@pytest.fixture(scope="module")
+def kernelspecs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kernelspec")
+    spec = root / "kernels" / "imagegen-secrets"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "imagegen secrets test", "language": "python"}))
+    from jupyter_client.kernelspec import KernelSpecManager
+    return KernelSpecManager(kernel_dirs=[str(root / "kernels")])
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspecs, emu_thread):
+    """IMAGE_AUTH_TOKEN holds the fake key and IMAGE_BASE_URL points at an emulator that
+    accepts only it, so the notebook takes its "your API" branch and really uses the key."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    setup = nb.cells[[c.cell_type for c in nb.cells].index("code")].source
+    uses_env_key = "IMAGE_AUTH_TOKEN" in setup and "if " in setup
+    api = "openai_images" if "widget" in path.name else "openrouter_chat"
+    work = tmp_path / "work"
+    home = tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE")}
+    env.pop("IMAGEGEN_EMULATOR", None)
+    env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE=api, IMAGE_BASE_URL=emu_thread.base_url_for(api),
+               IMAGE_CACHE_DIR=str(tmp_path / "cache"), IMAGEGEN_OUT=str(tmp_path / "out"), HOME=str(home),
+               PYTHONWARNINGS="default")
+    before = emu_thread.request_count
+    km = KernelManager(kernel_name="imagegen-secrets", kernel_spec_manager=kernelspecs)
+    client = NotebookClient(nb, km=km, timeout=120, allow_errors=False,
+                            resources={"metadata": {"path": str(work)}})
+    client.execute(env=env)
+    executed = work / f"executed-{path.name}"
+    nbformat.write(nb, executed)
+
+    text = executed.read_text()
+    assert not leaks(text), f"{path.name}: {leaks(text)}"
+    assert not NOTEBOOK_KEY.search(text), f"{path.name} shows its emulator's key: {NOTEBOOK_KEY.search(text)[0]}"
+    assert not tree_leaks(tmp_path), tree_leaks(tmp_path)
+    for p in tmp_path.rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".ipynb", ".txt", ".log", ".png", ".jpg", ".webp"):
+            m = NOTEBOOK_KEY.search(p.read_bytes().decode("latin-1"))
+            assert not m, f"{p.relative_to(tmp_path)} holds a notebook's emulator key {m[0]}"
+    if uses_env_key:
+        # the fake key was really used: the emulator accepts nothing else
+        assert emu_thread.request_count > before, f"{path.name} sent nothing with the fake key"
+        assert all(r.get("auth") == "ok" for r in emu_thread.requests[before:] if r.get("auth"))
+        assert "(IMAGE_AUTH_TOKEN is set; it is not shown)" in text
