@@ -16,6 +16,8 @@ configuration is a one-line ``UsageError`` and nothing is sent.
 The magic blocks until the images are there (so "Run all" stays in order), shows a live event
 log updated in place, then the gallery; it returns the ImageResponse (so ``_`` works). Interrupt
 the kernel to cancel: the request is cancelled cleanly and the cell stops with KeyboardInterrupt.
+``--stream`` (``--partials K``) shows the image forming: each partial image replaces the last in
+one output, then the final image takes its place; interrupting drops the stream at once.
 
 Exploring: ``--compare model=a,b`` (repeatable) and several prompts separated by a line ``---``
 run every combination concurrently into one labelled grid (a `CompareResult`); ``--save DIR``
@@ -126,6 +128,20 @@ def _pixels(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected a number of pixels (0 = full size), got {n}")
     return n
+
+
+def _partials(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3 partial images, got {value!r}") from None
+    if not 0 <= n <= 3:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3 partial images, got {n}")
+    return n
+
+
+#: partial images shown by --stream when --partials is not given
+DEFAULT_PARTIALS = 2
 
 
 def _size(value: str) -> str:
@@ -303,13 +319,23 @@ def save_artifacts(resp: ImageResponse, directory: os.PathLike | str, prompt: st
 def build_request(args: argparse.Namespace, prompt: str, images: Sequence[InputImage],
                   mask: Optional[InputImage]) -> ImageRequest:
     headers = {FAULT_HEADER: args.fault[0]} if args.fault else {}
+    stream, partials = _stream_options(args)
     return ImageRequest(
         prompt=prompt, model=args.model, api_type=args.api, base_url=args.base_url, n=args.n,
         size=args.size, aspect_ratio=args.aspect, quality=args.quality, output_format=args.format,
         background=args.background, images=list(images), mask=mask, headers=headers,
         timeout=args.timeout, max_attempts=None if args.retries is None else args.retries + 1,
         seed=args.seed, fresh=args.fresh, cache=False if (args.no_cache or args.fault) else None,
+        stream=stream, partial_images=partials,
     )
+
+
+def _stream_options(args: argparse.Namespace) -> Tuple[bool, Optional[int]]:
+    """--stream / --partials K -> (stream, partial_images); --partials implies --stream."""
+    stream = bool(getattr(args, "stream", False)) or getattr(args, "partials", None) is not None
+    if not stream:
+        return False, None
+    return True, DEFAULT_PARTIALS if args.partials is None else args.partials
 
 
 class FaultSequence:
@@ -367,6 +393,8 @@ def apply_overrides(base: ImageRequest, args: argparse.Namespace, explicit: set,
         changes["model"] = None              # the recorded model belongs to the other API
     if "retries" in explicit:
         changes["max_attempts"] = args.retries + 1
+    if "stream" in explicit or "partials" in explicit:
+        changes["stream"], changes["partial_images"] = _stream_options(args)
     if prompt:
         changes["prompt"] = prompt
     if "image" in explicit:
@@ -419,6 +447,9 @@ examples:
   a red fox in fresh snow
   ---
   a lighthouse at dusk
+
+  %%imagegen --stream --partials 3          (watch it form; interrupt to stop a bad one early)
+  a red fox in fresh snow
 
   %imagegen --from images/20250101-120000-a-lighthouse-at-dusk-1.png --size 1536x1024
   %imagegen --rerun 3 --fresh          (entry 3 of %imagegen_history; --image history[3] uses its image)
@@ -475,6 +506,12 @@ class ImageGenMagics(Magics):
                    "options on the line override, a cell body replaces the prompt")
     @argument("--rerun", type=_whole, metavar="N",
               help="re-run entry N of %%imagegen_history (options on the line override)")
+    @argument("--stream", action="store_true",
+              help="show the image forming: the API streams partial images, each replacing the last in "
+                   f"place until the final one (default {DEFAULT_PARTIALS} partials; OpenRouter streams the "
+                   "final image only). Interrupt the kernel to stop a bad one early")
+    @argument("--partials", type=_partials, metavar="K",
+              help="how many partial images to stream, 0-3 (implies --stream; 0 streams the final image only)")
     @argument("--retries", type=_retries, metavar="N", help="retries after the first attempt (default 2)")
     @argument("--timeout", type=_seconds, metavar="S", help="seconds allowed for one attempt (default 120)")
     @argument("--preview-size", dest="preview_size", type=_pixels, default=DEFAULT_PREVIEW_MAX_SIDE, metavar="PX",

@@ -746,3 +746,112 @@ def test_interrupting_a_compare_cancels_every_cell(ip, emu):
     final = rec.messages[-1]["data"]
     assert final["text/plain"].count("cancelled") == 3
     assert run(shell, "%imagegen a quick lighthouse").success  # the next cell works
+
+
+# ---------------------------------------------------------------------------------------------
+# --stream / --partials: the image forms in place; interrupt drops the stream
+# ---------------------------------------------------------------------------------------------
+def _result_messages(rec):
+    log_id = rec.of_type("display_data")[0]["display_id"]
+    return [m for m in rec.messages if m["display_id"] != log_id]
+
+
+def test_stream_partials_update_one_output_in_place(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --partials 3 --out r\na fox forming")
+    assert res.success and shell.user_ns["r"].success, res.error_in_exec
+    sent = last_request(emu)
+    assert sent["stream"] is True and "partial_images" in sent["body_keys"]
+    assert [k for k, _ in sent["stream_images"]] == ["partial"] * 3 + ["final"]
+    assert len(rec.of_type("display_data")) == 2, "the log and one image output, not one per partial"
+    result = _result_messages(rec)
+    assert [m["msg_type"] for m in result] == ["display_data"] + ["update_display_data"] * 3
+    assert len({m["display_id"] for m in result}) == 1
+    assert [m["data"]["text/plain"] for m in result[:3]] == [f"partial image {i}" for i in (1, 2, 3)]
+    assert "<img " in result[-1]["data"]["text/html"] and "ImageResponse" in result[-1]["data"]["text/plain"]
+    log = rec.of_type("update_display_data")
+    assert "partial image 3" in [m for m in log if m["display_id"] != result[0]["display_id"]][-1]["data"]["text/plain"]
+    req = shell.user_ns["r"].request
+    assert (req.stream, req.partial_images) == (True, 3)
+
+
+def test_stream_default_and_zero_partials(ip, emu):
+    shell, rec = ip
+    assert run(shell, "%imagegen --stream a fox").result.success
+    assert [k for k, _ in last_request(emu)["stream_images"]] == ["partial", "partial", "final"]
+    rec.messages.clear()
+    assert run(shell, "%imagegen --partials 0 a fox").result.success
+    assert last_request(emu)["stream"] is True and [k for k, _ in last_request(emu)["stream_images"]] == ["final"]
+    assert [m["msg_type"] for m in _result_messages(rec)] == ["display_data"]
+    assert run(shell, "%imagegen a fox").result.request.stream is False
+
+
+def test_stream_works_for_the_other_formats(ip, emu):
+    shell, rec = ip
+    for api in ("openai_responses", "openrouter_chat"):
+        shell.user_ns["url"] = emu.base_url_for(api)
+        rec.messages.clear()
+        res = run(shell, f"%imagegen --api {api} --base-url {{url}} --partials 2 a fox")
+        assert res.success and res.result.success, res.error_in_exec or res.result.error
+        assert last_request(emu)["stream"] is True
+        parts = 0 if api == "openrouter_chat" else 2
+        assert [m["msg_type"] for m in _result_messages(rec)] == ["display_data"] + ["update_display_data"] * parts
+
+
+def test_stream_retries_a_broken_stream_in_the_same_output(ip, emu):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --partials 2 --fault stream_break\na fox")
+    assert res.success and res.result.success and res.result.attempts == 2
+    assert len(rec.of_type("display_data")) == 2
+    text = rec.of_type("update_display_data")[-2]["data"]["text/plain"]
+    assert "stream broke" in text and "attempt 2/3" in text
+
+
+def test_help_lists_the_stream_options():
+    doc = ImageGenMagics.imagegen.__doc__
+    assert re.search(r"(^|\s)--stream\b", doc) and re.search(r"(^|\s)--partials\b", doc)
+
+
+@pytest.mark.parametrize("code, message", [
+    ("%imagegen --partials 4 a fox", "expected 0 to 3 partial images"),
+    ("%imagegen --partials x a fox", "expected 0 to 3 partial images"),
+    ("%imagegen --stream --model dall-e-3 a fox", "cannot stream"),
+])
+def test_bad_stream_options_are_one_line(ip, emu, capsys, code, message):
+    shell, rec = ip
+    before = emu.request_count
+    res = run(shell, code)
+    assert isinstance(res.error_in_exec, UsageError) and message in str(res.error_in_exec)
+    assert emu.request_count == before and rec.messages == []
+    capsys.readouterr()
+
+
+def test_rerun_with_partials(ip, emu):
+    from jupyter_imagegen import history
+    shell, rec = ip
+    assert run(shell, "%imagegen a lighthouse").success
+    n = history[-1].number
+    assert run(shell, f"%imagegen --rerun {n} --partials 1").result.success
+    assert last_request(emu)["stream"] is True and len(last_request(emu)["stream_images"]) == 2
+
+
+def test_interrupt_mid_stream_drops_the_connection(ip, emu):
+    shell, rec = ip
+    partial = lambda: any(m["data"].get("text/plain") == "partial image 1" for m in rec.messages)  # noqa: E731
+    t, fired = _interrupt_when(partial, 0.1)
+    t0 = time.monotonic()
+    try:
+        res = run(shell, "%%imagegen --partials 3 --fault stream_slow:delay=1\na slowly drawn fox")
+    finally:
+        t.join(5)
+    done = time.monotonic()
+    assert fired.is_set() and isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert done - t0 < 1.8, f"took {done - t0:.2f} s"   # first partial at 1 s, +0.1 s; the full stream is 4 s
+    assert not asyncio.all_tasks(runner._private_loop())
+    assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
+    # the emulator sees the client go away during its next 1 s "drawing" pause
+    while last_request(emu).get("outcome") != "client_disconnected" and time.monotonic() - done < 0.5:
+        time.sleep(0.01)
+    entry = last_request(emu)
+    assert entry["outcome"] == "client_disconnected" and [k for k, _ in entry["stream_images"]] == ["partial"]
+    assert run(shell, "%imagegen the next one").result.success
