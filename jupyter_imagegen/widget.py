@@ -12,7 +12,9 @@ or ``%imagegen_form [options] [prompt]`` after ``%load_ext jupyter_imagegen``.
 
 Generate never blocks the kernel: the request runs as a task on the kernel's event loop
 (`runner.spawn`) and the button is disabled while it runs. Cancel cancels that task, which
-cancels the HTTP call (the client closes the connection). The live event log and the result
+cancels the HTTP call (the client closes the connection). "show progress" streams the request
+(``stream`` + ``partial_images``): the partial images replace each other in the result area
+while the model draws, and Cancel drops the stream at once. The live event log and the result
 are drawn by the shared renderer (`display.GenerationView`) into an `ipywidgets.Output`; every
 run that produced images is kept in a history (newest first) with its prompt and settings,
 with "use as input" under each image and "reuse settings" for the run.
@@ -48,7 +50,8 @@ from .types import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageReque
 log = logging.getLogger("jupyter_imagegen")
 
 __all__ = ["ImageGenForm", "FormSettings", "HistoryEntry", "InputSlot", "register_form_magic",
-           "unregister_form_magic", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES"]
+           "unregister_form_magic", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES",
+           "DEFAULT_PARTIALS"]
 
 #: the form refuses n outside 1..MAX_N (the providers then check their own, maybe smaller, limits)
 MAX_N = MAX_FANOUT_N
@@ -66,6 +69,8 @@ SIZE_SUGGESTIONS = {
     "openai_responses": ["auto", "1024x1024", "1536x1024", "1024x1536", *_ASPECTS],
 }
 QUALITY_CHOICES = ("low", "medium", "high", "auto", "standard", "hd")
+#: partial images streamed by "show progress" (the OpenAI formats; OpenRouter sends the final only)
+DEFAULT_PARTIALS = 2
 
 _SIZE_RE = re.compile(r"^\d{2,5}x\d{2,5}$")
 _ASPECT_RE = re.compile(r"^[1-9]\d?:[1-9]\d?$")
@@ -144,6 +149,7 @@ class FormSettings:
     save_dir: str = ""                    # "" = not saved
     fresh: bool = False                   # ignore a cached answer
     images: Tuple[InputImage, ...] = ()
+    progress: bool = False                # stream, showing partial images
 
     def summary(self) -> str:
         parts = [API_LABELS.get(self.api_type, self.api_type)]
@@ -158,6 +164,8 @@ class FormSettings:
             parts.append(f"{len(self.images)} input image{'s' if len(self.images) != 1 else ''}")
         if self.fresh:
             parts.append("fresh")
+        if self.progress:
+            parts.append("progress")
         return " · ".join(parts)
 
 
@@ -198,7 +206,8 @@ class ImageGenForm(W.VBox):
     the environment at each Generate, with the cache on, like ``%%imagegen``. Initial fields:
     ``prompt``, ``api_type``, ``model``, ``size`` (WxH, ``auto``, or an aspect ratio W:H;
     ``aspect_ratio=`` is accepted too), ``n``, ``quality``, ``images`` (paths, bytes, PIL
-    images, Artifacts, ImageResponses), ``save_dir``, ``fresh``. ``request_options`` are extra
+    images, Artifacts, ImageResponses), ``save_dir``, ``fresh``, ``show_progress`` (stream and
+    show ``partial_images`` partials, 0-3, default 2, in place). ``request_options`` are extra
     ImageRequest fields for every run (``timeout``, ``max_attempts``, ``headers``, ``base_url``...).
     ``max_upload_bytes`` bounds one input image; ``preview_max_side`` the live preview;
     ``thumbnail_size`` the history thumbnails; ``max_history`` how many runs are kept.
@@ -208,7 +217,8 @@ class ImageGenForm(W.VBox):
                  prompt: str = "", api_type: Optional[str] = None, model: Optional[str] = None,
                  size: Optional[str] = None, aspect_ratio: Optional[str] = None, n: int = 1,
                  quality: Optional[str] = None, images: Sequence[Any] = (), save_dir: Optional[str] = None,
-                 fresh: bool = False, request_options: Optional[Dict[str, Any]] = None,
+                 fresh: bool = False, show_progress: bool = False, partial_images: int = DEFAULT_PARTIALS,
+                 request_options: Optional[Dict[str, Any]] = None,
                  max_upload_bytes: int = MAX_INPUT_BYTES,
                  preview_max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, thumbnail_size: int = 160,
                  max_history: int = 50, **kwargs: Any):
@@ -241,6 +251,10 @@ class ImageGenForm(W.VBox):
             n = int(n)
         except (TypeError, ValueError):
             raise RequestError(f"n={n!r} must be a whole number of images") from None
+        if isinstance(partial_images, bool) or not isinstance(partial_images, int) or not 0 <= partial_images <= 3:
+            raise RequestError(f"partial_images={partial_images!r}: ask for 0 to 3 partial images")
+        #: partial images asked for when "show progress" is on
+        self.partial_images = partial_images
 
         # -- fields ---------------------------------------------------------------------------
         full = W.Layout(width="100%")
@@ -263,6 +277,10 @@ class ImageGenForm(W.VBox):
                                  description="Save to", style=_DESC, layout=W.Layout(width="520px"))
         self.fresh_check = W.Checkbox(value=bool(fresh), description="ignore cache (new sample)", indent=False,
                                       layout=W.Layout(width="auto"))
+        self.progress_check = W.Checkbox(value=bool(show_progress), description="show progress (partial images)",
+                                         indent=False, layout=W.Layout(width="auto"),
+                                         tooltip="stream the request: the image appears coarse and sharpens in "
+                                                 "place while the model draws; Cancel stops it early")
         self.upload = W.FileUpload(accept="image/*", multiple=True, description="Add input images",
                                    layout=W.Layout(width="auto"))
         self.inputs_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
@@ -281,7 +299,7 @@ class ImageGenForm(W.VBox):
         for cls, w in (("imagegen-prompt", self.prompt_text), ("imagegen-generate", self.generate_button),
                        ("imagegen-cancel", self.cancel_button), ("imagegen-output", self.output),
                        ("imagegen-history", self.history_box), ("imagegen-message", self.message),
-                       ("imagegen-upload", self.upload)):
+                       ("imagegen-upload", self.upload), ("imagegen-progress", self.progress_check)):
             w.add_class(cls)
         self.add_class("imagegen-form")
 
@@ -298,7 +316,8 @@ class ImageGenForm(W.VBox):
             self.prompt_text,
             W.HBox([self.api_select, self.model_input], layout=W.Layout(flex_flow="row wrap")),
             W.HBox([self.size_input, self.n_input, self.quality_select], layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.save_input, self.fresh_check], layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            W.HBox([self.save_input, self.fresh_check, self.progress_check],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
             W.HBox([self.upload, self.inputs_box], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
             W.HBox([self.generate_button, self.cancel_button, self.message],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
@@ -462,7 +481,7 @@ class ImageGenForm(W.VBox):
                             model=self.model_input.value.strip(), size=self.size_input.value.strip(),
                             n=int(n) if n is not None else 0, quality=self.quality_select.value or "",
                             save_dir=self.save_input.value.strip(), fresh=bool(self.fresh_check.value),
-                            images=tuple(self.input_images))
+                            images=tuple(self.input_images), progress=bool(self.progress_check.value))
 
     def apply_settings(self, settings: FormSettings) -> None:
         """Put `settings` into the fields (what "reuse settings" does)."""
@@ -474,6 +493,7 @@ class ImageGenForm(W.VBox):
         self.quality_select.value = settings.quality if settings.quality in QUALITY_CHOICES else ""
         self.save_input.value = settings.save_dir
         self.fresh_check.value = settings.fresh
+        self.progress_check.value = settings.progress
         self.clear_inputs()
         for img in settings.images:
             self.add_input(img)
@@ -506,6 +526,8 @@ class ImageGenForm(W.VBox):
         size, aspect = split_size(settings.size)
         opts = dict(self.request_options)
         opts["headers"] = dict(opts.get("headers") or {})
+        if settings.progress:
+            opts["stream"], opts["partial_images"] = True, self.partial_images
         return ImageRequest(prompt=settings.prompt.strip(), model=settings.model or None,
                             api_type=settings.api_type, n=settings.n, size=size, aspect_ratio=aspect,
                             quality=settings.quality or None, images=list(settings.images),
@@ -786,15 +808,18 @@ def _form_parser() -> "_FormArgParser":
     p.add_argument("--save", metavar="DIR")
     p.add_argument("--image", action="append", default=[], metavar="PATH_OR_VAR")
     p.add_argument("--out", metavar="VAR")
+    p.add_argument("--stream", action="store_true")
+    p.add_argument("--partials", type=int, metavar="K")
     return p
 
 
 def _form_magic_factory(ipython):
     def imagegen_form(line: str = ""):
         """%imagegen_form [--api API] [--model M] [-n N] [--size WxH|W:H] [--quality Q] [--save DIR]
-        [--image PATH_OR_VAR]... [--out VAR] [prompt...]
+        [--image PATH_OR_VAR]... [--stream] [--partials K] [--out VAR] [prompt...]
 
-        Show an ImageGenForm with those fields pre-filled; `--out VAR` keeps it in VAR
+        Show an ImageGenForm with those fields pre-filled (`--stream` / `--partials K` tick "show
+        progress", with K partial images); `--out VAR` keeps it in VAR
         (VAR.value is the latest ImageResponse, VAR.results every result).
         """
         from IPython.core.error import UsageError
@@ -820,7 +845,8 @@ def _form_magic_factory(ipython):
         try:
             form = ImageGenForm(prompt=prompt, api_type=api, model=args.model, size=args.size,
                                 aspect_ratio=args.aspect, n=args.n, quality=args.quality, images=images,
-                                save_dir=args.save)
+                                save_dir=args.save, show_progress=args.stream or args.partials is not None,
+                                **({} if args.partials is None else {"partial_images": args.partials}))
         except (RequestError, ConfigError) as e:
             raise UsageError(f"%imagegen_form: {e}") from None
         if args.out:

@@ -549,3 +549,88 @@ def test_constructor_checks_its_arguments():
     assert form.size_input.value == "9:16"
     assert form.inputs[0].error and "not a PNG" in form.message_text
     assert repr(form).startswith("<ImageGenForm ")
+
+
+# --------------------------------------------------------------------------------------------
+# "show progress": stream + partial images, updated in place; Cancel drops the stream
+# --------------------------------------------------------------------------------------------
+def test_show_progress_sets_stream_and_partials():
+    cfg = ImageConfig(api_type="openai_images", token="t" * 20)
+    form = ImageGenForm(config=cfg, prompt="a fox")
+    assert form.progress_check.value is False and form.request.stream is False
+    assert form.request.partial_images is None
+    form.progress_check.value = True
+    req = form.request
+    assert (req.stream, req.partial_images) == (True, 2)
+    assert form.settings.progress and "progress" in form.settings.summary()
+    form = ImageGenForm(config=cfg, prompt="a fox", show_progress=True, partial_images=3)
+    assert (form.request.stream, form.request.partial_images) == (True, 3)
+    other = ImageGenForm(config=cfg)
+    other.apply_settings(form.settings)                       # "reuse settings" keeps it
+    assert other.progress_check.value is True
+    for bad in (4, -1, "2", True):
+        with pytest.raises(RequestError, match="partial"):
+            ImageGenForm(config=cfg, partial_images=bad)
+
+
+def _watch_outputs(form: ImageGenForm):
+    """Every state of the Output's outputs during a run."""
+    states = []
+    form.output.observe(lambda change: states.append(change["new"]), names="outputs")
+    return states
+
+
+async def test_show_progress_updates_the_image_in_place(emulator):
+    form = make_form(emulator, prompt="a fox forming", show_progress=True, partial_images=3)
+    states = _watch_outputs(form)
+    resp = await run(form)
+    assert resp.success and len(resp.artifacts) == 1
+    sent = emulator.requests[-1]
+    assert sent["stream"] is True and [k for k, _ in sent["stream_images"]] == ["partial"] * 3 + ["final"]
+    # never more than two outputs (the log and the image): each partial replaced the one before
+    assert max(len(s) for s in states) == 2
+    shown = [s[1]["data"]["text/plain"] for s in states if len(s) == 2]
+    partial_lines = [t for i, t in enumerate(shown) if t.startswith("partial image") and (i == 0 or shown[i - 1] != t)]
+    assert partial_lines == ["partial image 1", "partial image 2", "partial image 3"]
+    assert "<img " in states[-1][1]["data"]["text/html"] and 'data-state="done"' in output_html(form)
+    assert "partial image 3" in log_text(form)
+    assert form.history[0].settings.progress and form.history[0].request.stream
+
+
+async def test_cancel_mid_stream_drops_the_connection(emulator):
+    emulator.stream_delay = 1.0
+    form = make_form(emulator, prompt="slowly drawn", show_progress=True, partial_images=3)
+    form.generate_button.click()
+    task = form.task
+    await wait_for(lambda: "partial image 1" in log_text(form), timeout=5)
+    t0 = time.monotonic()
+    form.cancel_button.click()
+    await asyncio.wait([task], timeout=0.5)
+    assert task.cancelled() and time.monotonic() - t0 < 0.5
+    assert form.view.log.state == "cancelled" and "Cancel button" in log_text(form)
+    assert form.value is None and form.history == []
+    await wait_for(lambda: emulator.requests[-1].get("outcome") == "client_disconnected", timeout=0.5)
+    assert [k for k, _ in emulator.requests[-1]["stream_images"]] == ["partial"]
+    emulator.stream_delay = 0
+    resp = await run(form)                                   # the form works again
+    assert resp.success
+
+
+def test_imagegen_form_magic_progress(monkeypatch):
+    from IPython.core.error import UsageError
+    from IPython.testing import globalipapp
+    from jupyter_imagegen.widget import register_form_magic, unregister_form_magic
+    shell = globalipapp.get_ipython()
+    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
+    register_form_magic(shell)
+    try:
+        shell.run_line_magic("imagegen_form", "--partials 3 --out f a fox")
+        form = shell.user_ns["f"]
+        assert form.progress_check.value and form.partial_images == 3
+        shell.run_line_magic("imagegen_form", "--stream --out f a fox")
+        assert shell.user_ns["f"].progress_check.value and shell.user_ns["f"].partial_images == 2
+        with pytest.raises(UsageError, match="partial"):
+            shell.run_line_magic("imagegen_form", "--partials 7 a fox")
+    finally:
+        unregister_form_magic(shell)
+        shell.user_ns.pop("f", None)
