@@ -145,3 +145,60 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     row = b"\x00" * (width + 1)
     idat = comp.compress(row * 4) + comp.flush()
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def client_connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections of this machine whose *remote* port is `port` (the client
+    side of connections to a local server), from /proc/net/tcp and tcp6."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            remote, state = parts[2], parts[3]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+class HangServer:
+    """A bare TCP server that reads each request and never answers. `received` is set when a
+    request arrived; `closed` counts the connections the client hung up (EOF), with times."""
+
+    def __init__(self):
+        self.server = None
+        self.port: Optional[int] = None
+        self.requests = 0
+        self.received = asyncio.Event()
+        self.closed_at: List[float] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import time
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            self.received.set()
+            while await reader.read(65536):   # the body, then b"" when the client hangs up
+                pass
+            self.closed_at.append(time.monotonic())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.closed_at.append(time.monotonic())
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> "HangServer":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
