@@ -517,3 +517,24 @@ async def test_display_updates_partials_in_place(emu, recorder, api):
     # each shown image differs: the picture sharpens in place
     srcs = [m["data"]["text/html"].split('src="', 1)[1].split('"', 1)[0] for m in result]
     assert len(set(srcs)) == 4
+
+
+# ====================================================================================================
+# the benchmark script runs (tiny delays; no timing assertions beyond "streaming shows pixels first")
+# ====================================================================================================
+@pytest.mark.timeout(120)
+def test_streaming_benchmark_quick_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "stream.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.streaming", "--quick", "--delay", "0.2",
+                           "--api", "openai_images", "--json", str(out)],
+                          cwd=repo, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| first pixels, plain |" in proc.stdout and "machine:" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["api"], r["partials"]) for r in rows] == [("openai_images", 0), ("openai_images", 2)]
+    k2 = rows[1]
+    assert k2["stream_first"] < k2["plain_first"] and k2["partial_kb"] > 0
