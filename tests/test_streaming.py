@@ -381,6 +381,18 @@ async def test_broken_stream_is_retried_then_succeeds(emu, api, fault):
 
 
 @pytest.mark.parametrize("api", APIS)
+async def test_an_http_error_before_the_stream_is_retried_as_usual(emu, api):
+    emu.add_faults("503", "429:retry_after=0")
+    rec = Recorder()
+    req = ImageRequest("a fox", stream=True, partial_images=1 if api in PARTIAL_APIS else None)
+    async with make_client(emu, api) as c:
+        resp = await c.generate(req, on_event=rec)
+    assert resp.success and resp.attempts == 3
+    assert [e["status_code"] for e in rec.of("api_retry")] == [503, 429]
+    assert len(rec.of(PARTIAL_IMAGE)) == (1 if api in PARTIAL_APIS else 0)
+
+
+@pytest.mark.parametrize("api", APIS)
 async def test_broken_stream_gives_a_clear_error_when_retries_run_out(emu, api):
     emu.add_faults("stream_break", "stream_break", "stream_break")
     rec = Recorder()
