@@ -17,7 +17,8 @@ once, in a fresh random order), after warm-up rounds.
 3. a 4096x4096 PNG answer: response bytes -> PIL image vs Pillow decoding the PNG bytes, and
    tracemalloc peaks (Python allocations: the payload copies; Pillow's pixel buffer is allocated
    outside Python's allocator and is the same on both sides);
-4. notebook output bytes per image when %%imagegen renders n=4: previews vs full size.
+4. notebook output bytes per image when %%imagegen renders n=4: previews vs full size;
+5. time to first visible pixels, streaming vs not (benchmarks/streaming.py, on the emulator).
 """
 from __future__ import annotations
 
@@ -503,10 +504,14 @@ class Settings:
     fanout_reps: int = 5
     notebook_n: int = 4
     emulator: bool = True
+    stream_partials: tuple = (0, 3)
+    stream_delays: tuple = (0.5,)
+    stream_rounds: int = 3
 
 
 QUICK = Settings(small=32, medium=128, large=256, rounds_small=5, rounds_medium=3, rounds_large=2,
-                 fanout_n=4, fanout_latency_ms=50, fanout_reps=2, notebook_n=4, emulator=False)
+                 fanout_n=4, fanout_latency_ms=50, fanout_reps=2, notebook_n=4, emulator=False,
+                 stream_partials=(0, 2), stream_delays=(0.05,), stream_rounds=1)
 
 
 async def _run_async(report: Report, s: Settings, server: ServerProcess, pngs: Dict[str, bytes], log) -> None:
@@ -530,6 +535,12 @@ async def _run_async(report: Report, s: Settings, server: ServerProcess, pngs: D
         await bench_fanout(report, server, sizes, s.fanout_latency_ms, s.fanout_n, s.fanout_reps)
     log("3. large payload...")
     await bench_large(report, server, "large", pngs["large"], s.rounds_large)
+    log("5. streaming: time to first visible pixels...")
+    from benchmarks import streaming
+    for r in await streaming.bench(apis=("openai_images",), partials=s.stream_partials, delays=s.stream_delays,
+                                   rounds=s.stream_rounds, log=None):
+        report.add(Row(f"5. first pixels, openai_images K={r.partials} ({r.delay:g} s per image): stream vs plain",
+                       r.stream_first, r.plain_first, "s", note=f"final image x{r.final_overhead:.2f}"))
 
 
 def run_all(s: Settings, workdir: Path, log=print) -> Report:
