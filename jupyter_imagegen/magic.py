@@ -753,6 +753,8 @@ def load_ipython_extension(ipython) -> None:
     """`%load_ext jupyter_imagegen`: register %%imagegen / %imagegen."""
     if id(ipython) in _loaded:
         return
+    from .runner import prepare_loop
+    prepare_loop()  # the first %%imagegen must not be the one that patches the kernel loop
     magics = ImageGenMagics(ipython)
     ipython.register_magics(magics)
     ipython.events.register("post_run_cell", magics._post_run_cell)

@@ -91,6 +91,19 @@ def _ensure_nested(loop: asyncio.AbstractEventLoop) -> None:
                            "use `await client.generate(...)` instead") from e
 
 
+def prepare_loop() -> None:
+    """Make the running loop (the kernel's) re-entrant now, ahead of the first blocking call.
+
+    nest_asyncio must not be applied from inside the loop iteration that then blocks: that
+    iteration's unpatched ``_run_once`` has already counted its ready callbacks, the nested run
+    drains them, and the outer iteration then pops from an empty deque (IndexError kills the
+    kernel). `%load_ext jupyter_imagegen` and the form call this in an earlier cell.
+    """
+    loop = _running_loop()
+    if loop is not None:
+        _ensure_nested(loop)
+
+
 class _Interrupt:
     """SIGINT during run_sync: the first one cancels the task, a second one stops waiting."""
 

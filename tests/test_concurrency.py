@@ -245,6 +245,33 @@ def cell():                      # ipykernel runs a cell inside one callback of 
     print(runner.run_sync(work()))
     loop.call_later(0.1, loop.stop)
 
+def load_ext():                  # an earlier cell: %load_ext jupyter_imagegen
+    from IPython.testing.globalipapp import start_ipython
+    import jupyter_imagegen
+    jupyter_imagegen.load_ipython_extension(start_ipython())
+    loop.call_soon(cell)             # the first %%imagegen of the kernel...
+    loop.call_soon(lambda: None)     # ...while anything else is ready in the same iteration (a form's task)
+
+loop.call_soon(load_ext)
+loop.run_forever()
+print("loop survived")
+"""
+
+
+UNPATCHED_CONTROL = """
+import asyncio
+from jupyter_imagegen import runner
+
+async def work():
+    await asyncio.sleep(0.01)
+
+loop = asyncio.new_event_loop()
+asyncio.set_event_loop(loop)
+
+def cell():
+    runner.run_sync(work())
+    loop.call_later(0.1, loop.stop)
+
 loop.call_soon(cell)             # the first %%imagegen of the kernel...
 loop.call_soon(lambda: None)     # ...while anything else is ready in the same iteration (a form's task)
 loop.run_forever()
@@ -252,15 +279,18 @@ print("loop survived")
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner.run_sync -> _ensure_nested applies nest_asyncio to the kernel loop lazily, from inside "
-    "the loop iteration that runs the first magic; that iteration's unpatched BaseEventLoop._run_once "
-    "already counted the ready handles, the nested run drains them, and it then pops from an empty "
-    "deque: IndexError kills the kernel (seen when a form's request is in flight during the first "
-    "%%imagegen). Fix in runner/extension: apply nest_asyncio when the extension loads, not in the "
-    "iteration that then blocks."))
 def test_first_blocking_run_beside_ready_work_keeps_the_loop():
+    """%load_ext patches the kernel loop in its own cell, so the first %%imagegen, run while a
+    form's task is ready in the same loop iteration, does not pop from an emptied ready queue."""
     import subprocess
     proc = subprocess.run([sys.executable, "-c", BLOCKING_RUN_BESIDE_READY_WORK], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "loop survived" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_control_without_load_ext_the_same_run_breaks_the_loop():
+    """The control: without the extension's early patch the same sequence crashes (so the test
+    above proves the fix, not luck)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-c", UNPATCHED_CONTROL], capture_output=True, text=True, timeout=60)
+    assert "loop survived" not in proc.stdout and "IndexError" in proc.stderr, (proc.stdout, proc.stderr[-500:])
