@@ -698,3 +698,19 @@ async def test_no_body_makes_it_answer_5xx(emulator):
                 return r.status
         got = [(await status(p, b), p, b) for p, b in cases]
     assert [g for g in got if g[0] >= 500] == []
+
+
+async def test_stop_ends_handlers_still_sleeping_in_a_fault():
+    """A handler sleeping in slow_headers must not outlive stop() (no task left pending)."""
+    emu = Emulator(token="sk-stop-test-0123456789abcdef")
+    await emu.start()
+    emu.add_faults("slow_headers:delay=30")
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await s.post(emu.openai_base_url + "/images/generations", json={"prompt": "x", "model": "gpt-image-1"},
+                         headers={"Authorization": "Bearer sk-stop-test-0123456789abcdef"},
+                         timeout=aiohttp.ClientTimeout(total=0.2))
+    await emu.stop()
+    await asyncio.sleep(0.05)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert left == [], left

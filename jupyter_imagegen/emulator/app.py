@@ -351,8 +351,11 @@ async def send_payload(call: Call, payload: Dict[str, Any], first_b64: Optional[
             call.entry["outcome"] = "reset_after_headers"
             return resp
         await asyncio.sleep(call.fault.number("delay", 2.0) if call.fault else 2.0)
-        await resp.write(data[half:])
-        await resp.write_eof()
+        try:
+            await resp.write(data[half:])
+            await resp.write_eof()
+        except ConnectionError:  # the client timed out and hung up meanwhile: that is the point
+            call.entry["outcome"] = "client_gone"
         return resp
     return web.Response(body=data, content_type="application/json", headers=headers)
 

@@ -43,6 +43,8 @@ class Emulator:
         if self._runner is not None:
             return self
         self.app = create_app(self.state)
+        self._handlers: set = set()
+        self.app.middlewares.append(_track_handlers(self._handlers))
         kwargs: Dict[str, Any] = {"handle_signals": False, "shutdown_timeout": self._shutdown_timeout}
         if not self._access_log:
             kwargs["access_log"] = None
@@ -62,6 +64,12 @@ class Emulator:
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
+            # handlers still sleeping in a slow fault would outlive the server: end them first
+            handlers = [t for t in getattr(self, "_handlers", ()) if not t.done()]
+            for t in handlers:
+                t.cancel()
+            if handlers:
+                await asyncio.wait(handlers, timeout=self._shutdown_timeout)
             await runner.cleanup()
 
     async def __aenter__(self) -> "Emulator":
@@ -309,3 +317,16 @@ class EmulatorThread:
 def run_emulator_in_thread(**kwargs: Any) -> EmulatorThread:
     """Start an :class:`EmulatorThread` (keyword arguments as for :class:`Emulator`) and return it."""
     return EmulatorThread(**kwargs).start()
+
+
+def _track_handlers(tasks: set):
+    """A middleware that keeps the set of request handlers in flight (so stop() can end them)."""
+    @web.middleware
+    async def track(request, handler):
+        task = asyncio.current_task()
+        tasks.add(task)
+        try:
+            return await handler(request)
+        finally:
+            tasks.discard(task)
+    return track
