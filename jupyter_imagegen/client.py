@@ -167,8 +167,10 @@ class ImageClient:
         rid = request.request_id
         use_cache = self.cache is not None and request.cache is not False
         key = request_key(resolved) if use_cache else None
+        call = provider.build(resolved)  # once: every fan-out call and retry sends the same request
+        api_url = call.url
         if use_cache and not request.fresh:
-            hit = self.cache.response(key, resolved, rid, provider.build(resolved).url,
+            hit = self.cache.response(key, resolved, rid, api_url,
                                       self.config.auth_hint if not request.token else None)
             if hit is not None:  # no token needed: nothing is sent
                 await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
@@ -182,12 +184,11 @@ class ImageClient:
         max_attempts = request.max_attempts or self.config.max_attempts
         timeout = float(request.timeout or self.config.timeout)
         calls = provider.calls_needed(resolved)
-        api_url = provider.build(resolved).url
         scrub = _Scrubber(token)
         t0 = time.monotonic()
         await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type, model=resolved.model,
                          api_url=api_url, n=request.n, calls=calls, prompt=request.prompt)
-        ctx = _CallContext(self, provider, resolved, token, callbacks, rid, max_attempts, timeout, scrub,
+        ctx = _CallContext(self, provider, resolved, call, token, callbacks, rid, max_attempts, timeout, scrub,
                            fanout=calls > 1)
         try:
             if calls == 1:
@@ -293,17 +294,17 @@ class _Scrubber:
 class _CallContext:
     """Everything one HTTP call (with its retries) needs; `run(index)` is one call of a fan-out."""
 
-    def __init__(self, client: ImageClient, provider: Provider, r: Resolved, token: str,
+    def __init__(self, client: ImageClient, provider: Provider, r: Resolved, call: HttpCall, token: str,
                  callbacks: List[EventCallback], rid: str, max_attempts: int, timeout: float,
                  scrub: _Scrubber, fanout: bool):
-        self.client, self.provider, self.r, self.token = client, provider, r, token
+        self.client, self.provider, self.r, self.call, self.token = client, provider, r, call, token
         self.callbacks, self.rid, self.max_attempts, self.timeout = callbacks, rid, max_attempts, timeout
         self.scrub, self.fanout = scrub, fanout
         self.cfg = client.config
 
     async def run(self, index: int) -> _CallOutcome:
         out = _CallOutcome(index)
-        call = self.provider.build(self.r)
+        call = self.call
         for attempt in range(1, self.max_attempts + 1):
             out.attempts = attempt
             await self.client._emit(self.callbacks, ev.API_CALL, self.rid, attempt=attempt,
