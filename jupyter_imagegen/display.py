@@ -539,6 +539,7 @@ class GenerationView:
         self.quiet = quiet
         self.preview_max_side = preview_max_side
         self.redact = [r for r in redact if r]
+        self.title = title
         self.log = EventLog(title, redact=self.redact)
         self.response = None
         if mode == "auto":
@@ -579,14 +580,14 @@ class GenerationView:
         """Start over (the widget reuses one view per Output): clear the slots and the log."""
         self._surface.clear()
         self._log_slot = self._result_slot = None
-        self.log = EventLog(self.log.title, redact=self.redact)
+        self.log = EventLog(self.title, redact=self.redact)
         self.response = None
 
     def start(self, note: Optional[str] = None) -> None:
         """Show the log at once (before the first event), so the cell shows life immediately."""
         self.log._elapsed()
         if note:
-            self.log.title = f"{self.log.title} · {_truncate(note, 80)}"
+            self.log.title = f"{self.title} · {_truncate(note, 80)}"
         self._refresh_log()
 
     def on_event(self, event) -> None:

@@ -238,3 +238,11 @@ def test_terminal_view_prints_new_lines_only():
     assert lines[0] == "imagegen"
     assert sum("attempt 1/3" in line for line in lines) == 1      # each log line printed once
     assert any(line.startswith("ImageResponse: 1 image") for line in lines)
+
+
+def test_a_reused_view_does_not_pile_up_titles():
+    view = GenerationView(mode="terminal", stream=io.StringIO())
+    for prompt in ("p1", "p2", "p3"):
+        view.reset()
+        view.start(prompt)
+    assert view.log.title == "imagegen · p3"
