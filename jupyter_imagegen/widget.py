@@ -112,6 +112,19 @@ def _join_size(size: Optional[str], aspect: Optional[str]) -> str:
     return aspect or size or ""
 
 
+def parse_compare_field(text: str) -> Dict[str, List[str]]:
+    """The form's "compare with" field: ``model=a,b size=1024x1024,1536x1024`` (specs separated by
+    spaces or ';') -> {"model": [...], "size": [...]}; empty -> {}. Raises ValueError."""
+    from .compare import parse_compare_spec
+    dims: Dict[str, List[str]] = {}
+    for spec in re.split(r"[;\s]+", (text or "").strip()):
+        if spec:
+            key, values = parse_compare_spec(spec)
+            dims.setdefault(key, [])
+            dims[key] += [v for v in values if v not in dims[key]]
+    return dims
+
+
 def _save_dir_problem(folder: str) -> Optional[str]:
     """Why images could not be saved in `folder` (None when they can); creates nothing."""
     existing = Path(folder).expanduser().absolute()
@@ -218,7 +231,7 @@ class ImageGenForm(W.VBox):
                  size: Optional[str] = None, aspect_ratio: Optional[str] = None, n: int = 1,
                  quality: Optional[str] = None, images: Sequence[Any] = (), save_dir: Optional[str] = None,
                  fresh: bool = False, show_progress: bool = False, partial_images: int = DEFAULT_PARTIALS,
-                 request_options: Optional[Dict[str, Any]] = None,
+                 compare: str = "", request_options: Optional[Dict[str, Any]] = None,
                  max_upload_bytes: int = MAX_INPUT_BYTES,
                  preview_max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, thumbnail_size: int = 160,
                  max_history: int = 50, **kwargs: Any):
@@ -281,6 +294,13 @@ class ImageGenForm(W.VBox):
                                          indent=False, layout=W.Layout(width="auto"),
                                          tooltip="stream the request: the image appears coarse and sharpens in "
                                                  "place while the model draws; Cancel stops it early")
+        self.compare_input = W.Text(value=compare or "", description="Compare",
+                                    placeholder="e.g. model=gpt-image-1,gpt-image-1-mini size=1024x1024,1536x1024",
+                                    tooltip="run every combination into one labelled grid (keys: model, size, "
+                                            "aspect, api, quality; several specs separated by spaces or ';')",
+                                    style=_DESC, layout=W.Layout(width="100%"))
+        #: the grid of the last compare run (None until one ran)
+        self.compare_result = None
         self.upload = W.FileUpload(accept="image/*", multiple=True, description="Add input images",
                                    layout=W.Layout(width="auto"))
         self.inputs_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
@@ -318,6 +338,7 @@ class ImageGenForm(W.VBox):
             W.HBox([self.size_input, self.n_input, self.quality_select], layout=W.Layout(flex_flow="row wrap")),
             W.HBox([self.save_input, self.fresh_check, self.progress_check],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            self.compare_input,
             W.HBox([self.upload, self.inputs_box], layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
             W.HBox([self.generate_button, self.cancel_button, self.message],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
@@ -603,6 +624,11 @@ class ImageGenForm(W.VBox):
                 self._say(problem)
                 return None
         try:
+            compare_dims = parse_compare_field(self.compare_input.value)
+        except ValueError as e:
+            self._say(str(e))
+            return None
+        try:
             asyncio.get_running_loop()
         except RuntimeError:
             self._say("Generate needs a running event loop (a Jupyter kernel, or an async test); "
@@ -616,7 +642,10 @@ class ImageGenForm(W.VBox):
         self._cancel_requested = False
         self._t0 = time.monotonic()
         self._set_running(True)
-        self.task = runner.spawn(self._run(client, request, settings))
+        if compare_dims:
+            self.task = runner.spawn(self._run_compare(client, request, settings, compare_dims))
+        else:
+            self.task = runner.spawn(self._run(client, request, settings))
         return self.task
 
     def cancel(self) -> bool:
@@ -685,6 +714,30 @@ class ImageGenForm(W.VBox):
         finally:
             self._set_running(False)
         return resp
+
+    async def _run_compare(self, client, request: ImageRequest, settings: FormSettings,
+                           dims: Dict[str, List[str]]):
+        """A "compare with" run: every combination into one live grid in the form's output."""
+        from .compare import acompare
+        plural = {"model": "models", "size": "sizes", "aspect": "aspects", "api": "apis", "quality": "qualities"}
+        self.view.reset()  # the grid replaces the log of a single run
+        try:
+            result = await acompare(base=request, client=client, live=True, output=self.output,
+                                    save=settings.save_dir or None, redact=self.view.redact, **{plural[k]: v for k, v in dims.items()})
+        except asyncio.CancelledError:
+            self.view.cancelled(self._cancel_text() if self._cancel_requested else None)
+            self._set_running(False)
+            raise
+        except (RequestError, ConfigError) as e:
+            self.view.show_error(str(e), title="Nothing was sent")
+            self._say(str(e))
+            self._set_running(False)
+            return None
+        self.compare_result = result
+        self._set_running(False)
+        if result.failed:
+            self._say(f"{result.failed} of {len(result.cells)} cells failed (shown in place)", kind="info")
+        return result
 
     # -- history ------------------------------------------------------------------------------
     def _refresh_history_title(self) -> None:

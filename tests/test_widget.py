@@ -634,3 +634,36 @@ def test_imagegen_form_magic_progress(monkeypatch):
     finally:
         unregister_form_magic(shell)
         shell.user_ns.pop("f", None)
+
+
+# --------------------------------------------------------------------------------------------
+# "compare with"
+# --------------------------------------------------------------------------------------------
+def test_compare_field_parsing():
+    from jupyter_imagegen.widget import parse_compare_field
+    assert parse_compare_field("") == {}
+    assert parse_compare_field(" model=a,b ; size=1024x1024,1536x1024  model=c") == {
+        "model": ["a", "b", "c"], "size": ["1024x1024", "1536x1024"]}
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        parse_compare_field("colour=red")
+
+
+async def test_compare_with_runs_every_combination_into_one_grid(emulator):
+    form = make_form(emulator, prompt="a paper boat", compare="model=gpt-image-1,gpt-image-1-mini size=1024x1024,1536x1024")
+    result = await run(form)
+    assert result is form.compare_result and result.shape == (2, 2)
+    assert emulator.request_count == 4
+    assert result.ok == 4 and result.failed == 0
+    assert {(c.response.request.model, c.response.artifacts[0].image.size) for c in result.cells} == {
+        ("gpt-image-1", (1024, 1024)), ("gpt-image-1", (1536, 1024)),
+        ("gpt-image-1-mini", (1024, 1024)), ("gpt-image-1-mini", (1536, 1024))}
+    html_out = output_html(form)
+    assert "gpt-image-1-mini" in html_out and html_out.count("<img") >= 4
+    assert not form.running and not form.generate_button.disabled
+
+
+async def test_bad_compare_field_sends_nothing(emulator):
+    form = make_form(emulator, prompt="a paper boat", compare="colour=red,blue")
+    form.generate_button.click()
+    assert form.task is None and "KEY=V1,V2" in form.message_text
+    assert emulator.request_count == 0
