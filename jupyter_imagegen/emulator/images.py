@@ -22,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ..types import sniff_mime  # noqa: F401  (one magic-bytes sniffer for the package; re-exported)
+
 #: Gemini's pixel sizes for ``image_config.aspect_ratio`` at the 1K tier
 ASPECT_RATIO_SIZES = {
     "1:1": (1024, 1024), "2:3": (832, 1248), "3:2": (1248, 832), "3:4": (864, 1184),
@@ -58,18 +60,6 @@ def parse_data_url(url: str) -> Tuple[Optional[str], bytes]:
     except (binascii.Error, ValueError):
         raise ValueError("the data URL's payload is not valid base64") from None
     return m.group("mime"), data
-
-
-def sniff_mime(data: bytes) -> Optional[str]:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
 
 
 def open_image(data: bytes) -> Image.Image:

@@ -42,6 +42,23 @@ def size_for_aspect(model: str, ratio: str) -> str:
     return nearest(w / h, [(s, parse_size(s)[0] / parse_size(s)[1]) for s in options])
 
 
+def image_options(req, model: str) -> Dict[str, Any]:
+    """size (or the size nearest the aspect ratio), quality, output_format, background: the fields
+    /images/generations and the /responses image_generation tool share."""
+    opts: Dict[str, Any] = {}
+    size = req.size or (size_for_aspect(model, req.aspect_ratio) if req.aspect_ratio else None)
+    if size:
+        opts["size"] = size
+    if req.quality:
+        opts["quality"] = req.quality
+    fmt = output_format(req)
+    if fmt:
+        opts["output_format"] = fmt
+    if req.background:
+        opts["background"] = req.background
+    return opts
+
+
 class OpenAIImagesProvider(Provider):
     api_type = "openai_images"
     one_image_per_call = False
@@ -82,16 +99,7 @@ class OpenAIImagesProvider(Provider):
         body: Dict[str, Any] = {"model": model, "prompt": req.prompt}
         if n != 1:
             body["n"] = n
-        size = req.size or (size_for_aspect(model, req.aspect_ratio) if req.aspect_ratio else None)
-        if size:
-            body["size"] = size
-        if req.quality:
-            body["quality"] = req.quality
-        fmt = output_format(req)
-        if fmt:
-            body["output_format"] = fmt
-        if req.background:
-            body["background"] = req.background
+        body.update(image_options(req, model))
         if is_dalle(model):
             body["response_format"] = "b64_json"
         if req.stream:

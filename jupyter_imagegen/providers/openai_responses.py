@@ -6,8 +6,8 @@ from typing import Any, Dict, List
 from ..errors import ImageAPIError, RequestError
 from ..types import Usage
 from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   decode_b64, no_image_error, output_format, raise_stream_error, sse_json)
-from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, size_for_aspect
+                   decode_b64, no_image_error, raise_stream_error, sse_json)
+from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, image_options
 
 
 class OpenAIResponsesProvider(Provider):
@@ -25,17 +25,7 @@ class OpenAIResponsesProvider(Provider):
 
     def build(self, r: Resolved) -> HttpCall:
         req = r.request
-        tool: Dict[str, Any] = {"type": "image_generation"}
-        size = req.size or (size_for_aspect("gpt-image-1", req.aspect_ratio) if req.aspect_ratio else None)
-        if size:
-            tool["size"] = size
-        if req.quality:
-            tool["quality"] = req.quality
-        fmt = output_format(req)
-        if fmt:
-            tool["output_format"] = fmt
-        if req.background:
-            tool["background"] = req.background
+        tool: Dict[str, Any] = {"type": "image_generation", **image_options(req, "gpt-image-1")}
         if req.stream and req.partial_images is not None:
             tool["partial_images"] = req.partial_images
         params = dict(req.params)
