@@ -148,6 +148,8 @@ class ImageClient:
 
     # -- events ---------------------------------------------------------------------------------
     async def _emit(self, callbacks: List[EventCallback], type_: str, request_id: str, **data: Any) -> None:
+        if not callbacks:  # nobody listens: no Event to build (the hot path of scripts and benchmarks)
+            return
         event = Event(type_, request_id, data)
         for cb in callbacks:
             try:
