@@ -557,6 +557,8 @@ class GenerationView:
             raise ValueError(f"mode={mode!r}: use 'auto', 'notebook', 'output' or 'terminal'")
         self._log_slot = None
         self._result_slot = None
+        #: the latest partial image of each image index (``-n 2`` streams partials of both)
+        self._partials: Dict[int, Any] = {}
 
     # -- slots ------------------------------------------------------------------------------
     def _show(self, which: str, bundle: Dict[str, str]) -> None:
@@ -580,6 +582,7 @@ class GenerationView:
         """Start over (the widget reuses one view per Output): clear the slots and the log."""
         self._surface.clear()
         self._log_slot = self._result_slot = None
+        self._partials = {}
         self.log = EventLog(self.title, redact=self.redact)
         self.response = None
 
@@ -594,10 +597,22 @@ class GenerationView:
         """The client's event callback: add a line to the log and update it in place."""
         self.log.add_event(event)
         if event.type == ev.PARTIAL_IMAGE and event.data.get("artifact") is not None:
+            # keep the latest partial of each image and show them together (with -n 2 the partials
+            # of both images arrive interleaved; showing only the newest made them take turns)
             art = event.data["artifact"]
+            index = event.data.get("index")
+            if not isinstance(index, int):
+                index = getattr(art, "index", 0) if isinstance(getattr(art, "index", 0), int) else 0
+            self._partials[index] = art
+            arts = [self._partials[i] for i in sorted(self._partials)]
+            if len(arts) == 1:
+                text = f"partial image {event.data.get('partial_index', 0) + 1}"
+            else:
+                text = f"partial images of {len(arts)} images (latest: image {index + 1}, " \
+                       f"partial {event.data.get('partial_index', 0) + 1})"
             self._show("result", {
-                "text/plain": f"partial image {event.data.get('partial_index', 0) + 1}",
-                "text/html": gallery_html([art], max_side=self.preview_max_side, alt="partial image"),
+                "text/plain": text,
+                "text/html": gallery_html(arts, max_side=self.preview_max_side, alt="partial image"),
             })
         self._refresh_log()
 
@@ -609,6 +624,7 @@ class GenerationView:
     def show_response(self, resp, *, extra_errors: Sequence[str] = ()) -> None:
         """Render the result: gallery, the model's text, error box with suggestions and key hint."""
         self.response = resp
+        self._partials = {}
         if self.log.state in ("waiting", "running"):
             self.log.state = "done" if resp.success else "failed"
             self._refresh_log()

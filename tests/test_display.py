@@ -246,3 +246,34 @@ def test_a_reused_view_does_not_pile_up_titles():
         view.reset()
         view.start(prompt)
     assert view.log.title == "imagegen · p3"
+
+
+def test_notebook_view_keeps_the_latest_partial_of_each_image(recorder):
+    """-n 2 with streaming: partials of image 0 and 1 used to replace each other in the one result
+    output; now the latest partial of each index is shown together, in one handle updated in place."""
+    view = GenerationView(quiet=True)
+    colours = {0: (220, 30, 30), 1: (30, 30, 220)}
+
+    def partial(i, k):
+        art = Artifact(make_png(size=(40 + 8 * i, 30 + k), color=colours[i]), index=i)
+        return Event(ev.PARTIAL_IMAGE, "rid-p", {"index": i, "partial_index": k, "artifact": art})
+
+    for e in (partial(0, 0), partial(1, 0), partial(0, 1), partial(1, 1)):
+        view.on_event(e)
+    results = recorder.galleries()
+    assert len(results) == 4
+    assert len({m["display_id"] for m in results}) == 1            # ONE output, updated in place
+    assert [m["msg_type"] for m in results] == ["display_data"] + ["update_display_data"] * 3
+    last = results[-1]["data"]["text/html"]
+    assert last.count("<img ") == 2                                   # both images, not just the last one
+    assert 'width="40" height="31"' in last and 'width="48" height="31"' in last   # the latest partial of each
+    assert results[1]["data"]["text/html"].count("<img ") == 2
+    # image 0 comes first whatever order the partials arrive in
+    assert last.index('width="40"') < last.index('width="48"')
+    # the final response still replaces the partials in the same handle
+    view.show_response(ok_response(n=2))
+    assert recorder.messages[-1]["display_id"] == results[0]["display_id"]
+    # a reset view starts without the old partials
+    view.reset()
+    view.on_event(partial(1, 2))
+    assert recorder.galleries()[-1]["data"]["text/html"].count("<img ") == 1
