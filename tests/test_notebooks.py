@@ -111,6 +111,23 @@ def test_quickstart_covers_the_tour():
     assert md >= 15, f"only {md} markdown cells"
 
 
+
+def test_iterate_covers_the_steps():
+    """iterate.ipynb teaches cheap iteration; each step stays, and the cached re-run is proven."""
+    nb = _read(NB_DIR / "iterate.ipynb")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    compare_cell = "%%imagegen --compare model=gpt-image-1,gpt-image-1-mini,gpt-image-1.5 --quality low --out grid"
+    assert code.count(compare_cell) == 2, "the compare cell must appear twice (the second run is from the cache)"
+    for needle in ("\n---\n", "grid.shape", "grid[", "emu.request_count", "assert after == before", "--fresh",
+                   "--seed 7", "--save {out_dir}", 'os.environ.get("IMAGEGEN_OUT"', "from jupyter_imagegen import load",
+                   "img.prompt", "img.model", "img.request", "%imagegen --from {path} --size 1536x1024",
+                   "%imagegen_history", "history[-1]", "--image history[1]", "history[2].rerun()",
+                   "%%imagegen --partials 3", "from jupyter_imagegen import compare", "compare(prompts=",
+                   "EmulatorThread(", "stream_delay=", "IMAGE_CACHE_DIR"):
+        assert needle in code, f"iterate.ipynb lost {needle!r}"
+    md = sum(c.cell_type == "markdown" for c in nb.cells)
+    assert md >= 12, f"only {md} markdown cells"
+
 # ---------------------------------------------------------------------------------------------
 # nbval: run every notebook against the emulator
 # ---------------------------------------------------------------------------------------------
