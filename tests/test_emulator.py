@@ -714,3 +714,54 @@ async def test_stop_ends_handlers_still_sleeping_in_a_fault():
     await asyncio.sleep(0.05)
     left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert left == [], left
+
+
+# -- what the pictures say --------------------------------------------------------------------------------
+async def test_n1_answers_are_not_all_stamped_number_one(emulator):
+    """A client fans `-n 4` out into four n=1 calls (chat, responses): each picture used to say "#1"
+    while the gallery said #1-#4. The index is stamped only when the request asked for several."""
+    from jupyter_imagegen.emulator.images import RenderSpec, stamp_text
+
+    chats = [await call(emulator, CHAT, chat_body("a red fox")) for _ in range(2)]
+    assert all(a.status == 200 for a in chats)
+    chat_stamps = [e["stamps"] for e in emulator.requests[-2:]]
+    resp = await call(emulator, RESP, {"model": "gpt-4.1", "input": "a red fox",
+                                       "tools": [{"type": "image_generation"}]})
+    assert resp.status == 200, resp.body
+    resp_stamps = emulator.requests[-1]["stamps"]
+    for stamps in chat_stamps + [resp_stamps]:
+        assert len(stamps) == 1 and stamps[0] != "#1" and stamps[0].startswith("call ")
+    assert len({s[0] for s in chat_stamps + [resp_stamps]}) == 3        # a per-emulator call counter
+    # ...and the pictures of different calls differ
+    urls = [a.json["choices"][0]["message"]["images"][0]["image_url"]["url"] for a in chats]
+    assert urls[0] != urls[1]
+    # a seed stamps the seed (deterministic: the same bytes every time)
+    s1, s2 = [await call(emulator, CHAT, chat_body("a red fox", seed=42)) for _ in range(2)]
+    assert emulator.requests[-1]["stamps"] == emulator.requests[-2]["stamps"] == ["seed 42"]
+    assert (s1.json["choices"][0]["message"]["images"][0]["image_url"]["url"]
+            == s2.json["choices"][0]["message"]["images"][0]["image_url"]["url"])
+    # a request for several images does number them
+    g = await call(emulator, GEN, {"model": "gpt-image-1-mini", "prompt": "a red fox", "n": 3})
+    assert g.status == 200 and emulator.requests[-1]["stamps"] == ["#1", "#2", "#3"]
+    one = await call(emulator, GEN, {"model": "gpt-image-1-mini", "prompt": "a red fox"})
+    assert one.status == 200 and emulator.requests[-1]["stamps"][0].startswith("call ")
+    assert stamp_text(RenderSpec("x", 8, 8, index=1, count=2)) == "#2"
+    assert stamp_text(RenderSpec("x", 8, 8, index=0, count=1, variant=7)) == "call 7"
+
+
+async def test_edit_text_is_readable_on_a_white_input(emulator):
+    """The footer was drawn in white straight onto the input: a white sketch gave blank text. It now
+    sits on a dark band (shapes over an edit are faint: alone they never get darker than ~145)."""
+    white = png((255, 255, 255), (300, 300))
+    a = await call(emulator, EDITS, data=edit_form(("image", white, "image/png"), prompt="colour it in",
+                                                   model="gpt-image-1", size="1024x1024"))
+    assert a.status == 200, a.body
+    im = decode(a.json["data"][0]["b64_json"]).convert("L")
+    assert im.size == (1024, 1024)
+    # the footer line: pad = 1024 // 40 = 25, font 21 px, text from x = 50 at y = 1024 - 25 - 27
+    region = im.crop((50, 975, 350, 995))
+    px = list(region.tobytes())
+    dark = sum(1 for v in px if v < 110)
+    assert dark > 0.4 * len(px), f"only {dark} of {len(px)} footer pixels are dark"
+    assert sum(px) / len(px) < 150
+    assert max(px) > 200                                   # the white text is there, on the band

@@ -43,7 +43,7 @@ from aiohttp import BodyPartReader, web
 from . import faults as F
 from .faults import Fault, parse_fault
 from .images import (MIME_BY_FORMAT, RenderSpec, aspect_ratio_size, open_image, parse_data_url,
-                     placeholder_image, render, sniff_mime)
+                     placeholder_image, render, sniff_mime, stamp_text)
 from .validate import (OPENAI, OPENROUTER, ApiError, ImageRef, image_usage, resolve_size,
                        validate_chat, validate_edit, validate_generation, validate_responses)
 
@@ -236,6 +236,7 @@ class Call:
     async def draw(self, specs: List[RenderSpec]) -> List[Generated]:
         """Render in worker threads (the loop stays free for other requests)."""
         loop = asyncio.get_running_loop()
+        self.entry["stamps"] = [stamp_text(s) for s in specs]   # what each picture says in its corner
         datas = await asyncio.gather(*(loop.run_in_executor(None, render, s) for s in specs))
         return [Generated(d, MIME_BY_FORMAT[s.fmt], s.fmt, s.width, s.height) for d, s in zip(datas, specs)]
 
@@ -691,7 +692,7 @@ def images_payload(call: Call, p: Dict[str, Any], gens: List[Generated]) -> Dict
 def _image_specs(call: Call, p: Dict[str, Any], inputs: List[bytes] = (), mask: Optional[bytes] = None
                  ) -> List[RenderSpec]:
     return [RenderSpec(prompt=p["prompt"], width=p["width"], height=p["height"], fmt=p["output_format"],
-                       background=p["background"], index=i, variant=call.state.next_variant(),
+                       background=p["background"], index=i, count=p["n"], variant=call.state.next_variant(),
                        compression=p.get("output_compression"), model=p["model"], inputs=inputs, mask=mask)
             for i in range(p["n"])]
 

@@ -3,9 +3,11 @@
 Every image is real: the requested size exactly, the requested encoding (PNG / JPEG / WebP),
 a background colour derived from a hash of the prompt, a few shapes whose placement depends on
 a variant number (so the n images of one request, or two calls with the same prompt, differ),
-the prompt text wrapped in a panel, and the index ("#2") in a corner. An edit starts from the
-first input image (scaled to cover the output), tints the masked area, shows the other inputs as
-thumbnails and writes the prompt on top, so a person can tell an edit happened.
+the prompt text wrapped in a panel, a stamp in a corner (see :func:`stamp_text`: the index "#2"
+when the request asked for several images, otherwise "seed 42" or the emulator's "call 7") and a
+footer on a dark band. An edit starts from the first input image (scaled to cover the output),
+tints the masked area, shows the other inputs as thumbnails and writes the prompt on top, so a
+person can tell an edit happened; its text sits on dark boxes, so it reads on a white sketch too.
 """
 from __future__ import annotations
 
@@ -87,8 +89,9 @@ class RenderSpec:
     height: int
     fmt: str = "png"                      # png | jpeg | webp
     background: str = "opaque"            # opaque | transparent
-    index: int = 0                        # 0-based index within the request ("#1" is drawn)
-    variant: object = 0                   # varies the shapes (a seed or a call counter)
+    index: int = 0                        # 0-based index within the request ("#1" is drawn if count > 1)
+    variant: object = 0                   # varies the shapes: "seed:<n>" or the emulator's call counter
+    count: int = 1                        # how many images the request itself asked for (its n)
     compression: Optional[int] = None     # 0-100 for jpeg / webp
     model: str = ""
     inputs: Sequence[bytes] = field(default_factory=tuple)   # edit: input images (first is the base)
@@ -136,6 +139,21 @@ def _wrap(text: str, font, max_width: int, max_lines: int) -> List[str]:
         lines = lines[:max_lines]
         lines[-1] = lines[-1][: max(0, chars - 1)].rstrip() + "\u2026"
     return lines
+
+
+def stamp_text(spec: RenderSpec) -> str:
+    """The corner stamp of an image. "#2" only when the request itself asked for several images:
+    a client that fans ``-n 4`` out into four n=1 calls would otherwise get "#1" on every picture
+    (the emulator cannot know the client's index). An n=1 image is stamped with what makes it
+    differ from its neighbours instead: "seed 42" (deterministic) or the emulator's "call 7"."""
+    if spec.count > 1:
+        return f"#{spec.index + 1}"
+    v = spec.variant
+    if isinstance(v, str) and v.startswith("seed:"):
+        return "seed " + v[5:]
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return f"call {v}"
+    return ""
 
 
 def render(spec: RenderSpec) -> bytes:
@@ -195,10 +213,12 @@ def render(spec: RenderSpec) -> bytes:
     for i, line in enumerate(lines):
         draw.text((x0 + pad, y0 + pad + i * line_h), line, font=font, fill=(255, 255, 255, 255))
 
-    # the index, large, top-left
-    big = _font(max(12, short // 9))
-    draw.text((pad * 2, pad), f"#{spec.index + 1}", font=big, fill=(255, 255, 255, 255),
-              stroke_width=max(1, short // 256), stroke_fill=(0, 0, 0, 255))
+    # the stamp ("#2" / "seed 42" / "call 7"), large, top-left
+    stamp = stamp_text(spec)
+    if stamp:
+        big = _font(max(12, short // (9 if spec.count > 1 else 14)))
+        draw.text((pad * 2, pad), stamp, font=big, fill=(255, 255, 255, 255),
+                  stroke_width=max(1, short // 256), stroke_fill=(0, 0, 0, 255))
 
     # other inputs of an edit as thumbnails along the bottom
     if len(spec.inputs) > 1:
@@ -213,8 +233,12 @@ def render(spec: RenderSpec) -> bytes:
     caption = spec.caption or " \u00b7 ".join(
         x for x in ("jupyter-imagegen emulator", spec.model, f"{w}x{h}", fmt) if x)
     small = _font(max(8, short // 48))
-    draw.text((pad * 2, h - pad - int(small.size * 1.3) if hasattr(small, "size") else h - 20), caption,
-              font=small, fill=(255, 255, 255, 230))
+    pos = (pad * 2, h - pad - int(small.size * 1.3) if hasattr(small, "size") else h - 20)
+    # on a dark band: white text drawn straight on a light picture (a white sketch to edit) vanished
+    left, top, right, bottom = draw.textbbox(pos, caption, font=small)
+    m = max(2, pad // 2)
+    draw.rectangle([left - m, top - m, right + m, bottom + m], fill=(0, 0, 0, 170))
+    draw.text(pos, caption, font=small, fill=(255, 255, 255, 230))
 
     return encode(base, fmt, transparent=transparent, compression=spec.compression)
 
