@@ -148,11 +148,8 @@ async def test_missing_token_sends_nothing(emu):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emu_thread():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 @pytest.fixture

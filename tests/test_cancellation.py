@@ -146,11 +146,8 @@ async def test_closing_the_client_mid_request_is_clean():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emu_thread():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 @pytest.fixture

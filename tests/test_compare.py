@@ -225,11 +225,8 @@ async def test_live_grid_is_one_display_updated_in_place(emu):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emu_thread():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 def test_sync_compare_uses_the_kernel_client_and_its_cache(emu_thread, monkeypatch, tmp_path):

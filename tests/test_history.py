@@ -18,11 +18,8 @@ TOKEN = "sk-HISTORY-LEAKCHECK-0a1b2c3d4e5f60718293"
 
 @pytest.fixture(scope="module")
 def emu():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 @pytest.fixture

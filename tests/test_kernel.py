@@ -28,11 +28,8 @@ TOKEN = "sk-kernel-test-token-0123456789"
 
 @pytest.fixture(scope="module")
 def emulator_thread():
-    emu = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture(scope="module")

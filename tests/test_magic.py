@@ -31,11 +31,8 @@ TOKEN = "sk-magic-test-token-0123456789"
 
 @pytest.fixture(scope="module")
 def emu():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 @pytest.fixture

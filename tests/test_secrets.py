@@ -211,11 +211,8 @@ async def test_echoed_headers_are_scrubbed(api, kind, ok):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emu_thread():
-    e = EmulatorThread(token=TOKEN).start()
-    try:
+    with EmulatorThread(token=TOKEN) as e:
         yield e
-    finally:
-        e.stop()
 
 
 def test_magic_output_never_holds_the_key(emu_thread, monkeypatch, tmp_path, capsys, caplog):
