@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import io
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from .providers import get_provider
 from .providers.base import HttpCall, Parsed, Provider, Resolved, StreamBroken, error_message_from_body
 from .sse import SSEError, SSEParser
 from .retry import is_retryable_status, next_delay, parse_retry_after
-from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sniff_mime
+from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage, image_problem, sniff_mime
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -355,13 +354,7 @@ class _CallContext:
         timeout = aiohttp.ClientTimeout(total=self.timeout, connect=self.cfg.connect_timeout)
         kwargs: Dict[str, Any] = {"headers": self._headers(call), "timeout": timeout}
         if call.form is not None:
-            form = aiohttp.FormData()
-            for f in call.form:
-                if f.filename is not None:
-                    form.add_field(f.name, f.value, filename=f.filename, content_type=f.content_type)
-                else:
-                    form.add_field(f.name, f.value)
-            kwargs["data"] = form
+            kwargs["data"] = call.form_data()
         else:
             kwargs["json"] = call.json
         cap = self.cfg.max_response_bytes
@@ -450,7 +443,7 @@ class _CallContext:
                     raise ImageAPIError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
                 problem = received_image_problem(ref.data)
                 if problem:
-                    raise ImageAPIError(200, f"the API sent an image that {problem}", api_url)
+                    raise ImageAPIError(200, f"the API sent an unusable image: {problem}", api_url)
                 arts.append(Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt))
         return arts
 
@@ -490,7 +483,7 @@ class _CallContext:
                         raise ImageAPIError(None, f"the file at {shown} is not a PNG, JPEG, WebP or GIF image", url)
                     problem = received_image_problem(data)
                     if problem:
-                        raise ImageAPIError(None, f"the image at {shown} {problem}", url)
+                        raise ImageAPIError(None, f"the image at {shown} is unusable: {problem}", url)
                     return data, mime
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
@@ -523,24 +516,8 @@ MAX_RECEIVED_PIXELS = 16384 * 16384
 
 
 def received_image_problem(data: bytes) -> Optional[str]:
-    """Why received image bytes must not be shown (None when they are fine): Pillow reads the
-    header and verifies the structure without decoding the pixels; a header claiming more pixels
-    than Pillow's limit (a decompression bomb) or a damaged file is refused."""
-    import warnings
-    from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > MAX_RECEIVED_PIXELS:
-                    return f"claims {w}x{h} pixels (a possible decompression bomb); refused"
-                im.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "claims too many pixels (a possible decompression bomb); refused"
-    except Exception as e:
-        return f"is damaged and cannot be decoded ({type(e).__name__})"
-    return None
+    """Why received image bytes must not be shown (None when they are fine)."""
+    return image_problem(data, MAX_RECEIVED_PIXELS)
 
 
 def _bytes_text(n: int) -> str:

@@ -276,24 +276,33 @@ class InputImage:
         return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
-def _check_decodable(data: bytes, label: str) -> None:
+def image_problem(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Optional[str]:
+    """Why image bytes must not be used (None when they are fine). Pillow reads the header and
+    verifies the structure without decoding the pixels; a header claiming more than `max_pixels`
+    or Pillow's own limit (which only warns up to twice the limit: refused too) is a possible
+    decompression bomb, and a file Pillow cannot parse is damaged. Shared by input images and
+    the images the API sends back."""
     from PIL import Image
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice its limit: refuse those too
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if w * h > MAX_INPUT_PIXELS:
-                    raise RequestError(f"{label}: {w}x{h} pixels is over the limit of {MAX_INPUT_PIXELS:,} "
-                                       "(a possible decompression bomb) — resize it first")
+                if w * h > max_pixels:
+                    return (f"refused as a possible decompression bomb ({w}x{h} pixels is over the limit "
+                            f"of {max_pixels:,})")
                 im.verify()
-    except RequestError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise RequestError(f"{label}: refused as a possible decompression bomb ({e})") from None
+        return f"refused as a possible decompression bomb ({e})"
     except Exception as e:
-        raise RequestError(f"{label}: the image data is damaged and cannot be decoded ({e})") from None
+        return f"the image data is damaged and cannot be decoded ({type(e).__name__}: {e})"
+    return None
+
+
+def _check_decodable(data: bytes, label: str) -> None:
+    problem = image_problem(data, MAX_INPUT_PIXELS)
+    if problem:
+        raise RequestError(f"{label}: {problem} — fix or resize it first")
 
 
 API_TYPES = ("openrouter_chat", "openai_images", "openai_responses")
