@@ -303,13 +303,7 @@ async def _validation_details(client: ImageClient, request: ImageRequest):
     call = provider.build(resolved)
     kwargs: Dict[str, Any] = {"headers": {"Authorization": f"Bearer {TOKEN}"}}
     if call.form is not None:
-        form = aiohttp.FormData()
-        for f in call.form:
-            if f.filename is not None:
-                form.add_field(f.name, f.value, filename=f.filename, content_type=f.content_type)
-            else:
-                form.add_field(f.name, f.value)
-        kwargs["data"] = form
+        kwargs["data"] = call.form_data()
         sent = [(f.name, f.filename or f.value) for f in call.form]
     else:
         kwargs["json"] = call.json

@@ -58,6 +58,17 @@ class HttpCall:
     def describe(self) -> str:
         return f"{self.method} {self.url}"
 
+    def form_data(self):
+        """A fresh aiohttp.FormData of `form` (aiohttp's FormData can be sent only once)."""
+        import aiohttp
+        data = aiohttp.FormData()
+        for f in self.form or ():
+            if f.filename is not None:
+                data.add_field(f.name, f.value, filename=f.filename, content_type=f.content_type)
+            else:
+                data.add_field(f.name, f.value)
+        return data
+
 
 @dataclass
 class ImageRef:
