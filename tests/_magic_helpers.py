@@ -1,6 +1,7 @@
 """Helpers for the display / magic tests: a display publisher that records every message."""
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import Any, Callable, Dict, List, Optional
 
@@ -42,3 +43,14 @@ def make_png(size=(64, 48), color=(200, 40, 40), mode="RGB", fmt="PNG") -> bytes
     buf = io.BytesIO()
     im.save(buf, format=fmt)
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def recording_display(shell, probe: Optional[Callable[[], Any]] = None):
+    """Swap `shell`'s display publisher for a RecordingPublisher; restore the old one after."""
+    rec = RecordingPublisher(shell, probe)
+    old, shell.display_pub = shell.display_pub, rec
+    try:
+        yield rec
+    finally:
+        shell.display_pub = old

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from _magic_helpers import RecordingPublisher
+from _magic_helpers import recording_display
 from _reliab_helpers import Recorder, TinyServer, bomb_png, png_bytes
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.emulator import Emulator, EmulatorThread
@@ -169,14 +169,11 @@ def ip(emu_thread, monkeypatch, tmp_path, files):
     shell.user_ns.update(bad_url="data:text/plain;base64,aGVsbG8=", bytes_50mb=png_bytes() + bytes(50 * MB),
                          bomb=bomb_png(), text_var="just words")
     shell.user_ns.pop("nosuchvar", None)
-    rec = RecordingPublisher(shell)
-    old_pub = shell.display_pub
-    shell.display_pub = rec
     emu_thread.reset()
     try:
-        yield shell, rec
+        with recording_display(shell) as rec:
+            yield shell, rec
     finally:
-        shell.display_pub = old_pub
         for k in ("bad_url", "bytes_50mb", "bomb", "text_var"):
             shell.user_ns.pop(k, None)
         runner.close_client()

@@ -153,7 +153,7 @@ def emu_thread():
 @pytest.fixture
 def ip(emu_thread, monkeypatch, tmp_path):
     from IPython.testing import globalipapp
-    from _magic_helpers import RecordingPublisher
+    from _magic_helpers import recording_display
     from jupyter_imagegen import runner
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
@@ -165,13 +165,11 @@ def ip(emu_thread, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     shell.extension_manager.load_extension("jupyter_imagegen")
     runner.close_client()            # a fresh session: its only connection is the one under test
-    rec = RecordingPublisher(shell)
-    old_pub, shell.display_pub = shell.display_pub, rec
     emu_thread.clear_faults()
     try:
-        yield shell, rec
+        with recording_display(shell) as rec:
+            yield shell, rec
     finally:
-        shell.display_pub = old_pub
         runner.close_client()
 
 

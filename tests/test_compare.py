@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _magic_helpers import RecordingPublisher
+from _magic_helpers import recording_display
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load, runner
 from jupyter_imagegen.compare import CompareResult, acompare, compare, parse_compare_spec, split_prompts
 from jupyter_imagegen.emulator import Emulator, EmulatorThread
@@ -201,15 +201,9 @@ async def test_save_writes_every_cell_with_metadata_and_history_records_them(emu
 
 async def test_live_grid_is_one_display_updated_in_place(emu):
     from IPython.testing import globalipapp
-    shell = globalipapp.get_ipython()
-    rec = RecordingPublisher(shell)
-    old = shell.display_pub
-    shell.display_pub = rec
-    try:
+    with recording_display(globalipapp.get_ipython()) as rec:
         async with client_for(emu) as client:
             result = await acompare(prompts=PROMPTS, models=MODELS, client=client, live=True, record=False)
-    finally:
-        shell.display_pub = old
     new = rec.of_type("display_data")
     assert len(new) == 1 and "imagegen-compare" in new[0]["data"]["text/html"]
     updates = rec.of_type("update_display_data")

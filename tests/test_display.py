@@ -7,7 +7,7 @@ import io
 import pytest
 from IPython.testing import globalipapp
 
-from _magic_helpers import RecordingPublisher, make_png
+from _magic_helpers import recording_display, make_png
 from jupyter_imagegen import events as ev
 from jupyter_imagegen.display import (EventLog, GenerationView, clear_shown, error_html, gallery_html, mark_shown,
                                       preview, response_html, response_mimebundle, response_text)
@@ -163,14 +163,8 @@ def test_event_log_failure_and_cancel():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def recorder():
-    shell = globalipapp.get_ipython()
-    rec = RecordingPublisher(shell)
-    old = shell.display_pub
-    shell.display_pub = rec
-    try:
+    with recording_display(globalipapp.get_ipython()) as rec:
         yield rec
-    finally:
-        shell.display_pub = old
 
 
 def test_notebook_view_updates_one_handle(recorder):

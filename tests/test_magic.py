@@ -20,7 +20,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from _magic_helpers import RecordingPublisher, make_png
+from _magic_helpers import recording_display, make_png
 from jupyter_imagegen import runner
 from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.magic import ImageGenMagics, expand_variables, slugify, split_options
@@ -49,14 +49,11 @@ def ip(emu, monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     shell.extension_manager.load_extension("jupyter_imagegen")
-    rec = RecordingPublisher(shell)
-    old_pub = shell.display_pub
-    shell.display_pub = rec
     emu.clear_faults()
     try:
-        yield shell, rec
+        with recording_display(shell) as rec:
+            yield shell, rec
     finally:
-        shell.display_pub = old_pub
         runner.close_client()
 
 

@@ -18,7 +18,7 @@ from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.emulator import STREAM_HANDLERS, Emulator
 from jupyter_imagegen.events import PARTIAL_IMAGE
 
-from _magic_helpers import RecordingPublisher, make_png
+from _magic_helpers import recording_display, make_png
 
 TOKEN = "sk-stream-test-SECRET-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -495,14 +495,8 @@ async def test_large_streamed_image(emu):
 @pytest.fixture
 def recorder():
     from IPython.testing import globalipapp
-    shell = globalipapp.get_ipython()
-    rec = RecordingPublisher(shell)
-    old = shell.display_pub
-    shell.display_pub = rec
-    try:
+    with recording_display(globalipapp.get_ipython()) as rec:
         yield rec
-    finally:
-        shell.display_pub = old
 
 
 @pytest.mark.parametrize("api", PARTIAL_APIS)
