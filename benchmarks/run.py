@@ -49,7 +49,7 @@ import aiohttp
 from PIL import Image
 
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.types import Artifact
+from jupyter_imagegen.model import Artifact
 
 from benchmarks import payloads
 from benchmarks.server import ServerProcess

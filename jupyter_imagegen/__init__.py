@@ -4,7 +4,7 @@ from __future__ import annotations
 from .config import ImageConfig, mask_token
 from .errors import ConfigError, ImageAPIError, ImageGenError, ImageRetryableError, RequestError
 from .events import Event
-from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage
+from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .types import Artifact, ImageResponse, Usage
+from .model import Artifact, ImageResponse, Usage
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 KEY_VERSION = 1

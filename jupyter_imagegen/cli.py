@@ -79,7 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .client import ImageClient
     from .config import ImageConfig
     from .errors import ImageGenError
-    from .types import ImageRequest
+    from .model import ImageRequest
     try:
         cfg = ImageConfig.from_env(api_type=args.api, base_url=args.base_url, model=args.model)
         client = ImageClient(cfg, on_event=lambda e: print(f"  {e.describe()}", file=sys.stderr))

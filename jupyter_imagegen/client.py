@@ -25,7 +25,7 @@ from .providers import get_provider
 from .providers.base import HttpCall, Parsed, Provider, Resolved, StreamBroken, error_message_from_body
 from .sse import SSEError, SSEParser
 from .retry import is_retryable_status, next_delay, parse_retry_after
-from .types import Artifact, ImageRequest, ImageResponse, InputImage, Usage, image_problem, sniff_mime
+from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage, image_problem, sniff_mime
 
 log = logging.getLogger("jupyter_imagegen")
 

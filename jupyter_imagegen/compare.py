@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import events as ev
 from .display import _OutputSurface, _esc, _human_bytes, _rich_frontend, _truncate, error_html, gallery_html, mark_shown
 from .errors import ConfigError, RequestError
-from .types import ImageRequest, ImageResponse
+from .model import ImageRequest, ImageResponse
 
 log = logging.getLogger("jupyter_imagegen")
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .types import API_TYPES
+from .model import API_TYPES
 
 ENV_TOKEN = "IMAGE_AUTH_TOKEN"
 ENV_API_TYPE = "IMAGE_API_TYPE"

@@ -27,7 +27,7 @@ import types
 from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .types import Artifact, ImageRequest, ImageResponse
+from .model import Artifact, ImageRequest, ImageResponse
 
 __all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
            "MAX_ENTRIES", "MAX_BYTES", "THUMB_SIDE"]

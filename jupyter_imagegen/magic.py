@@ -44,7 +44,7 @@ from .config import ENV_CACHE, ImageConfig, validate_api_type, validate_base_url
 from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown
 from .errors import ConfigError, RequestError
 from .saving import save_response, slugify
-from .types import Artifact, ImageRequest, ImageResponse, InputImage
+from .model import Artifact, ImageRequest, ImageResponse, InputImage
 
 __all__ = ["ImageGenMagics", "load_ipython_extension", "unload_ipython_extension", "expand_variables",
            "split_options", "resolve_image", "save_artifacts", "build_request", "FAULT_HEADER", "slugify",

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from .types import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
+from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 
 __all__ = ["SCHEMA", "SaveResult", "LoadedImage", "slugify", "save_response", "load", "request_settings",
            "request_from_settings", "metadata_document", "embed_metadata", "read_embedded", "sidecar_path",

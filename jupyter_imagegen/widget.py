@@ -45,7 +45,7 @@ from .config import DEFAULT_MODELS, ENV_CACHE, SUGGESTED_MODELS, ImageConfig, va
 from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview
 from .errors import ConfigError, RequestError
 from .providers.base import MAX_FANOUT_N
-from .types import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+from .model import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
 
 log = logging.getLogger("jupyter_imagegen")
 

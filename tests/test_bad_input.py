@@ -25,7 +25,7 @@ from _reliab_helpers import Recorder, TinyServer, bomb_png, png_bytes
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.emulator import Emulator, EmulatorThread
 from jupyter_imagegen.errors import ConfigError, RequestError
-from jupyter_imagegen.types import Artifact
+from jupyter_imagegen.model import Artifact
 
 TOKEN = "sk-badinput-SECRET-token-0a1b2c3d4e5f"
 MB = 1024 * 1024

@@ -11,7 +11,7 @@ from PIL import Image
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.cache import RequestCache
 from jupyter_imagegen.emulator import Emulator
-from jupyter_imagegen.types import Artifact, ImageResponse
+from jupyter_imagegen.model import Artifact, ImageResponse
 
 TOKEN = "sk-cache-test-SECRET-4242424242424242"
 

@@ -12,7 +12,7 @@ from jupyter_imagegen import events as ev
 from jupyter_imagegen.display import (EventLog, GenerationView, clear_shown, error_html, gallery_html, mark_shown,
                                       preview, response_html, response_mimebundle, response_text)
 from jupyter_imagegen.events import Event
-from jupyter_imagegen.types import Artifact, ImageRequest, ImageResponse
+from jupyter_imagegen.model import Artifact, ImageRequest, ImageResponse
 
 TOKEN = "sk-display-secret-0123456789"
 

@@ -11,7 +11,7 @@ import jupyter_imagegen
 from jupyter_imagegen import ImageRequest, history, runner
 from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.history import History
-from jupyter_imagegen.types import Artifact, ImageResponse, Usage
+from jupyter_imagegen.model import Artifact, ImageResponse, Usage
 
 TOKEN = "sk-HISTORY-LEAKCHECK-0a1b2c3d4e5f60718293"
 

@@ -24,7 +24,7 @@ from _magic_helpers import recording_display, make_png
 from jupyter_imagegen import runner
 from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.magic import ImageGenMagics, expand_variables, slugify, split_options
-from jupyter_imagegen.types import Artifact, ImageResponse
+from jupyter_imagegen.model import Artifact, ImageResponse
 
 TOKEN = "sk-magic-test-token-0123456789"
 

@@ -19,7 +19,7 @@ from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, load
 from jupyter_imagegen.emulator import Emulator
 from jupyter_imagegen.saving import (SCHEMA, embed_metadata, read_embedded, request_from_settings, save_response,
                                      sidecar_path, slugify)
-from jupyter_imagegen.types import Artifact, ImageResponse
+from jupyter_imagegen.model import Artifact, ImageResponse
 
 #: recognisable, so a grep over every written byte finds it if it leaks
 TOKEN = "sk-SAVING-LEAKCHECK-7f3a9c1e5b2d4f6a8c0e"

@@ -26,7 +26,7 @@ import pytest
 from _reliab_helpers import LeakWatch, Recorder, fd_count, settle_gc
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.emulator import Emulator
-from jupyter_imagegen.types import sniff_mime
+from jupyter_imagegen.model import sniff_mime
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(240)]
 

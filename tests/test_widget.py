@@ -14,7 +14,7 @@ import pytest
 from jupyter_imagegen import runner
 from jupyter_imagegen.config import SUGGESTED_MODELS, ImageConfig
 from jupyter_imagegen.errors import RequestError
-from jupyter_imagegen.types import ImageRequest, ImageResponse, InputImage
+from jupyter_imagegen.model import ImageRequest, ImageResponse, InputImage
 from jupyter_imagegen.widget import MAX_N, FormSettings, ImageGenForm, split_size
 
 from conftest import EMULATOR_TOKEN

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ..types import sniff_mime  # noqa: F401  (one magic-bytes sniffer for the package; re-exported)
+from ..model import sniff_mime  # noqa: F401  (one magic-bytes sniffer for the package; re-exported)
 
 #: Gemini's pixel sizes for ``image_config.aspect_ratio`` at the 1K tier
 ASPECT_RATIO_SIZES = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ImageAPIError, RequestError
-from ..types import ImageRequest, InputImage, Usage, sniff_mime
+from ..model import ImageRequest, InputImage, Usage, sniff_mime
 
 MAX_N = 10            # the most images one request may ask for (OpenAI's own limit for n)
 MAX_FANOUT_N = 16     # for one-image-per-call formats the client fans out up to this many calls

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..errors import ImageAPIError, RequestError
-from ..types import Usage
+from ..model import Usage
 from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
                    decode_b64, no_image_error, raise_stream_error, sse_json)
 from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, image_options

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..errors import ImageAPIError, RequestError
-from ..types import Usage
+from ..model import Usage
 from .base import (HttpCall, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
                    image_ref_from_url, nearest, no_image_error, parse_ratio, parse_size, raise_stream_error,
                    sse_json)
