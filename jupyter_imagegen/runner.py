@@ -40,14 +40,7 @@ __all__ = ["GenerationCancelled", "run_sync", "spawn", "get_client", "close_clie
 CANCEL_TIMEOUT = 5.0
 
 
-class GenerationCancelled(KeyboardInterrupt):
-    """Raised by `run_sync` when Ctrl-C / "interrupt kernel" cancelled the work.
-
-    A KeyboardInterrupt, so an interrupted notebook stops "Run all" as usual.
-    """
-
-    def __init__(self, message: str = "image generation cancelled (interrupted); nothing more will be sent"):
-        super().__init__(message)
+from .errors import GenerationCancelled  # noqa: E402  (moved to errors; re-exported here)
 
 
 _lock = threading.RLock()
