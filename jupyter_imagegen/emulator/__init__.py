@@ -15,10 +15,13 @@ APIs do, answers in their shapes with real Pillow-drawn images, and injects faul
 
 Command line: ``python -m jupyter_imagegen.emulator --port 0``.
 """
-from .app import (STREAM_HANDLERS, Call, EmulatorState, Generated, create_app, mask_key,
-                  register_stream_handler)
+from .app import create_app
+from .auth import mask_key
+from .call import Call, Generated
 from .faults import FAULT_NAMES, Fault, parse_fault
 from .server import Emulator, EmulatorThread, run_emulator_in_thread
+from .state import EmulatorState
+from .stream_hook import STREAM_HANDLERS, register_stream_handler
 from .validate import ApiError
 
 __all__ = [

@@ -155,7 +155,7 @@ def retry_headers(fault: Fault) -> Dict[str, str]:
 
 # -- canned messages --------------------------------------------------------------------------
 
-def _retry_hint(fault: Fault) -> str:
+def retry_hint(fault: Fault) -> str:
     p = fault.params
     for key, scale in (("retry_after", 1.0), ("retry_after_date", 1.0), ("retry_after_ms", 0.001)):
         if key in p:
@@ -195,7 +195,7 @@ def openai_fault_error(fault: Fault, model: Optional[str], masked_key: Optional[
         msg, typ = "The request conflicted with another request in progress. Please try again.", "conflict"
     elif status == 429:
         msg = (f"Rate limit reached for {model} in organization org-emulator on requests per min (RPM): "
-               f"Limit 5, Used 5, Requested 1. Please try again in {_retry_hint(fault)}. Visit "
+               f"Limit 5, Used 5, Requested 1. Please try again in {retry_hint(fault)}. Visit "
                "https://platform.openai.com/account/rate-limits to learn more.")
         typ, code = "requests", "rate_limit_exceeded"
     elif status == 500:

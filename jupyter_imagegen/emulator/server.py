@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from aiohttp import web
 
-from .app import EmulatorState, create_app
+from .app import create_app
 from .faults import Fault
+from .state import EmulatorState
 
 _BASE_PATHS = {"openai_images": "/v1", "openai_responses": "/v1", "openrouter_chat": "/api/v1"}
 

@@ -1,6 +1,6 @@
 """Server-sent-event answers for ``"stream": true``, in the real event shapes of each API.
 
-Imported by :func:`~jupyter_imagegen.emulator.app.create_app`, which makes these handlers live:
+Imported by :mod:`~jupyter_imagegen.emulator.app`, which makes these handlers live:
 
 * ``/images/generations`` and ``/images/edits``: ``partial_images`` (0-3) events
   ``image_generation.partial_image`` (edits: ``image_edit.partial_image``), each a real image
@@ -40,9 +40,13 @@ from aiohttp import web
 from PIL import Image
 
 from . import faults as F
-from .app import (Call, Generated, _hang_up, _image_specs, chat_payload, chat_plan, register_stream_handler,
-                  responses_payload, responses_plan)
+from .answers import hang_up
+from .call import Call, Generated
 from .images import encode
+from .openai_images import image_specs
+from .openai_responses import responses_payload, responses_plan
+from .openrouter_chat import chat_payload, chat_plan
+from .stream_hook import register_stream_handler
 from .validate import image_usage
 
 #: the comment OpenRouter sends while the model works
@@ -181,7 +185,7 @@ async def play(call: Call, resp: web.StreamResponse, frames: List[Frame],
                     await resp.write_eof()
                     return resp
                 await asyncio.sleep(0.05)  # let what was written reach the socket
-                _hang_up(call.request, graceful=True)
+                hang_up(call.request, graceful=True)
                 return resp
             if i == stall_at:
                 await _pause(call, fault.number("delay", 2.0))
@@ -215,7 +219,7 @@ async def play(call: Call, resp: web.StreamResponse, frames: List[Frame],
 async def stream_images(call: Call, p: Dict[str, Any]) -> web.StreamResponse:
     prefix = "image_edit" if call.api == "openai_edits" else "image_generation"
     inputs = p.get("input_data") or []
-    specs = _image_specs(call, p, inputs, p.get("mask_data"))
+    specs = image_specs(call, p, inputs, p.get("mask_data"))
     resp = await start_stream(call)
     gens = await call.draw(specs)
     k = int(p.get("partial_images") or 0)
