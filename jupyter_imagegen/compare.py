@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import events as ev
-from .display import _OutputSurface, _esc, _human_bytes, _rich_frontend, _truncate, error_html, gallery_html, mark_shown
+from . import history
+from .cache import request_key
+from .display import _OutputSurface, _esc, _rich_frontend, _truncate, error_html, gallery_html, mark_shown
 from .errors import ConfigError, RequestError
 from .model import ImageRequest, ImageResponse
+from .runtime import runtime
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -409,6 +412,10 @@ class _GridView:
             self._push()
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)
+
+
 def _status_from_event(event) -> Optional[str]:
     t = event.type
     if t == ev.GENERATION_STARTED:
@@ -451,7 +458,6 @@ def _precheck(client, request: ImageRequest) -> None:
         return
     cache = getattr(client, "cache", None)
     if cache is not None and request.cache is not False and not request.fresh:
-        from .cache import request_key
         if cache.get(request_key(resolved)) is not None:
             return
     client._token(request)  # raises ConfigError naming the variable
@@ -495,7 +501,8 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
                    on_event: Optional[Callable[[Any], Any]] = None,
                    on_cell: Optional[Callable[[CompareCell], Any]] = None,
                    on_start: Optional[Callable[[CompareResult], Any]] = None, validate: bool = True,
-                   redact: Sequence[Optional[str]] = (), **request_fields: Any) -> CompareResult:
+                   redact: Sequence[Optional[str]] = (), ui: Optional[Callable[..., None]] = None,
+                   **request_fields: Any) -> CompareResult:
     """`compare` for async code (the form): same arguments, awaitable.
 
     ``live=True`` shows the grid at once and updates it in place as cells finish (in the
@@ -505,7 +512,8 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
     the cells are built, before anything is sent. ``validate``: check every cell first (options,
     input images, the token unless the cache has the answer); a cell that cannot be sent shows
     its error in place, and when *no* cell can be sent the first error is raised (RequestError /
-    ConfigError) before anything is shown.
+    ConfigError) before anything is shown. ``ui(fn, *args)``: where the live grid's updates run
+    (the runtime passes the waiting cell's `post`, so they land in that cell); default: at once.
     """
     base_req = _base_request(base, request_fields)
     values: Dict[str, Optional[List[Any]]] = {
@@ -524,8 +532,7 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
     dim_values = dict(dims)
 
     if client is None:
-        from .history import _kernel_client
-        client = _kernel_client()
+        client = runtime.client()
     token = getattr(getattr(client, "config", None), "token", None)
     redact = list(redact) + [token]
 
@@ -560,18 +567,18 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             raise problems[0]
 
     view = _GridView(result, output=output) if (live or output is not None) else None
+    show = ui if ui is not None else _call
     limit = asyncio.Semaphore(max(1, int(concurrency or getattr(client.config, "max_concurrency", 4))))
     t0 = time.monotonic()
     if view is not None:
-        view.start()
+        show(view.start)
 
     async def run_cell(cell: CompareCell) -> None:
         if cell.response is not None:  # refused by the pre-check: nothing to send
             if record:
-                from . import history
                 history.record(cell.response, source="compare", request=cell.request)
             if view is not None:
-                view.cell_done(cell)
+                show(view.cell_done, cell)
             return
 
         def cb(event) -> None:
@@ -579,7 +586,7 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             if s:
                 cell.status = s
                 if view is not None:
-                    view.status(cell)
+                    show(view.status, cell)
             if on_event is not None:
                 try:
                     on_event(event)
@@ -589,9 +596,14 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
         async with limit:
             cell.status = "sending…"
             try:
-                resp = await client.generate(cell.request, on_event=cb)
+                outcome = await runtime.execute(cell.request, client=client, on_event=cb, save=save,
+                                                source="compare", record=record, redact=redact)
+                resp = outcome.response
+                cell.save_errors = outcome.save_errors
             except (RequestError, ConfigError) as e:
                 resp = _refused(cell.request, e)
+                if record:
+                    history.record(resp, source="compare", request=cell.request)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug or an unexpected failure stays in its cell
@@ -599,18 +611,12 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
                 resp = ImageResponse(request_id=cell.request.request_id, success=False,
                                      error=f"{type(e).__name__}: {e}", model=cell.request.model,
                                      api_type=cell.request.api_type, request=cell.request)
-        if save and resp.artifacts:
-            from .saving import save_response
-            loop = asyncio.get_running_loop()
-            res = await loop.run_in_executor(None, lambda: save_response(resp, save, redact=redact))
-            cell.save_errors = list(res.errors)
+                if record:
+                    history.record(resp, source="compare", request=cell.request)
         cell.response = resp
         cell.status = "done" if resp.success else "failed"
-        if record:
-            from . import history
-            history.record(resp, source="compare", request=cell.request)
         if view is not None:
-            view.cell_done(cell)
+            show(view.cell_done, cell)
         if on_cell is not None:
             try:
                 on_cell(cell)
@@ -625,7 +631,7 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             if c.response is None:
                 c.status = "cancelled"
         if view is not None:
-            view.finish()
+            show(view.finish)
     if view is not None and view.mode == "notebook":
         mark_shown(result)  # on screen already: Out[] shows one line, not a second grid
     return result
@@ -652,12 +658,11 @@ def compare(prompts: Union[None, str, Sequence[str]] = None, models: Union[None,
     ``save="DIR"``: write each image with its metadata as soon as its cell finishes.
     Blocks until every cell is done (Ctrl-C cancels them all); returns a `CompareResult`.
     """
-    from .runner import run_sync
-    return run_sync(acompare(prompts, models, sizes, apis, aspects=aspects, qualities=qualities, base=base,
-                             client=client, rows=rows, cols=cols, concurrency=concurrency, save=save,
-                             record=record, live=live, output=output, preview_size=preview_size,
-                             on_event=on_event, on_cell=on_cell, on_start=on_start, validate=validate,
-                             **request_fields))
+    return runtime.block(lambda post: acompare(
+        prompts, models, sizes, apis, aspects=aspects, qualities=qualities, base=base, client=client, rows=rows,
+        cols=cols, concurrency=concurrency, save=save, record=record, live=live, output=output,
+        preview_size=preview_size, on_event=on_event, on_cell=on_cell, on_start=on_start, validate=validate,
+        ui=post, **request_fields))
 
 
 class _CompareModule(types.ModuleType):

@@ -32,11 +32,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
 from .config import mask_token
+from .errors import MissingTokenError
 
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "GenerationView", "EventLog", "preview", "gallery_html",
     "response_html", "response_text", "response_mimebundle", "error_html", "error_text",
-    "mark_shown", "clear_shown",
+    "mark_shown", "clear_shown", "refusal_message",
 ]
 
 #: previews embedded in the notebook are at most this many pixels on their longer side
@@ -655,3 +656,11 @@ class GenerationView:
                                   "text/html": f'<div style="{_STYLE_WARN}">{_esc(self.log.lines[-1][2])}</div>'})
         else:
             self._refresh_log()
+
+
+def refusal_message(error: Exception) -> str:
+    """The one line shown when a request was refused before anything was sent."""
+    if isinstance(error, MissingTokenError):
+        return (f"no API token: set the {error.variable} environment variable (in a notebook: "
+                f"%env {error.variable}=...); nothing was sent")
+    return str(error)

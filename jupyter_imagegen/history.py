@@ -55,25 +55,21 @@ def _clean_request(request: Optional[ImageRequest]) -> Optional[ImageRequest]:
                            request_id=request.request_id)
 
 
-def _kernel_client():
-    """The kernel's shared client with the magic's configuration: the environment, and the
-    request cache on unless IMAGE_CACHE says otherwise."""
-    import os
-    from . import runner
-    from .config import ENV_CACHE, ImageConfig
-    config = ImageConfig.from_env()
-    if not os.environ.get(ENV_CACHE):
-        config = config.replace(cache=True)
-    return runner.get_client(config)
+#: what re-runs an entry: the kernel runtime (`runtime.Runtime`), set by `use_runner`
+_runner: Any = None
 
 
-def _rerun(request: ImageRequest, *, client=None, source: str = "rerun", rerun_of: Optional[int] = None,
-           on_event=None) -> ImageResponse:
-    from . import runner
-    client = client if client is not None else _kernel_client()
-    resp = runner.run_sync(client.generate(request, on_event=on_event))
-    record(resp, source=source, request=request, rerun_of=rerun_of)
-    return resp
+def use_runner(runner: Any) -> None:
+    """Set what `HistoryEntry.rerun` sends requests through (the kernel runtime registers
+    itself when it is imported; the history itself sends nothing)."""
+    global _runner
+    _runner = runner
+
+
+def _the_runner() -> Any:
+    if _runner is None:
+        raise RuntimeError("re-running needs the kernel runtime: import jupyter_imagegen.runtime first")
+    return _runner
 
 
 class HistoryEntry:
@@ -176,15 +172,12 @@ class HistoryEntry:
         With the request cache on, an unchanged request is answered from the cache at no cost;
         pass ``fresh=True`` (or ``seed=...``) for a new sample, or any other ImageRequest field.
         """
-        return _rerun(self.to_request(**overrides), client=client, rerun_of=self.number)
+        return _the_runner().run(self.to_request(**overrides), client=client, source="rerun", rerun_of=self.number)
 
     async def arerun(self, *, client=None, **overrides: Any) -> ImageResponse:
         """`rerun` for async code (the form)."""
-        client = client if client is not None else _kernel_client()
-        request = self.to_request(**overrides)
-        resp = await client.generate(request)
-        record(resp, source="rerun", request=request, rerun_of=self.number)
-        return resp
+        return await _the_runner().arun(self.to_request(**overrides), client=client, source="rerun",
+                                        rerun_of=self.number)
 
     # -- display --------------------------------------------------------------------------------
     def summary(self) -> str:

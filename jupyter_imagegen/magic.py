@@ -40,11 +40,16 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from . import events as ev
-from .config import ENV_CACHE, ImageConfig, validate_api_type, validate_base_url
-from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown
-from .errors import ConfigError, RequestError
-from .saving import save_response, slugify
+from . import history
+from .compare import GRID_PREVIEW_MAX_SIDE, acompare, parse_compare_spec, split_prompts
+from .config import validate_api_type, validate_base_url
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown, refusal_message
+from .errors import ConfigError, GenerationCancelled, RequestError
+from .history import HistoryEntry
+from .loading import LoadedImage, load
 from .model import Artifact, ImageRequest, ImageResponse, InputImage
+from .runtime import runtime, save_dir_problem
+from .saving import save_response, slugify
 
 __all__ = ["ImageGenMagics", "load_ipython_extension", "unload_ipython_extension", "expand_variables",
            "split_options", "resolve_image", "save_artifacts", "build_request", "FAULT_HEADER", "slugify",
@@ -277,7 +282,6 @@ def resolve_image(spec: str, ns: Dict[str, Any], *, option: str = "--image") -> 
         if is_expr:
             env = ns
             if "history" not in ns:  # --image history[3] works without importing it
-                from . import history
                 env = {**ns, "history": history}
             try:
                 value = eval(spec, env)  # noqa: S307 - e.g. --image resp.artifacts[1]
@@ -285,8 +289,6 @@ def resolve_image(spec: str, ns: Dict[str, Any], *, option: str = "--image") -> 
                 value = None
         if value is None:
             raise UsageError(f"{label}: no notebook variable named {spec!r} and no such file")
-    from .history import HistoryEntry
-    from .saving import LoadedImage
     if isinstance(value, LoadedImage):
         value = value.artifact
     if isinstance(value, HistoryEntry):
@@ -415,7 +417,6 @@ _COMPARE_TYPES = {"model": str.strip, "size": _size, "aspect": str.strip, "api":
 
 def parse_compare_options(specs: Sequence[str]) -> Dict[str, List[str]]:
     """`--compare model=a,b --compare size=...` -> {"model": [...], "size": [...]} (UsageError)."""
-    from .compare import parse_compare_spec
     dims: Dict[str, List[str]] = {}
     for spec in specs:
         try:
@@ -535,12 +536,12 @@ class ImageGenMagics(Magics):
         `{name}` in the prompt is replaced by the notebook variable `name`.
         """
         __tracebackhide__ = True
-        from .runner import GenerationCancelled
         try:
             return self._run(line, cell)
         except GenerationCancelled as e:
-            # re-raised here so the traceback ends at the magic, not deep in the runner
-            raise GenerationCancelled(str(e)) from None
+            # re-raised here so the traceback ends at the magic, not deep in the runtime (in a
+            # kernel, `_show_cancelled` shows it as one line)
+            raise e.with_traceback(None) from None
 
     # -- implementation -------------------------------------------------------------------------
     def _parse(self, line: str, cell: Optional[str]) -> Tuple[argparse.Namespace, str, set]:
@@ -571,7 +572,6 @@ class ImageGenMagics(Magics):
         if args.from_path and args.rerun is not None:
             raise UsageError("use either --from PATH or --rerun N, not both")
         if args.from_path:
-            from .saving import load
             spec = args.from_path
             try:
                 loaded = load(spec)
@@ -588,7 +588,6 @@ class ImageGenMagics(Magics):
                 raise UsageError(f"--from {spec}: {e}") from None
             return base, f"re-run of {Path(spec).name}"
         if args.rerun is not None:
-            from . import history
             try:
                 entry = history[args.rerun]
                 base = entry.to_request()
@@ -599,7 +598,6 @@ class ImageGenMagics(Magics):
 
     def _run(self, line: str, cell: Optional[str]):
         __tracebackhide__ = True
-        from . import runner
         args, prompt, explicit = self._parse(line, cell)
         ns = self.shell.user_ns
         images = [resolve_image(spec, ns) for spec in args.image]
@@ -607,23 +605,18 @@ class ImageGenMagics(Magics):
         compare_dims = parse_compare_options(args.compare)
         prompts = split_prompts(prompt) if cell is not None else ([prompt] if prompt else [])
         recorded, label = self._recorded_request(args)
-        try:
-            config = ImageConfig.from_env()
-        except ConfigError as e:
-            raise UsageError(str(e)) from None
-        if not os.environ.get(ENV_CACHE):
-            config = config.replace(cache=True)  # the magic caches unless IMAGE_CACHE says otherwise
         if recorded is not None:
             request = apply_overrides(recorded, args, explicit, prompts[0] if len(prompts) == 1 else "", images, mask)
         else:
             request = build_request(args, prompts[0], images, mask)
-        client = runner.get_client(config)
+        try:
+            client = runtime.client()
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
         if args.save:  # checked now (created when the images are there), not after paying for them
-            existing = Path(args.save).expanduser().absolute()
-            while not existing.exists():
-                existing = existing.parent
-            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-                raise UsageError(f"--save {args.save}: cannot write there ({existing} is not a writable directory)")
+            problem = save_dir_problem(args.save)
+            if problem:
+                raise UsageError(f"--save {args.save}: {problem}")
 
         if compare_dims or len(prompts) > 1:
             return self._compare(args, explicit, request, prompts, compare_dims, client)
@@ -633,33 +626,13 @@ class ImageGenMagics(Magics):
         view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
                               redact=[client.config.token], title=f"imagegen · {label}" if label else "imagegen")
         faults = FaultSequence(request, args.fault)
-
-        def on_event(event) -> None:
-            faults.on_event(event)
-            view.on_event(event)
-
         try:
-            resp = runner.run_sync(client.generate(request, on_event=on_event))
-        except KeyboardInterrupt:
-            view.cancelled()
-            raise
+            resp = runtime.run(request, view=view, client=client, save=args.save, source="magic",
+                               on_event=faults.on_event)
         except (RequestError, ConfigError) as e:  # bad request / no token: nothing was sent
-            msg = str(e)
-            raise UsageError(_token_message(msg, client)) from None
-
-        save_errors: List[str] = []
-        if args.save and resp.artifacts:  # written before anything is shown
-            saved = save_response(resp, args.save, prompt=request.prompt, request=request,
-                                  redact=[client.config.token])
-            save_errors = list(saved.errors)
-            if saved.paths:
-                n = len(saved.paths)
-                view.note(f"saved {n} file{'s' if n != 1 else ''} to {args.save}")
-        from . import history
-        history.record(resp, source="magic", request=request)
+            raise UsageError(refusal_message(e)) from None
         if args.out:
             ns[args.out] = resp
-        view.show_response(resp, extra_errors=save_errors)
         # the gallery is on screen: the Out[] of this cell shows one line instead of a second copy
         mark_shown(resp)
         self._shown.append(resp)
@@ -668,8 +641,6 @@ class ImageGenMagics(Magics):
     def _compare(self, args: argparse.Namespace, explicit: set, request: ImageRequest, prompts: List[str],
                  dims: Dict[str, List[str]], client):
         """--compare / several prompts: every combination at once, one live grid."""
-        from . import runner
-        from .compare import GRID_PREVIEW_MAX_SIDE, acompare
         faults: Dict[str, FaultSequence] = {}
 
         def on_start(result) -> None:
@@ -684,13 +655,13 @@ class ImageGenMagics(Magics):
 
         preview = args.preview_size if "preview_size" in explicit else GRID_PREVIEW_MAX_SIDE
         try:
-            result = runner.run_sync(acompare(
+            result = runtime.block(lambda post: acompare(
                 prompts=prompts if len(prompts) > 1 else None, models=dims.get("model"), sizes=dims.get("size"),
                 apis=dims.get("api"), aspects=dims.get("aspect"), qualities=dims.get("quality"), base=request,
                 client=client, save=args.save, live=True, preview_size=preview or None, on_event=on_event,
-                on_start=on_start, redact=[client.config.token]))
+                on_start=on_start, redact=[client.config.token], ui=post))
         except (RequestError, ConfigError) as e:  # no cell could be sent: nothing was sent or shown
-            raise UsageError(_token_message(str(e), client)) from None
+            raise UsageError(refusal_message(e)) from None
         if args.out:
             self.shell.user_ns[args.out] = result
         mark_shown(result)
@@ -709,7 +680,6 @@ class ImageGenMagics(Magics):
         again, `history[3].artifacts[0]` is its first image (`--image history[3]` in the magic),
         `%imagegen --rerun 3` re-runs it with other options on top.
         """
-        from . import history
         try:
             args = parse_argstring(self.imagegen_history, line)
         except UsageError as e:
@@ -729,17 +699,10 @@ class ImageGenMagics(Magics):
             clear_shown(resp)
 
 
-def _token_message(msg: str, client) -> str:
-    if msg.startswith("no API token"):
-        src = client.config.token_source
-        return (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
-                "nothing was sent")
-    return msg
-
-
-def split_prompts(text: str) -> List[str]:
-    from .compare import split_prompts as _split
-    return _split(text)
+def _show_cancelled(shell, etype, value, tb, tb_offset=None):
+    """`GenerationCancelled` in a cell: one line, no traceback (the cell still ends in error, so
+    the cells queued after it are not run, as after any interrupt)."""
+    shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
 
 
 # Abbreviated long options (--qual for --quality) would make typos silently mean something else.
@@ -753,17 +716,16 @@ def load_ipython_extension(ipython) -> None:
     """`%load_ext jupyter_imagegen`: register %%imagegen / %imagegen."""
     if id(ipython) in _loaded:
         return
-    from .runner import prepare_loop
-    prepare_loop()  # the first %%imagegen must not be the one that patches the kernel loop
     magics = ImageGenMagics(ipython)
     ipython.register_magics(magics)
     ipython.events.register("post_run_cell", magics._post_run_cell)
+    if not ipython.custom_exceptions:  # never replace a handler someone else set
+        ipython.set_custom_exc((GenerationCancelled,), _show_cancelled)
     _loaded[id(ipython)] = magics
 
 
 def unload_ipython_extension(ipython) -> None:
     """`%unload_ext jupyter_imagegen`: remove the magics and close the shared HTTP session."""
-    from . import runner
     magics = _loaded.pop(id(ipython), None)
     if magics is not None:
         try:
@@ -771,7 +733,9 @@ def unload_ipython_extension(ipython) -> None:
         except ValueError:
             pass
         magics._post_run_cell()
+    if ipython.custom_exceptions == (GenerationCancelled,):
+        ipython.set_custom_exc((), None)
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("imagegen", None)
     ipython.magics_manager.magics["line"].pop("imagegen_history", None)
-    runner.close_client()
+    runtime.close()

@@ -10,9 +10,10 @@
 
 or ``%imagegen_form [options] [prompt]`` after ``%load_ext jupyter_imagegen``.
 
-Generate never blocks the kernel: the request runs as a task on the kernel's event loop
-(`runner.spawn`) and the button is disabled while it runs. Cancel cancels that task, which
-cancels the HTTP call (the client closes the connection). "show progress" streams the request
+Generate never blocks the kernel: the request runs through the kernel runtime's pipeline on its
+background loop (`runtime.submit`), its events and result are applied to the widgets on the
+kernel's side (its event loop), and the button is disabled while it runs. Cancel cancels the
+run, which cancels the HTTP call (the client closes the connection). "show progress" streams the request
 (``stream`` + ``partial_images``): the partial images replace each other in the result area
 while the model draws, and Cancel drops the stream at once. The live event log and the result
 are drawn by the shared renderer (`display.GenerationView`) into an `ipywidgets.Output`; every
@@ -40,16 +41,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import ipywidgets as W
 
 from . import events as ev
-from . import runner
-from .config import DEFAULT_MODELS, ENV_CACHE, SUGGESTED_MODELS, ImageConfig, validate_api_type
-from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview
+from .client import ImageClient
+from .compare import acompare, parse_compare_spec
+from .config import DEFAULT_MODELS, SUGGESTED_MODELS, ImageConfig, validate_api_type
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview, refusal_message
 from .errors import ConfigError, RequestError
+from .loop_thread import Job
 from .providers.base import MAX_FANOUT_N
 from .model import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+from .runtime import Outcome, kernel_side_poster, runtime, save_dir_problem, show_outcome
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["ImageGenForm", "FormSettings", "HistoryEntry", "InputSlot", "register_form_magic",
+__all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "register_form_magic",
            "unregister_form_magic", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES",
            "DEFAULT_PARTIALS"]
 
@@ -115,7 +119,6 @@ def _join_size(size: Optional[str], aspect: Optional[str]) -> str:
 def parse_compare_field(text: str) -> Dict[str, List[str]]:
     """The form's "compare with" field: ``model=a,b size=1024x1024,1536x1024`` (specs separated by
     spaces or ';') -> {"model": [...], "size": [...]}; empty -> {}. Raises ValueError."""
-    from .compare import parse_compare_spec
     dims: Dict[str, List[str]] = {}
     for spec in re.split(r"[;\s]+", (text or "").strip()):
         if spec:
@@ -123,28 +126,6 @@ def parse_compare_field(text: str) -> Dict[str, List[str]]:
             dims.setdefault(key, [])
             dims[key] += [v for v in values if v not in dims[key]]
     return dims
-
-
-def _save_dir_problem(folder: str) -> Optional[str]:
-    """Why images could not be saved in `folder` (None when they can); creates nothing."""
-    existing = Path(folder).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return f"save folder {folder}: cannot write there ({existing} is not a writable directory)"
-    return None
-
-
-def _record_in_kernel_history(resp: ImageResponse, request: ImageRequest) -> None:
-    """Add the response to the kernel-wide history (`jupyter_imagegen.history`), when present."""
-    try:
-        from . import history
-    except ImportError:  # pragma: no cover - the module is part of the package
-        return
-    try:
-        history.record(resp, source="form", request=request)
-    except Exception:  # the form's own history does not depend on it
-        log.debug("recording in the kernel history failed", exc_info=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +174,9 @@ class InputSlot:
 
 
 @dataclass
-class HistoryEntry:
-    """One run that produced images: its response, settings, and its card in the history."""
+class FormRun:
+    """One run of the form that produced images: its response, settings, and its card in the
+    form's history (the kernel-wide `history` module records every run too)."""
     response: ImageResponse
     settings: FormSettings
     request: ImageRequest
@@ -246,9 +228,13 @@ class ImageGenForm(W.VBox):
         self.thumbnail_size = int(thumbnail_size)
         self.max_history = int(max_history)
 
-        self.task: Optional[asyncio.Task] = None
+        #: the run in progress or the last one, as a future on the kernel's loop: done once its
+        #: outcome is shown in the form (its result: the response; cancelled when cancelled)
+        self.task: Optional[asyncio.Future] = None
+        #: the same run on the runtime's background loop (a `loop_thread.Job`)
+        self.job: Optional[Job] = None
         self.value: Optional[ImageResponse] = None
-        self.history: List[HistoryEntry] = []
+        self.history: List[FormRun] = []
         self.inputs: List[InputSlot] = []
         self._cancel_requested = False
         self._t0 = 0.0
@@ -366,13 +352,9 @@ class ImageGenForm(W.VBox):
             return self._client
         if self._config is not None:
             if self._own_client is None:
-                from .client import ImageClient
                 self._own_client = ImageClient(self._config)
             return self._own_client
-        config = ImageConfig.from_env()
-        if not os.environ.get(ENV_CACHE):
-            config = config.replace(cache=True)  # like the magic: cache unless IMAGE_CACHE says otherwise
-        return runner.get_client(config)
+        return runtime.client()  # like the magic: IMAGE_*, cache on unless IMAGE_CACHE says otherwise
 
     def _default_model(self, api: str) -> str:
         cfg = self._base_config()
@@ -567,10 +549,12 @@ class ImageGenForm(W.VBox):
 
     @property
     def running(self) -> bool:
+        """True from Generate until the run's outcome is shown in the form."""
         return self.task is not None and not self.task.done()
 
     async def wait(self, timeout: Optional[float] = None) -> Optional[ImageResponse]:
-        """Wait for the run in progress (if any); returns `value`. A cancelled run returns too."""
+        """Wait until the run in progress (if any) is shown in the form; returns `value`. A
+        cancelled run returns too; so does `timeout` (seconds) running out."""
         task = self.task
         if task is not None and not task.done():
             await asyncio.wait([task], timeout=timeout)
@@ -600,9 +584,9 @@ class ImageGenForm(W.VBox):
         self.generate_button.description = "Generating…" if running else "Generate"
         self.cancel_button.disabled = not running
 
-    def generate(self) -> Optional["asyncio.Task[Optional[ImageResponse]]"]:
-        """What the Generate button does. Returns the task, or None when nothing was sent
-        (a field is wrong: the inline message says which; or a run is in progress)."""
+    def generate(self) -> "Optional[asyncio.Future[Any]]":
+        """What the Generate button does. Returns the run's future (`task`), or None when nothing
+        was sent (a field is wrong: the inline message says which; or a run is in progress)."""
         if self.running:
             self._say("a request is already running: wait for it, or press Cancel")
             return None
@@ -619,9 +603,9 @@ class ImageGenForm(W.VBox):
             self._say(str(e))
             return None
         if settings.save_dir:  # checked now (created when the images are there), not after paying for them
-            problem = _save_dir_problem(settings.save_dir)
+            problem = save_dir_problem(settings.save_dir)
             if problem:
-                self._say(problem)
+                self._say(f"save folder {settings.save_dir}: {problem}")
                 return None
         try:
             compare_dims = parse_compare_field(self.compare_input.value)
@@ -629,115 +613,104 @@ class ImageGenForm(W.VBox):
             self._say(str(e))
             return None
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self._say("Generate needs a running event loop (a Jupyter kernel, or an async test); "
                       "in plain Python use ImageClient.generate_sync(form.request)")
             return None
         self._say(None)
         # one view per run (it replaces the previous run's log and result in the Output)
-        self.view = GenerationView(output=self.output, preview_max_side=self.preview_max_side, title="imagegen",
-                                   redact=[t for t in (getattr(client.config, "token", None), request.token) if t])
-        self.view.start(settings.prompt)
+        view = GenerationView(output=self.output, preview_max_side=self.preview_max_side, title="imagegen",
+                              redact=[t for t in (getattr(client.config, "token", None), request.token) if t])
+        self.view = view
+        view.start(settings.prompt)
         self._cancel_requested = False
         self._t0 = time.monotonic()
         self._set_running(True)
+        done: "asyncio.Future[Any]" = loop.create_future()
+        self.task = done
+        post = kernel_side_poster()   # widget updates happen on the kernel's side, in order
         if compare_dims:
-            self.task = runner.spawn(self._run_compare(client, request, settings, compare_dims))
+            view.reset()  # the grid replaces the log of a single run
+            plural = {"model": "models", "size": "sizes", "aspect": "aspects", "api": "apis", "quality": "qualities"}
+            job = runtime.submit(acompare(base=request, client=client, live=True, output=self.output,
+                                          save=settings.save_dir or None, redact=view.redact, ui=post,
+                                          **{plural[k]: v for k, v in compare_dims.items()}))
+            job.add_done_callback(lambda j: post(self._finish_compare, j, view, done))
         else:
-            self.task = runner.spawn(self._run(client, request, settings))
-        return self.task
+            job = runtime.submit(runtime.execute(request, client=client, save=settings.save_dir or None,
+                                                 source="form", redact=view.redact,
+                                                 on_event=lambda e: post(self._on_event, view, e)))
+            job.add_done_callback(lambda j: post(self._finish, j, view, request, settings, done))
+        self.job = job
+        return done
 
     def cancel(self) -> bool:
         """What the Cancel button does: cancel the run in progress (its HTTP call is closed).
         Returns True when there was one to cancel."""
-        task = self.task
-        if task is None or task.done():
+        job = self.job
+        if job is None or not self.running:
             return False
         self._cancel_requested = True
-        task.cancel()
+        job.cancel()
         return True
 
     def _cancel_text(self) -> str:
         return (f"cancelled with the Cancel button after {time.monotonic() - self._t0:.1f} s: "
                 "the HTTP call was closed; nothing more will be sent")
 
-    async def _run(self, client, request: ImageRequest, settings: FormSettings) -> Optional[ImageResponse]:
-        view = self.view  # this run's view, even if another run has started meanwhile
+    def _on_event(self, view: GenerationView, event) -> None:
+        if event.type == ev.GENERATION_FAILED and event.data.get("cancelled") and self._cancel_requested:
+            view.log.cancel(self._cancel_text())
+        view.on_event(event)
 
-        def on_event(event) -> None:
-            if (event.type == ev.GENERATION_FAILED and event.data.get("cancelled")
-                    and self._cancel_requested):
-                view.log.cancel(self._cancel_text())
-            view.on_event(event)
-
-        try:
-            resp = await client.generate(request, on_event=on_event)
-        except asyncio.CancelledError:
+    def _outcome(self, job: Job, view: GenerationView) -> Any:
+        """The run's result, or None after showing why there is none (cancelled, refused, a bug)."""
+        if job.cancelled():
             view.cancelled(self._cancel_text() if self._cancel_requested else None)
-            self._set_running(False)
-            raise
+            return None
+        try:
+            return job.result()
         except (RequestError, ConfigError) as e:
-            msg = str(e)
-            if msg.startswith("no API token"):
-                src = getattr(client.config, "token_source", "IMAGE_AUTH_TOKEN")
-                msg = (f"no API token: set the {src} environment variable (in a notebook: %env {src}=...); "
-                       "nothing was sent")
+            msg = refusal_message(e)
             view.show_error(msg, title="Nothing was sent")
             self._say(msg)
-            self._set_running(False)
-            return None
         except Exception as e:  # a bug must still leave the form usable
-            log.exception("image generation from the form failed")
+            log.error("image generation from the form failed", exc_info=e)
             view.show_error(f"{type(e).__name__}: {e}", title="Unexpected error")
-            self._set_running(False)
-            return None
+        return None
 
-        save_errors: List[str] = []
-        self.value = resp
+    def _finish(self, job: Job, view: GenerationView, request: ImageRequest, settings: FormSettings,
+                done: "asyncio.Future[Any]") -> None:
+        """A single run ended (runs on the kernel's side): show it, keep it in the history."""
+        outcome: Optional[Outcome] = None
         try:
-            if settings.save_dir and resp.artifacts:
-                from .saving import save_response
-                saved = save_response(resp, settings.save_dir, prompt=settings.prompt, request=request,
-                                      redact=view.redact)
-                save_errors = list(saved.errors)
-                if saved.paths:
-                    n = len(saved.paths)
-                    view.note(f"saved {n} file{'s' if n != 1 else ''} to {settings.save_dir}")
-            _record_in_kernel_history(resp, request)
-            view.show_response(resp, extra_errors=save_errors)
-            if resp.artifacts:
-                self._add_history(HistoryEntry(resp, settings, request, time.time()))
+            outcome = self._outcome(job, view)
+            if outcome is not None:
+                resp = outcome.response
+                self.value = resp
+                show_outcome(view, outcome, settings.save_dir)
+                if resp.artifacts:
+                    self._add_history(FormRun(resp, settings, request, time.time()))
         except Exception as e:  # pragma: no cover - display problems must not lose the response
             log.exception("showing the response failed")
             view.show_error(f"{type(e).__name__}: {e}", title="Could not show the result")
         finally:
             self._set_running(False)
-        return resp
+            _settle(done, job, outcome.response if outcome is not None else None)
 
-    async def _run_compare(self, client, request: ImageRequest, settings: FormSettings,
-                           dims: Dict[str, List[str]]):
-        """A "compare with" run: every combination into one live grid in the form's output."""
-        from .compare import acompare
-        plural = {"model": "models", "size": "sizes", "aspect": "aspects", "api": "apis", "quality": "qualities"}
-        self.view.reset()  # the grid replaces the log of a single run
+    def _finish_compare(self, job: Job, view: GenerationView, done: "asyncio.Future[Any]") -> None:
+        """A "compare with" run ended (runs on the kernel's side)."""
+        result = None
         try:
-            result = await acompare(base=request, client=client, live=True, output=self.output,
-                                    save=settings.save_dir or None, redact=self.view.redact, **{plural[k]: v for k, v in dims.items()})
-        except asyncio.CancelledError:
-            self.view.cancelled(self._cancel_text() if self._cancel_requested else None)
+            result = self._outcome(job, view)
+            if result is not None:
+                self.compare_result = result
+                if result.failed:
+                    self._say(f"{result.failed} of {len(result.cells)} cells failed (shown in place)", kind="info")
+        finally:
             self._set_running(False)
-            raise
-        except (RequestError, ConfigError) as e:
-            self.view.show_error(str(e), title="Nothing was sent")
-            self._say(str(e))
-            self._set_running(False)
-            return None
-        self.compare_result = result
-        self._set_running(False)
-        if result.failed:
-            self._say(f"{result.failed} of {len(result.cells)} cells failed (shown in place)", kind="info")
-        return result
+            _settle(done, job, result)
 
     # -- history ------------------------------------------------------------------------------
     def _refresh_history_title(self) -> None:
@@ -747,14 +720,14 @@ class ImageGenForm(W.VBox):
                                     f"<span style='opacity: 0.6; font-weight: normal'>({n} run{'s' if n != 1 else ''}, "
                                     f"newest first)</span></div>")
 
-    def _add_history(self, entry: HistoryEntry) -> None:
+    def _add_history(self, entry: FormRun) -> None:
         entry.widget = self._history_card(entry)
         self.history.insert(0, entry)
         del self.history[self.max_history:]
         self.history_box.children = tuple(h.widget for h in self.history)
         self._refresh_history_title()
 
-    def _history_card(self, entry: HistoryEntry) -> W.VBox:
+    def _history_card(self, entry: FormRun) -> W.VBox:
         resp, s = entry.response, entry.settings
         when = time.strftime("%H:%M:%S", time.localtime(entry.finished_at))
         tags = [when, f"{len(resp.artifacts)} image{'s' if len(resp.artifacts) != 1 else ''}"]
@@ -793,12 +766,12 @@ class ImageGenForm(W.VBox):
         card.add_class("imagegen-history-entry")
         return card
 
-    def _use_as_input(self, art: Artifact, k: int, entry: HistoryEntry) -> None:
+    def _use_as_input(self, art: Artifact, k: int, entry: FormRun) -> None:
         slot = self.add_input(art, name=f"result-{k + 1}{art.extension}")
         if slot.image is not None:
             self._say(f"added image {k + 1} of “{_truncate(entry.prompt, 40)}” as an input image", kind="info")
 
-    def reuse(self, entry: Union[HistoryEntry, int]) -> None:
+    def reuse(self, entry: Union[FormRun, int]) -> None:
         """Restore a run's fields (its entry, or its position in the history: 0 = newest)."""
         if isinstance(entry, int):
             entry = self.history[entry]
@@ -813,12 +786,7 @@ class ImageGenForm(W.VBox):
             self.cancel()
             own, self._own_client = getattr(self, "_own_client", None), None
             if own is not None:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    own.close_sync()
-                else:
-                    runner.spawn(own.close(), loop=loop)
+                runtime.submit(own.close())
             for w in self._all_widgets():
                 w.close()
         except Exception:  # pragma: no cover - closing must never raise (it runs from __del__ too)
@@ -838,6 +806,16 @@ class ImageGenForm(W.VBox):
     def __repr__(self) -> str:
         state = "running" if self.running else f"{len(self.history)} result{'s' if len(self.history) != 1 else ''}"
         return f"<ImageGenForm {self.api_select.value} · {state}>"
+
+
+def _settle(done: "asyncio.Future[Any]", job: Job, result: Any) -> None:
+    """The form's future: cancelled when the run was, else the run's result."""
+    if done.done():
+        return
+    if job.cancelled():
+        done.cancel()
+    else:
+        done.set_result(result)
 
 
 # --------------------------------------------------------------------------------------------

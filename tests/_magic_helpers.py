@@ -1,11 +1,14 @@
 """Helpers for the display / magic tests: a display publisher that records every message."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from typing import Any, Callable, Dict, List, Optional
 
 from IPython.core.displaypub import DisplayPublisher
+
+from jupyter_imagegen import loop_thread
 
 
 class RecordingPublisher(DisplayPublisher):
@@ -54,3 +57,11 @@ def recording_display(shell, probe: Optional[Callable[[], Any]] = None):
         yield rec
     finally:
         shell.display_pub = old
+
+
+def background_tasks() -> int:
+    """How many tasks (other than this probe) run on the background loop: 0 means no orphan."""
+    async def count() -> int:
+        return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+    background = loop_thread.shared()
+    return background.call(count(), timeout=5) if background.running else 0

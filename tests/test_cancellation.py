@@ -154,7 +154,7 @@ def emu_thread():
 def ip(emu_thread, monkeypatch, tmp_path):
     from IPython.testing import globalipapp
     from _magic_helpers import recording_display
-    from jupyter_imagegen import runner
+    from jupyter_imagegen.runtime import runtime
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
@@ -164,13 +164,13 @@ def ip(emu_thread, monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     shell.extension_manager.load_extension("jupyter_imagegen")
-    runner.close_client()            # a fresh session: its only connection is the one under test
+    runtime.close()            # a fresh session: its only connection is the one under test
     emu_thread.clear_faults()
     try:
         with recording_display(shell) as rec:
             yield shell, rec
     finally:
-        runner.close_client()
+        runtime.close()
 
 
 def interrupt_when(condition, delay: float = 0.2):
@@ -196,7 +196,8 @@ def interrupt_when(condition, delay: float = 0.2):
     ("429:retry_after=30", "retrying in", False),
 ], ids=["in-flight", "retry-wait"])
 def test_interrupting_the_magic(ip, emu_thread, fault, marker, in_flight):
-    from jupyter_imagegen import runner
+    from _magic_helpers import background_tasks
+    from jupyter_imagegen.errors import GenerationCancelled
     shell, rec = ip
     before = emu_thread.request_count
     seen = lambda: any(marker in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
@@ -207,9 +208,9 @@ def test_interrupting_the_magic(ip, emu_thread, fault, marker, in_flight):
         t.join(10)
     ended = time.monotonic()
     assert fired, "the interrupt was never sent"
-    assert isinstance(res.error_in_exec, runner.GenerationCancelled), res.error_in_exec
+    assert isinstance(res.error_in_exec, GenerationCancelled), res.error_in_exec
     assert ended - fired[0] < 1.0, f"stopped {ended - fired[0]:.2f} s after the interrupt"
-    assert not asyncio.all_tasks(runner._private_loop())
+    assert not background_tasks()
     assert "cancelled" in rec.messages[-1]["data"]["text/plain"]
     time.sleep(0.3)
     assert emu_thread.request_count == before + 1, "a retry was sent after the interrupt"
@@ -290,7 +291,7 @@ def execute(kc, code, timeout=30):
     return reply["content"]
 
 
-#: registered first in the kernel, so its atexit handler runs last (LIFO): after the runner's own
+#: registered first in the kernel, so its atexit handler runs last (LIFO): after the runtime's own
 #: exit handler it records the aiohttp sessions/connectors still open and the generate tasks
 #: still pending. (Objects alive at interpreter exit are never reported on stderr by aiohttp, so
 #: the stderr check alone would see nothing.)
@@ -321,15 +322,15 @@ def shutdown_and_probe(km, kc, err_path, probe_path):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("scenario", ["after-a-magic", "form-request-in-flight", "spawned-generate-in-flight"])
+@pytest.mark.parametrize("scenario", ["after-a-magic", "form-request-in-flight", "submitted-generate-in-flight"])
 def test_kernel_shutdown_closes_the_session_quietly(kernel_factory, emu_thread, tmp_path, scenario):
     km, kc, err_path = kernel_factory()
     probe_path = tmp_path / "exit-probe.json"
     assert execute(kc, EXIT_PROBE.format(path=str(probe_path)))["status"] == "ok"
     assert execute(kc, "%load_ext jupyter_imagegen")["status"] == "ok"
     assert execute(kc, "%imagegen a lighthouse before shutdown\n"
-                       "from jupyter_imagegen import runner\n"
-                       "assert not runner.current_client()._session.closed")["status"] == "ok"
+                       "from jupyter_imagegen.runtime import runtime\n"
+                       "assert not runtime.current_client._session.closed")["status"] == "ok"
     if scenario != "after-a-magic":
         before = emu_thread.request_count
         if scenario == "form-request-in-flight":
@@ -339,8 +340,9 @@ def test_kernel_shutdown_closes_the_session_quietly(kernel_factory, emu_thread, 
                     "form.generate_button.click()\n"
                     "assert form.running")
         else:
-            code = ("from jupyter_imagegen import runner, ImageRequest\n"
-                    "t = runner.spawn(runner.get_client().generate(ImageRequest('spawned', "
+            code = ("from jupyter_imagegen import ImageRequest\n"
+                    "from jupyter_imagegen.runtime import runtime\n"
+                    "job = runtime.submit(runtime.client().generate(ImageRequest('submitted', "
                     "headers={'X-Emulator-Fault': 'slow_headers:delay=20'})))")
         assert execute(kc, code)["status"] == "ok"
         deadline = time.monotonic() + 10

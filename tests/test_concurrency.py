@@ -171,11 +171,6 @@ def display_ids(msgs, msg_type):
 @pytest.mark.timeout(120)
 def test_a_form_and_two_magics_in_one_kernel(kernel):
     kc, emu = kernel
-    # Work-around for the runner bug pinned by test_first_blocking_run_beside_ready_work_keeps_the_loop
-    # below: the first magic patches the kernel loop with nest_asyncio from inside a loop
-    # iteration; if the form's task is ready in that same iteration the kernel dies. A first magic
-    # while nothing else runs does the patching safely.
-    run_cell(kc, "%load_ext jupyter_imagegen\n%imagegen a warm-up before the form")
     run_cell(kc, "%load_ext jupyter_imagegen\n"
                  "from jupyter_imagegen.widget import ImageGenForm\n"
                  "from jupyter_imagegen import history\n"
@@ -230,67 +225,35 @@ def test_a_form_and_two_magics_in_one_kernel(kernel):
     assert "(form)" not in text_one + text_two and "magic two" not in text_one and "magic one" not in text_two
 
 
-BLOCKING_RUN_BESIDE_READY_WORK = """
+BLOCKING_CALL_INSIDE_A_RUNNING_LOOP = """
 import asyncio
-from jupyter_imagegen import runner
+from jupyter_imagegen import loop_thread
+
+order = []
 
 async def work():
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     return "cell done"
 
 loop = asyncio.new_event_loop()
 asyncio.set_event_loop(loop)
 
 def cell():                      # ipykernel runs a cell inside one callback of its running loop
-    print(runner.run_sync(work()))
+    order.append(loop_thread.shared().run(lambda post: work()))
     loop.call_later(0.1, loop.stop)
 
-def load_ext():                  # an earlier cell: %load_ext jupyter_imagegen
-    from IPython.testing.globalipapp import start_ipython
-    import jupyter_imagegen
-    jupyter_imagegen.load_ipython_extension(start_ipython())
-    loop.call_soon(cell)             # the first %%imagegen of the kernel...
-    loop.call_soon(lambda: None)     # ...while anything else is ready in the same iteration (a form's task)
-
-loop.call_soon(load_ext)
+loop.call_soon(cell)                              # a blocking %%imagegen...
+loop.call_soon(lambda: order.append("next cell"))  # ...while the next queued cell is ready
 loop.run_forever()
-print("loop survived")
+print(order)
 """
 
 
-UNPATCHED_CONTROL = """
-import asyncio
-from jupyter_imagegen import runner
-
-async def work():
-    await asyncio.sleep(0.01)
-
-loop = asyncio.new_event_loop()
-asyncio.set_event_loop(loop)
-
-def cell():
-    runner.run_sync(work())
-    loop.call_later(0.1, loop.stop)
-
-loop.call_soon(cell)             # the first %%imagegen of the kernel...
-loop.call_soon(lambda: None)     # ...while anything else is ready in the same iteration (a form's task)
-loop.run_forever()
-print("loop survived")
-"""
-
-
-def test_first_blocking_run_beside_ready_work_keeps_the_loop():
-    """%load_ext patches the kernel loop in its own cell, so the first %%imagegen, run while a
-    form's task is ready in the same loop iteration, does not pop from an emptied ready queue."""
+def test_a_blocking_call_never_runs_the_callers_loop():
+    """The kernel's loop is never re-entered: work queued on it behind a blocking image call
+    (the next cell of Run All) runs after that call, not inside it."""
     import subprocess
-    proc = subprocess.run([sys.executable, "-c", BLOCKING_RUN_BESIDE_READY_WORK], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", BLOCKING_CALL_INSIDE_A_RUNNING_LOOP], capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 0 and "loop survived" in proc.stdout, proc.stderr[-2000:]
-
-
-def test_control_without_load_ext_the_same_run_breaks_the_loop():
-    """The control: without the extension's early patch the same sequence crashes (so the test
-    above proves the fix, not luck)."""
-    import subprocess
-    proc = subprocess.run([sys.executable, "-c", UNPATCHED_CONTROL], capture_output=True, text=True, timeout=60)
-    assert "loop survived" not in proc.stdout and "IndexError" in proc.stderr, (proc.stdout, proc.stderr[-500:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "['cell done', 'next cell']", proc.stdout

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import jupyter_imagegen
-from jupyter_imagegen import ImageRequest, history, runner
+from jupyter_imagegen import ImageRequest, history
+from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.history import History
 from jupyter_imagegen.model import Artifact, ImageResponse, Usage
@@ -37,7 +38,7 @@ def env(emu, monkeypatch, tmp_path):
         yield emu
     finally:
         history.clear()
-        runner.close_client()
+        runtime.close()
 
 
 def png(color=(200, 40, 40), size=(600, 400)) -> bytes:
@@ -133,10 +134,9 @@ def test_entry_displays_its_gallery():
 
 def test_rerun_sends_the_same_request_and_records_it(env):
     emu = env
-    from jupyter_imagegen.history import _kernel_client
-    client = _kernel_client()
+    client = runtime.client()
     req = ImageRequest("a lighthouse at dusk", size="1024x1536", quality="low", n=2, fresh=True)
-    resp = runner.run_sync(client.generate(req))
+    resp = client.generate_sync(req)
     assert resp.success
     entry = history.record(resp, source="magic")
     before = emu.request_count
@@ -157,15 +157,14 @@ def test_rerun_sends_the_same_request_and_records_it(env):
     assert emu.requests[-1]["size"] == "1536x1024" and other.artifacts[0].size == (1536, 1024)
     assert len(history) == 4
     # an entry's image as an input of a new request
-    edit = runner.run_sync(client.generate(ImageRequest("add a moon", images=[history[entry.number].artifacts[0]])))
+    edit = client.generate_sync(ImageRequest("add a moon", images=[history[entry.number].artifacts[0]]))
     assert edit.success and emu.requests[-1]["input_images"] == 1
 
 
 def test_failed_requests_are_recorded(env):
     emu = env
-    from jupyter_imagegen.history import _kernel_client
     emu.add_faults("400")
-    resp = runner.run_sync(_kernel_client().generate(ImageRequest("a fox", cache=False)))
+    resp = runtime.client().generate_sync(ImageRequest("a fox", cache=False))
     entry = history.record(resp, source="form")
     assert not entry.success and entry.status_code == 400 and entry.error and entry.source == "form"
     assert "failed" in history.table_html()

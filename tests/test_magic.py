@@ -1,5 +1,5 @@
 """%%imagegen / %imagegen driven through an IPython shell against the emulator (real HTTP on
-127.0.0.1), plus the runner it uses (run_sync, interrupts, the shared client)."""
+127.0.0.1), plus what it relies on in the runtime (interrupts, the shared client)."""
 from __future__ import annotations
 
 import _thread
@@ -20,8 +20,9 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
-from _magic_helpers import recording_display, make_png
-from jupyter_imagegen import runner
+from _magic_helpers import background_tasks, recording_display, make_png
+from jupyter_imagegen.errors import GenerationCancelled
+from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.magic import ImageGenMagics, expand_variables, slugify, split_options
 from jupyter_imagegen.model import Artifact, ImageResponse
@@ -54,7 +55,7 @@ def ip(emu, monkeypatch, tmp_path):
         with recording_display(shell) as rec:
             yield shell, rec
     finally:
-        runner.close_client()
+        runtime.close()
 
 
 def run(shell, code: str):
@@ -411,9 +412,9 @@ def test_interrupt_mid_retry_cancels_cleanly(ip, emu, capsys):
     took = time.monotonic() - t0
     assert fired.is_set()
     assert isinstance(res.error_in_exec, KeyboardInterrupt)
-    assert isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert isinstance(res.error_in_exec, GenerationCancelled)
     assert took < 1.5, f"took {took:.2f} s"       # 0.3 s + the first attempt; the 5 s wait was cut
-    assert not asyncio.all_tasks(runner._private_loop())   # no orphan task
+    assert not background_tasks()   # no orphan task
     final = rec.messages[-1]
     assert final["msg_type"] == "update_display_data" and "cancelled after" in final["data"]["text/plain"]
     assert emu.request_count and emu.requests[-1]["status"] == 429   # no second attempt was sent
@@ -434,100 +435,11 @@ def test_interrupt_during_a_request_in_flight(ip, emu):
         res = run(shell, "%%imagegen --fault slow_headers:delay=5\na lighthouse that takes long")
     finally:
         t.join(5)
-    assert fired.is_set() and isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert fired.is_set() and isinstance(res.error_in_exec, GenerationCancelled)
     assert time.monotonic() - t0 < 1.5
-    assert not asyncio.all_tasks(runner._private_loop())
+    assert not background_tasks()
     assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
     assert run(shell, "%imagegen the next one").result.success
-
-
-def test_run_sync_interrupt_returns_within_a_second():
-    async def sleeper():
-        await asyncio.sleep(5)
-
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    t0 = time.monotonic()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            runner.run_sync(sleeper())
-    finally:
-        timer.cancel()
-    assert time.monotonic() - t0 < 1.0
-    assert not asyncio.all_tasks(runner._private_loop())
-    assert runner.run_sync(asyncio.sleep(0, result=42)) == 42
-
-
-def test_run_sync_cleanup_runs_on_cancel():
-    events = []
-
-    async def work():
-        try:
-            await asyncio.sleep(5)
-        finally:
-            events.append("cleanup started")
-            await asyncio.sleep(0.05)        # cleanup that itself awaits
-            events.append("cleanup done")
-
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
-    try:
-        with pytest.raises(runner.GenerationCancelled):
-            runner.run_sync(work())
-    finally:
-        timer.cancel()
-    assert events == ["cleanup started", "cleanup done"]
-
-
-# ---------------------------------------------------------------------------------------------
-# the runner inside a running loop (as in ipykernel) — a subprocess, so nest_asyncio's global
-# patching does not leak into this test process
-# ---------------------------------------------------------------------------------------------
-def test_run_sync_inside_a_running_loop_and_spawn(emu):
-    code = textwrap.dedent(f"""
-        import asyncio, os, warnings, gc
-        warnings.simplefilter("error", ResourceWarning)
-        os.environ.update(IMAGE_AUTH_TOKEN={TOKEN!r}, IMAGE_API_TYPE="openai_images",
-                          IMAGE_BASE_URL={emu.base_url_for("openai_images")!r}, IMAGE_CACHE="0")
-        from jupyter_imagegen import runner, ImageRequest
-
-        def blocking_cell():                       # what a magic does inside the kernel loop
-            client = runner.get_client()
-            return runner.run_sync(client.generate(ImageRequest("a fox")))
-
-        async def kernel():
-            r1 = blocking_cell()
-            assert r1.success, r1.error
-            assert runner.get_client() is runner.get_client()
-            task = runner.spawn(runner.get_client().generate(ImageRequest("a spawned fox")))
-            assert not task.done()                  # spawn does not block
-            r2 = await task
-            assert r2.success
-            slow = runner.spawn(asyncio.sleep(10))
-            await asyncio.sleep(0.05)
-            assert runner.cancel_background() == 1
-            await asyncio.sleep(0)
-            assert slow.cancelled() and not runner.background_tasks()
-            runner.close_client()                   # from code running on the loop (unload)
-            print("OK")
-
-        asyncio.run(kernel())
-        gc.collect()
-    """)
-    proc = subprocess.run([sys.executable, "-W", "error::ResourceWarning", "-c", code], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "OK"
-    assert "Unclosed" not in proc.stderr, proc.stderr
-
-
-def test_spawn_without_a_loop_says_so():
-    async def nothing():
-        pass
-    coro = nothing()
-    with pytest.raises(RuntimeError, match="running event loop"):
-        runner.spawn(coro)
-    coro.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,31 +448,31 @@ def test_spawn_without_a_loop_says_so():
 def test_one_client_reused_and_closed_without_warnings(ip, emu):
     shell, rec = ip
     assert run(shell, "%imagegen one").success
-    client = runner.current_client()
+    client = runtime.current_client
     assert client is not None
     assert run(shell, "%imagegen --model gpt-image-1-mini two").success
-    assert runner.current_client() is client          # per-call options do not make a new client
+    assert runtime.current_client is client          # per-call options do not make a new client
     session = client._session
     assert session is not None and not session.closed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runner.close_client()
+        runtime.close()
         del client
         gc.collect()
     assert session.closed
-    assert runner.current_client() is None
+    assert runtime.current_client is None
     assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_unload_removes_the_magics_and_closes_the_client(ip, emu):
     shell, rec = ip
     assert run(shell, "%imagegen one").success
-    session = runner.current_client()._session
+    session = runtime.current_client._session
     shell.extension_manager.unload_extension("jupyter_imagegen")
     try:
         assert "imagegen" not in shell.magics_manager.magics["cell"]
         assert "imagegen" not in shell.magics_manager.magics["line"]
-        assert session.closed and runner.current_client() is None
+        assert session.closed and runtime.current_client is None
     finally:
         shell.extension_manager.load_extension("jupyter_imagegen")
     assert run(shell, "%imagegen two").success
@@ -733,9 +645,9 @@ def test_interrupting_a_compare_cancels_every_cell(ip, emu):
     finally:
         t.join(5)
     assert fired.is_set()
-    assert isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert isinstance(res.error_in_exec, GenerationCancelled)
     assert time.monotonic() - t0 < 2.0
-    assert not asyncio.all_tasks(runner._private_loop())
+    assert not background_tasks()
     assert emu.request_count == before + 3                      # no retry was sent
     final = rec.messages[-1]["data"]
     assert final["text/plain"].count("cancelled") == 3
@@ -839,9 +751,9 @@ def test_interrupt_mid_stream_drops_the_connection(ip, emu):
     finally:
         t.join(5)
     done = time.monotonic()
-    assert fired.is_set() and isinstance(res.error_in_exec, runner.GenerationCancelled)
+    assert fired.is_set() and isinstance(res.error_in_exec, GenerationCancelled)
     assert done - t0 < 1.8, f"took {done - t0:.2f} s"   # first partial at 1 s, +0.1 s; the full stream is 4 s
-    assert not asyncio.all_tasks(runner._private_loop())
+    assert not background_tasks()
     assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
     # the emulator sees the client go away during its next 1 s "drawing" pause
     while last_request(emu).get("outcome") != "client_disconnected" and time.monotonic() - done < 0.5:

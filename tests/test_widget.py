@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_imagegen import runner
+from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.config import SUGGESTED_MODELS, ImageConfig
 from jupyter_imagegen.errors import RequestError
 from jupyter_imagegen.model import ImageRequest, ImageResponse, InputImage
@@ -59,7 +59,7 @@ async def run(form: ImageGenForm, timeout=20.0) -> ImageResponse:
 @pytest.fixture(autouse=True)
 async def _close_forms():
     yield
-    await runner.aclose_client()
+    runtime.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ async def test_generate_runs_as_a_task_and_fills_log_gallery_and_history(emulato
     t0 = time.monotonic()
     form.generate_button.click()
     assert time.monotonic() - t0 < 0.5                       # the click returns at once
-    assert isinstance(form.task, asyncio.Task) and not form.task.done()
+    assert isinstance(form.task, asyncio.Future) and not form.task.done()
     assert form.generate_button.disabled and not form.cancel_button.disabled
     assert form.running
     resp = await asyncio.wait_for(form.task, 20)
@@ -441,7 +441,7 @@ async def test_default_configuration_comes_from_the_environment_with_the_cache_o
     r1 = await run(form)
     r2 = await run(form)
     assert r1.success and r2.from_cache and emulator.request_count == 1
-    client = runner.current_client()
+    client = runtime.current_client
     assert client is not None and client.cache is not None       # the kernel's shared client, as the magic
     assert EMULATOR_TOKEN not in output_html(form)
     monkeypatch.setenv("IMAGE_CACHE", "0")                         # IMAGE_CACHE=0 turns it off

@@ -1,0 +1,224 @@
+"""The kernel runtime: the one pipeline every image request of a kernel goes through.
+
+    config (IMAGE_*, request cache on) -> the shared client -> generate -> save -> history -> show
+
+The magic, the form, `compare()`, ``--from``, ``--rerun``, ``history[N].rerun()`` and
+``load(...).rerun()`` all call `Runtime.run` (blocking, for a cell) or `Runtime.execute` (a
+coroutine, on the background loop). The HTTP work always runs on the process's background loop
+thread (`loop_thread.shared()`), never on the kernel's own event loop; a blocking `run` keeps
+the kernel's main thread waiting on a queue and applies the live display there, so outputs land
+in the cell that asked for them.
+
+`runtime` is the kernel's instance; its client is closed on ``%unload_ext`` and at exit.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Coroutine, List, Optional, Sequence
+
+from . import history
+from .client import ImageClient
+from .config import ENV_CACHE, ImageConfig
+from .errors import GenerationCancelled
+from .events import Event
+from .loop_thread import Job, LoopThread, Post, at_stop, shared
+from .model import ImageRequest, ImageResponse
+from .saving import save_response
+
+log = logging.getLogger("jupyter_imagegen")
+
+__all__ = ["Runtime", "Outcome", "runtime", "notebook_config", "save_dir_problem", "kernel_side_poster"]
+
+
+def notebook_config(config: Optional[ImageConfig] = None) -> ImageConfig:
+    """The configuration of a notebook run: `config` as given, else the IMAGE_* environment with
+    the request cache on unless IMAGE_CACHE says otherwise. Raises ConfigError."""
+    if config is not None:
+        return config
+    config = ImageConfig.from_env()
+    if not os.environ.get(ENV_CACHE):
+        config = config.replace(cache=True)
+    return config
+
+
+def save_dir_problem(folder: str) -> Optional[str]:
+    """Why images could not be saved in `folder` (None when they can); creates nothing.
+    Checked before a request is sent, not after paying for the images."""
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write there ({existing} is not a writable directory)"
+    return None
+
+
+@dataclass
+class Outcome:
+    """One pipeline run: the response, and what saving it wrote or could not write."""
+    response: ImageResponse
+    paths: List[str] = field(default_factory=list)
+    save_errors: List[str] = field(default_factory=list)
+
+
+def kernel_side_poster() -> Post:
+    """`post(fn, *args)` that runs `fn` on the caller's event loop (the kernel's, for the form),
+    or at once on the calling thread when the caller has no running loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or shared().in_thread():
+        return _call_now
+
+    def post(fn: Callable[..., Any], *args: Any) -> None:
+        if loop.is_closed():
+            return
+        loop.call_soon_threadsafe(_call_logged, fn, args)
+    return post
+
+
+def _call_now(fn: Callable[..., Any], *args: Any) -> None:
+    _call_logged(fn, args)
+
+
+def _call_logged(fn: Callable[..., Any], args: Sequence[Any]) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a display problem must not lose the response
+        log.warning("a live display update failed", exc_info=True)
+
+
+class Runtime:
+    """The kernel's image runtime: one shared client on one background loop, one pipeline."""
+
+    def __init__(self, loops: Optional[LoopThread] = None):
+        self.loops = loops if loops is not None else shared()
+        self._client: Optional[ImageClient] = None
+        self._lock = threading.Lock()
+
+    # -- the shared client --------------------------------------------------------------------
+    def client(self, config: Optional[ImageConfig] = None) -> ImageClient:
+        """The kernel's shared client for `config` (default: `notebook_config()`), reused while
+        the configuration is unchanged; another configuration closes the old client."""
+        config = notebook_config(config)
+        with self._lock:
+            old = self._client
+            if old is not None and old.config == config:
+                return old
+            self._client = ImageClient(config)
+        if old is not None:
+            self._close(old)
+        return self._client
+
+    @property
+    def current_client(self) -> Optional[ImageClient]:
+        """The shared client if one was made (None otherwise); does not create one."""
+        return self._client
+
+    def close(self) -> None:
+        """Close the shared client and its HTTP session (idempotent): unload and exit."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            self._close(client)
+
+    def _close(self, client: ImageClient) -> None:
+        if not self.loops.running or self.loops.in_thread():
+            return
+        try:
+            self.loops.call(_close_client(client), timeout=5)
+        except Exception:  # closing must never break unload / exit
+            log.debug("closing the image client failed", exc_info=True)
+
+    # -- the pipeline -------------------------------------------------------------------------
+    async def execute(self, request: ImageRequest, *, client: Optional[ImageClient] = None,
+                      on_event: Optional[Callable[[Event], Any]] = None, save: Optional[str] = None,
+                      source: str = "python", rerun_of: Optional[int] = None, record: bool = True,
+                      redact: Sequence[Optional[str]] = ()) -> Outcome:
+        """generate -> save (before anything is shown) -> history. Runs on the background loop.
+
+        Bad input raises (RequestError / ConfigError, nothing sent); API failures come back in
+        the response."""
+        client = client if client is not None else self.client()
+        resp = await client.generate(request, on_event=on_event)
+        outcome = Outcome(resp)
+        if save and resp.artifacts:
+            tokens = [client.config.token, request.token, *redact]
+            saved = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                save_response, resp, save, prompt=request.prompt, request=request, redact=tokens))
+            outcome.paths, outcome.save_errors = list(saved.paths), list(saved.errors)
+        if record:
+            history.record(resp, source=source, request=request, rerun_of=rerun_of)
+        return outcome
+
+    def run(self, request: ImageRequest, *, view: Any = None, client: Optional[ImageClient] = None,
+            save: Optional[str] = None, source: str = "python", rerun_of: Optional[int] = None,
+            on_event: Optional[Callable[[Event], Any]] = None) -> ImageResponse:
+        """`execute` from synchronous code (a cell): blocks until the response is there.
+
+        `view` (a `display.GenerationView` or anything with its methods) gets every event, then
+        the response, on the calling thread. `on_event` runs on the background loop, before the
+        next step (the magic's --fault sequence). Ctrl-C cancels: `GenerationCancelled`.
+        """
+        client = client if client is not None else self.client()
+
+        def make(post: Post) -> Coroutine[Any, Any, Outcome]:
+            def events(event: Event) -> None:
+                if on_event is not None:
+                    on_event(event)
+                if view is not None:
+                    post(view.on_event, event)
+            return self.execute(request, client=client, on_event=events, save=save, source=source,
+                                rerun_of=rerun_of)
+
+        try:
+            outcome = self.loops.run(make)
+        except GenerationCancelled as e:
+            if view is not None:
+                view.cancelled(str(e))
+            raise
+        if view is not None:
+            show_outcome(view, outcome, save)
+        return outcome.response
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Job:
+        """Start a coroutine on the background loop (the form); returns its Job at once."""
+        return self.loops.submit(coro)
+
+    def block(self, make: Callable[[Post], Coroutine[Any, Any, Any]]) -> Any:
+        """Run ``make(post)`` on the background loop, blocking; `post` runs callables here."""
+        return self.loops.run(make)
+
+    async def arun(self, request: ImageRequest, **kwargs: Any) -> ImageResponse:
+        """`execute` awaited from any event loop (the HTTP work still runs on the background loop)."""
+        if self.loops.in_thread():
+            return (await self.execute(request, **kwargs)).response
+        job = self.submit(self.execute(request, **kwargs))
+        return (await asyncio.wrap_future(job.future)).response
+
+
+def show_outcome(view: Any, outcome: Outcome, save: Optional[str]) -> None:
+    """The end of a run on screen: 'saved N files', then the images (or the error)."""
+    if outcome.paths:
+        n = len(outcome.paths)
+        view.note(f"saved {n} file{'s' if n != 1 else ''} to {save}")
+    view.show_response(outcome.response, extra_errors=outcome.save_errors)
+
+
+async def _close_client(client: ImageClient) -> None:
+    await client.close()
+    # let the transports' close callbacks run
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+#: the kernel's runtime
+runtime = Runtime()
+history.use_runner(runtime)
+at_stop(runtime.close)
