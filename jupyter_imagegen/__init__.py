@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from .config import ImageConfig, mask_token
-from .errors import ConfigError, ImageAPIError, ImageGenError, ImageRetryableError, RequestError
+from .errors import (APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, ConfigError,
+                     ContentPolicyError, GenerationCancelled, ImageAPIError, ImageGenError, ImageRetryableError,
+                     InternalServerError, MissingTokenError, NoImageError, NotFoundError, PaymentRequiredError,
+                     PermissionDeniedError, RateLimitError, RequestError, UnprocessableEntityError, api_error_for)
 from .events import Event
 from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage
 
@@ -13,6 +16,11 @@ __all__ = [
     "ImageGenError", "ImageRequest", "ImageResponse", "ImageRetryableError", "InputImage",
     "RequestError", "Usage", "mask_token", "load_ipython_extension", "unload_ipython_extension",
     "load", "save_response", "compare", "acompare", "CompareResult", "history",
+    # the typed errors (jupyter_imagegen.errors)
+    "MissingTokenError", "BadRequestError", "AuthenticationError", "PaymentRequiredError",
+    "PermissionDeniedError", "NotFoundError", "UnprocessableEntityError", "RateLimitError",
+    "InternalServerError", "APIConnectionError", "APITimeoutError", "NoImageError", "ContentPolicyError",
+    "GenerationCancelled", "api_error_for",
 ]
 
 
@@ -20,14 +28,18 @@ def __getattr__(name):  # lazy: importing the package must not import aiohttp/IP
     if name == "ImageClient":
         from .client import ImageClient
         return ImageClient
-    if name in ("load", "save_response"):
-        from . import saving
-        return getattr(saving, name)
+    if name == "load":
+        from .loading import load
+        return load
+    if name == "save_response":
+        from .saving import save_response
+        return save_response
     if name in ("compare", "acompare", "CompareResult"):
         import importlib
         mod = importlib.import_module(".compare", __name__)  # callable: compare(...) runs a comparison
         return mod if name == "compare" else getattr(mod, name)
     if name == "history":  # the module is the kernel's history (indexable, displayable)
+        from . import runtime  # noqa: F401  - what `history[N].rerun()` sends through
         import importlib
         return importlib.import_module(".history", __name__)
     raise AttributeError(name)

@@ -18,7 +18,8 @@ import aiohttp
 
 from . import events as ev
 from .config import DEFAULT_BASE_URLS, DEFAULT_MODELS, ImageConfig, mask_token, validate_api_type, validate_base_url
-from .errors import ConfigError, ImageAPIError, ImageRetryableError, RequestError
+from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
+                     MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
 from .cache import RequestCache, request_key
 from .providers import get_provider
@@ -139,8 +140,7 @@ class ImageClient:
     def _token(self, request: ImageRequest) -> Tuple[str, str]:
         token = request.token or self.config.token
         if not token:
-            raise ConfigError(f"no API token: set the {self.config.token_source} environment variable "
-                              "(or pass token=...); nothing was sent")
+            raise MissingTokenError(self.config.token_source)
         hint = (f"token {mask_token(token)} (passed with the request)" if request.token
                 else self.config.auth_hint)
         return token, hint
@@ -269,9 +269,8 @@ class ImageClient:
                 resp.error = errors[0] if len(errors) == 1 else f"all {len(errors)} calls failed: " + "; ".join(errors)
             if last_error is not None:
                 resp.status_code = last_error.status
+                resp.exception = last_error
                 resp.suggestions = suggestions_for(last_error, r, auth_hint, self.config)
-                if last_error.code == "no_image" and not resp.text:
-                    resp.text = None
         return resp
 
 
@@ -316,11 +315,11 @@ class _CallContext:
                 out.artifacts = await self._materialise(out.parsed, call.url)
                 return out
             except ImageRetryableError as e:
-                e.message = self.scrub(e.message)
+                self._scrub_error(e)
                 if attempt >= self.max_attempts:
                     e.message = (f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: {e.message}"
                                  if attempt > 1 else e.message)
-                    out.error = e
+                    out.error = _detached(e)
                     return out
                 delay = next_delay(attempt, e.retry_after, base=self.cfg.backoff_base,
                                    maximum=self.cfg.backoff_max, retry_after_max=self.cfg.retry_after_max)
@@ -329,10 +328,20 @@ class _CallContext:
                                         retry_after=e.retry_after, index=index, api_url=call.url)
                 await asyncio.sleep(delay)
             except ImageAPIError as e:
-                e.message = self.scrub(e.message)
-                out.error = e
+                self._scrub_error(e)
+                out.error = _detached(e)
                 return out
         return out  # pragma: no cover - the loop always returns
+
+    def _scrub_error(self, e: ImageAPIError) -> None:
+        """The key out of every text field of an error (a server may echo it in a message, a code
+        or the body); `message` also rewrites the exception's args, so its repr is clean too."""
+        e.message = self.scrub(e.message)
+        e.api_url = self.scrub(e.api_url)
+        if isinstance(e.code, str):
+            e.code = self.scrub(e.code)
+        if isinstance(e.body, str):
+            e.body = self.scrub(e.body)
 
     def _scrub_parsed(self, parsed: Parsed) -> Parsed:
         """A server that echoes the request back (a debugging proxy, a chatty model) must not put
@@ -379,28 +388,28 @@ class _CallContext:
                                                 call.url)
                     body = bytes(buf)
         except asyncio.TimeoutError:
-            raise ImageRetryableError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
-                                      call.url) from None
+            raise APITimeoutError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
+                                  call.url) from None
         except aiohttp.ClientPayloadError as e:
-            raise ImageRetryableError(None, f"the connection broke while reading the response ({_short(e)})",
-                                      call.url) from None
+            raise APIConnectionError(None, f"the connection broke while reading the response ({_short(e)})",
+                                     call.url) from None
         except aiohttp.ClientConnectorError as e:
-            raise ImageRetryableError(None, f"cannot connect to {e.host}:{e.port} ({_short(e.os_error) or 'refused'})",
-                                      call.url) from None
+            raise APIConnectionError(None, f"cannot connect to {e.host}:{e.port} ({_short(e.os_error) or 'refused'})",
+                                     call.url) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError) as e:
-            raise ImageRetryableError(None, f"the connection was reset ({_short(e) or type(e).__name__})",
-                                      call.url) from None
+            raise APIConnectionError(None, f"the connection was reset ({_short(e) or type(e).__name__})",
+                                     call.url) from None
         except StreamBroken as e:
-            raise ImageRetryableError(None, f"the stream broke: {e}", call.url) from None
+            cls = APIConnectionError if e.connection_lost else ImageRetryableError
+            raise cls(None, f"the stream broke: {e}", call.url) from None
         except aiohttp.ClientError as e:
             raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
 
         if status >= 400 or not (200 <= status < 300):
-            message, code = error_message_from_body(status, self.scrub.bytes(body), ctype)
-            message = f"HTTP {status}: {message}"
-            if is_retryable_status(status):
-                raise ImageRetryableError(status, message, call.url, retry_after=retry_after, code=code)
-            raise ImageAPIError(status, message, call.url, code=code)
+            clean = self.scrub.bytes(body)   # before anything cuts it
+            message, code = error_message_from_body(status, clean, ctype)
+            raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
+                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -429,7 +438,7 @@ class _CallContext:
             # aiohttp's own text ("TransferEncodingError: 400, message=...") reads like an HTTP 400
             seen = f"after {partials} partial image{'s' if partials != 1 else ''}" if partials else "before any image"
             raise StreamBroken(f"the connection dropped {seen}, before the final image "
-                               f"({type(e).__name__})") from None
+                               f"({type(e).__name__})", connection_lost=True) from None
         return state.finish()
 
     async def _materialise(self, parsed: Parsed, api_url: str) -> List[Artifact]:
@@ -440,10 +449,10 @@ class _CallContext:
                 arts.append(Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=redact_url(ref.url)))
             else:
                 if sniff_mime(ref.data or b"") is None:
-                    raise ImageAPIError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
+                    raise NoImageError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
                 problem = received_image_problem(ref.data)
                 if problem:
-                    raise ImageAPIError(200, f"the API sent an unusable image: {problem}", api_url)
+                    raise NoImageError(200, f"the API sent an unusable image: {problem}", api_url)
                 arts.append(Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt))
         return arts
 
@@ -511,6 +520,19 @@ class _TransientDownload(Exception):
     pass
 
 
+#: how much of an error body an ImageAPIError keeps in `.body` (scrubbed first)
+MAX_ERROR_BODY = 4096
+
+
+def _detached(e: ImageAPIError) -> ImageAPIError:
+    """The error as a response keeps it: no traceback (its frames hold the request headers, the
+    key and the body) and no chained aiohttp exception."""
+    e.__traceback__ = None
+    e.__context__ = None
+    e.__cause__ = None
+    return e
+
+
 #: the most pixels a received image may claim (Pillow's own bomb limit is usually lower)
 MAX_RECEIVED_PIXELS = 16384 * 16384
 
@@ -536,6 +558,9 @@ def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageC
     """What a user can do about an error, in plain words."""
     s = err.status
     src = cfg.token_source
+    if isinstance(err, ContentPolicyError):
+        return ["The provider's safety system refused this prompt (or an input image): rephrase it; "
+                "sending the same request again will not help."]
     if s == 401:
         return [f"The API rejected the key ({auth_hint}). Check {src}: it must be a key for "
                 f"{urlsplit(r.base_url).netloc} ({r.api_type})."]
@@ -551,11 +576,11 @@ def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageC
         return ["The API refused the request as written: fix the option it names and run again."]
     if s == 429:
         return ["Rate limited: wait a little, ask for fewer images at once (-n), or raise the retries."]
-    if err.code == "no_image":
+    if isinstance(err, NoImageError) and err.code == "no_image":
         return ["The model answered without an image: rephrase the prompt, or choose an image-capable model."]
     if s is not None and s >= 500:
         return ["The service is having trouble; try again in a minute."]
-    if s is None and "timed out" in err.message:
+    if isinstance(err, APITimeoutError):
         return ["The server is slow: raise the timeout (--timeout, IMAGE_TIMEOUT) or try again."]
     if s is None:
         return [f"Check the network and the base URL ({r.base_url})."]

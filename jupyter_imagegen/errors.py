@@ -14,14 +14,15 @@ comes back as an `ImageResponse` with `success=False`, its text in `.error` and 
     ImageAPIError                               any failure; `.status` (None: no HTTP answer),
     │                                           `.message`, `.api_url`, `.code`, `.body`
     ├── BadRequestError              400
-    │   └── ContentPolicyError       400        a moderation block or refusal (also when it arrives
-    │                                           inside a 200 answer or stream: `.status` is then 200)
     ├── AuthenticationError          401
     ├── PaymentRequiredError         402
     ├── PermissionDeniedError        403
     ├── NotFoundError                404
     ├── UnprocessableEntityError     422
     ├── NoImageError                 200        the API answered, but without a usable image
+    ├── ContentPolicyError           varies     the provider's safety system refused the request:
+    │                                           400 (OpenAI), 403 (OpenRouter), or 200 when the
+    │                                           refusal came inside an answer or a stream
     └── ImageRetryableError                     transient: the client retries it (`.retry_after`)
         ├── RateLimitError           429
         ├── InternalServerError      >= 500
@@ -30,8 +31,10 @@ comes back as an `ImageResponse` with `success=False`, its text in `.error` and 
 
 The status classes carry their status on the class (as openai-python's do:
 ``RateLimitError.status == 429``); an instance's ``.status`` is the status the API actually sent
-(e.g. 503 for an `InternalServerError`). A 408 or 409 is a plain `ImageRetryableError`; any other
-status without a class here is a plain `ImageAPIError`. `api_error_for()` picks the class.
+(e.g. 503 for an `InternalServerError`). A moderation code wins over the status (a 400
+`moderation_blocked` is a `ContentPolicyError`, not a `BadRequestError`). A 408 or 409 is a plain
+`ImageRetryableError`; any other status without a class here is a plain `ImageAPIError`.
+`api_error_for()` picks the class.
 
 `GenerationCancelled` (a KeyboardInterrupt, not an ImageGenError) is raised when a blocking run
 is interrupted (Ctrl-C / "interrupt kernel").
@@ -191,12 +194,13 @@ class UnprocessableEntityError(ImageAPIError):
     status = 422
 
 
-class ContentPolicyError(BadRequestError):
+class ContentPolicyError(ImageAPIError):
     """The provider's safety system refused the prompt or an input image; retrying will not help.
 
-    Sent as a 400 (OpenAI `moderation_blocked` / `content_policy_violation`), or inside a 200
+    No fixed status: a 400 from OpenAI (`moderation_blocked`, `content_policy_violation`), a 403
+    from OpenRouter (`metadata.error_type: content_policy_violation`), or a refusal inside a 200
     answer or stream (an error event with such a code, `finish_reason: "content_filter"`, a
-    refusal): `status` is then 200. `code` says which signal it was."""
+    refusal part): `status` is the one the answer had, `code` says which signal it was."""
 
 
 class NoImageError(ImageAPIError):
@@ -266,10 +270,16 @@ def api_error_for(status: Optional[int], message: str, url: str = "", *, retry_a
 
 
 class GenerationCancelled(KeyboardInterrupt):
-    """Raised by `run_sync` when Ctrl-C / "interrupt kernel" cancelled the work.
+    """Ctrl-C / "interrupt kernel" cancelled a blocking image call (the request was cancelled,
+    its connection closed, nothing more is sent).
 
-    A KeyboardInterrupt, so an interrupted notebook stops "Run all" as usual.
+    A KeyboardInterrupt, so an interrupted notebook stops "Run all" as usual. `elapsed`: the
+    seconds the call had run.
     """
 
-    def __init__(self, message: str = "image generation cancelled (interrupted); nothing more will be sent"):
+    def __init__(self, message: Optional[str] = None, *, elapsed: Optional[float] = None):
+        if message is None:
+            when = f" after {elapsed:.1f} s" if elapsed is not None else ""
+            message = f"image generation cancelled{when}; nothing more will be sent"
         super().__init__(message)
+        self.elapsed = elapsed

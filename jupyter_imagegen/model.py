@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import RequestError
+from .errors import ImageAPIError, RequestError
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
                   "gif": "image/gif"}
@@ -343,7 +343,15 @@ class ImageRequest:
 
 @dataclass
 class ImageResponse:
-    """The outcome of one `generate` call. `success` is False for API failures (never raised)."""
+    """The outcome of one `generate` call. `success` is False for API failures (never raised).
+
+    A failure is described twice: `error` is the text to show, `exception` the typed error to
+    branch on (`isinstance(resp.exception, RateLimitError)`, `resp.exception.status`; see
+    `jupyter_imagegen.errors`). The client sets `exception` whenever it sets `status_code` and
+    `error` from a failed call, including the failed calls of a fan-out that still returned some
+    images (then the last failed call's error); it is None for a success and for a cached answer.
+    It never holds the key (the client scrubs it, and drops the traceback). It is left out of
+    repr() and ==, and `raise_for_error()` raises a copy of it."""
     request_id: str
     success: bool
     artifacts: List[Artifact] = field(default_factory=list)
@@ -363,6 +371,7 @@ class ImageResponse:
     errors: List[str] = field(default_factory=list)   # per-image failures of a fan-out
     from_cache: bool = False
     paths: List[str] = field(default_factory=list)
+    exception: Optional[ImageAPIError] = field(default=None, repr=False, compare=False)
 
     @property
     def images(self) -> list:
@@ -378,9 +387,13 @@ class ImageResponse:
         return self.success
 
     def raise_for_error(self) -> "ImageResponse":
+        """Raise the typed error of a failed response (`exception`, with the whole `error` text as
+        its message); a plain ImageAPIError when there is none. Returns self on success."""
         if not self.success:
-            from .errors import ImageAPIError
-            raise ImageAPIError(self.status_code, self.error or "image generation failed", self.api_url)
+            message = self.error or "image generation failed"
+            if self.exception is not None:
+                raise self.exception.copy(message=message)
+            raise ImageAPIError(self.status_code, message, self.api_url)
         return self
 
     def _repr_mimebundle_(self, include=None, exclude=None):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ImageAPIError, RequestError
+from ..errors import ContentPolicyError, ImageAPIError, NoImageError, RequestError, api_error_for
 from ..model import ImageRequest, InputImage, Usage, sniff_mime
 
 MAX_N = 10            # the most images one request may ask for (OpenAI's own limit for n)
@@ -90,14 +90,14 @@ class Parsed:
 
 def decode_b64(value: Any, what: str, api_url: str) -> bytes:
     if not isinstance(value, str) or not value:
-        raise ImageAPIError(200, f"{what} is not a base64 string", api_url)
+        raise NoImageError(200, f"{what} is not a base64 string", api_url)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         try:  # some gateways send urlsafe or unpadded base64
             return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except (binascii.Error, ValueError):
-            raise ImageAPIError(200, f"{what} is not valid base64 (truncated?)", api_url) from None
+            raise NoImageError(200, f"{what} is not valid base64 (truncated?)", api_url) from None
 
 
 _DATA_URL = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,", re.I)
@@ -106,7 +106,7 @@ _DATA_URL = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,", re.I)
 def image_ref_from_url(url: Any, api_url: str, revised_prompt: Optional[str] = None) -> ImageRef:
     """A `data:` URL becomes inline bytes; an http(s) URL is left for the client to download."""
     if not isinstance(url, str) or not url:
-        raise ImageAPIError(200, "an image entry has no URL", api_url)
+        raise NoImageError(200, "an image entry has no URL", api_url)
     m = _DATA_URL.match(url)
     if m:
         data = decode_b64(url[m.end():], "an image data URL", api_url)
@@ -114,7 +114,7 @@ def image_ref_from_url(url: Any, api_url: str, revised_prompt: Optional[str] = N
                         revised_prompt=revised_prompt)
     if url.startswith(("http://", "https://")):
         return ImageRef(url=url, revised_prompt=revised_prompt)
-    raise ImageAPIError(200, f"an image URL has an unsupported scheme: {url[:40]!r}", api_url)
+    raise NoImageError(200, f"an image URL has an unsupported scheme: {url[:40]!r}", api_url)
 
 
 def parse_size(size: str) -> Tuple[int, int]:
@@ -135,6 +135,17 @@ def nearest(value: float, options: Sequence[Tuple[str, float]]) -> str:
     return min(options, key=lambda o: abs(o[1] - value))[0]
 
 
+def error_code(err: Dict[str, Any]) -> Optional[str]:
+    """The code of a vendor error object: OpenAI's `code` string; for OpenRouter, whose `code` is
+    the HTTP status again, the canonical `metadata.error_type` when it is there
+    (`content_policy_violation`, `rate_limit_exceeded`, ...)."""
+    code = err.get("code")
+    meta = err.get("metadata")
+    if not isinstance(code, str) and isinstance(meta, dict) and isinstance(meta.get("error_type"), str):
+        return meta["error_type"]
+    return str(code) if code is not None else None
+
+
 def error_message_from_body(status: Optional[int], body: bytes, content_type: str = "") -> Tuple[str, Optional[str]]:
     """A readable message (and error code) from an error body of either vendor, or an HTML page."""
     text = body.decode("utf-8", "replace").strip()
@@ -151,7 +162,7 @@ def error_message_from_body(status: Optional[int], body: bytes, content_type: st
                 meta = err.get("metadata")
                 if isinstance(meta, dict) and meta.get("raw") and isinstance(meta["raw"], str):
                     msg = f"{msg} ({meta['raw'][:200]})"
-                return str(msg), (str(code) if code is not None else None)
+                return str(msg), error_code(err)
             if isinstance(err, str):
                 return err, None
             if payload.get("message"):
@@ -212,9 +223,16 @@ def output_format(req: ImageRequest) -> Optional[str]:
     return "jpeg" if f == "jpg" else f
 
 
-def no_image_error(api_url: str, text: Optional[str], detail: str = "") -> ImageAPIError:
+def no_image_error(api_url: str, text: Optional[str], detail: str = "", *,
+                   refused: Optional[str] = None) -> ImageAPIError:
+    """A 200 answer without an image: a `NoImageError` (code `no_image`), or a `ContentPolicyError`
+    when the answer carries a refusal signal (`refused`: the signal, e.g. `content_filter` or
+    `refusal`). The message is the same: what the model said, and why it stopped."""
     said = f" It said: {text.strip()[:400]!r}" if text and text.strip() else ""
-    return ImageAPIError(200, f"the model returned no image{detail}.{said}", api_url, code="no_image")
+    message = f"the model returned no image{detail}.{said}"
+    if refused:
+        return ContentPolicyError(200, message, api_url, code=refused)
+    return NoImageError(200, message, api_url, code="no_image")
 
 
 @dataclass
@@ -226,7 +244,12 @@ class PartialImage:
 
 
 class StreamBroken(Exception):
-    """The stream ended before its final event: the attempt is retried, never returned half-done."""
+    """The stream ended before its final event: the attempt is retried, never returned half-done.
+    `connection_lost`: the connection dropped (not a clean end of a stream that is incomplete)."""
+
+    def __init__(self, message: str, *, connection_lost: bool = False):
+        super().__init__(message)
+        self.connection_lost = connection_lost
 
 
 class StreamState:
@@ -262,7 +285,14 @@ def raise_stream_error(payload: Any, api_url: str) -> None:
     if not isinstance(err, dict) and payload.get("type") == "error":
         err = payload
     if isinstance(err, dict):
-        code = err.get("code")
-        message = str(err.get("message") or json.dumps(err)[:300])
-        raise ImageAPIError(code if isinstance(code, int) else 200, f"the stream ended with an error: {message}",
-                            api_url, code=None if isinstance(code, int) else (str(code) if code else None))
+        raise answer_error(err, api_url, "the stream ended with an error: ")
+
+
+def answer_error(err: Dict[str, Any], api_url: str, prefix: str = "") -> ImageAPIError:
+    """The typed error for an error object found *inside* a 200 answer or stream (never retried):
+    OpenRouter's integer `code` is the status the upstream meant, otherwise the answer's 200;
+    a moderation code gives a ContentPolicyError (see `errors.api_error_for`)."""
+    code = err.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) else 200
+    message = str(err.get("message") or json.dumps(err)[:300])
+    return api_error_for(status, prefix + message, api_url, code=error_code(err), in_answer=True)

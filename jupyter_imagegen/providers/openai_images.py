@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..errors import ImageAPIError, RequestError
+from ..errors import NoImageError, RequestError
 from ..model import Usage
 from .base import (FormField, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken,
-                   StreamState, decode_b64, image_ref_from_url, nearest, no_image_error, output_format,
-                   parse_ratio, parse_size, raise_stream_error, sse_json)
+                   StreamState, answer_error, decode_b64, image_ref_from_url, nearest, no_image_error,
+                   output_format, parse_ratio, parse_size, raise_stream_error, sse_json)
 
 GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 SIZES = {
@@ -129,13 +129,12 @@ class OpenAIImagesProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+            raise NoImageError(200, "the response is not a JSON object", api_url)
         if isinstance(payload.get("error"), dict):
-            err = payload["error"]
-            raise ImageAPIError(200, str(err.get("message") or err), api_url, code=err.get("code"))
+            raise answer_error(payload["error"], api_url)
         data = payload.get("data")
         if not isinstance(data, list):
-            raise ImageAPIError(200, "the response has no 'data' list", api_url)
+            raise NoImageError(200, "the response has no 'data' list", api_url)
         out = Parsed(usage=Usage.from_api(payload.get("usage")))
         for i, item in enumerate(data):
             if not isinstance(item, dict):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..errors import ImageAPIError, RequestError
+from ..errors import NoImageError, RequestError
 from ..model import Usage
 from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   decode_b64, no_image_error, raise_stream_error, sse_json)
+                   answer_error, decode_b64, no_image_error, raise_stream_error, sse_json)
 from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, image_options
 
 
@@ -53,12 +53,12 @@ class OpenAIResponsesProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+            raise NoImageError(200, "the response is not a JSON object", api_url)
         if isinstance(payload.get("error"), dict):
-            err = payload["error"]
-            raise ImageAPIError(200, str(err.get("message") or err), api_url, code=err.get("code"))
+            raise answer_error(payload["error"], api_url)
         out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
         texts: List[str] = []
+        refused = None
         for i, item in enumerate(payload.get("output") or []):
             if not isinstance(item, dict):
                 continue
@@ -75,14 +75,17 @@ class OpenAIResponsesProvider(Provider):
                         texts.append(part["text"])
                     elif isinstance(part, dict) and part.get("type") == "refusal" and part.get("refusal"):
                         texts.append(part["refusal"])
+                        refused = "refusal"
         out.text = "\n".join(texts) or None
         if not out.images:
             status = payload.get("status")
             detail = ""
+            reason = (payload.get("incomplete_details") or {}).get("reason")
             if status and status != "completed":
-                reason = (payload.get("incomplete_details") or {}).get("reason")
                 detail = f" (response status: {status}{', ' + reason if reason else ''})"
-            raise no_image_error(api_url, out.text, detail)
+            if reason == "content_filter":   # the server-side safety filter cut the response off
+                refused = reason
+            raise no_image_error(api_url, out.text, detail, refused=refused)
         return out
 
 
@@ -105,8 +108,7 @@ class ResponsesStream(StreamState):
             response = payload.get("response") or {}
             if kind == "response.failed":
                 err = response.get("error") or {}
-                raise ImageAPIError(200, str(err.get("message") or "the response failed"), self.api_url,
-                                    code=err.get("code"))
+                raise answer_error({**err, "message": err.get("message") or "the response failed"}, self.api_url)
             self.final = self.provider.parse(response, self.api_url)
         return []
 

@@ -1,13 +1,13 @@
 """OpenRouter `POST /chat/completions` with `modalities: ["image", "text"]` and `image_config`."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-from ..errors import ImageAPIError, RequestError
+from ..errors import NoImageError, RequestError
 from ..model import Usage
 from .base import (HttpCall, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   image_ref_from_url, nearest, no_image_error, parse_ratio, parse_size, raise_stream_error,
-                   sse_json)
+                   answer_error, image_ref_from_url, nearest, no_image_error, parse_ratio, parse_size,
+                   raise_stream_error, sse_json)
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGE_SIZES = ("1K", "2K", "4K")
@@ -74,14 +74,13 @@ class OpenRouterChatProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise ImageAPIError(200, "the response is not a JSON object", api_url)
+            raise NoImageError(200, "the response is not a JSON object", api_url)
         err = payload.get("error")
         if isinstance(err, dict):  # OpenRouter can send a 200 whose body is an error from the upstream
-            code = err.get("code")
-            raise ImageAPIError(code if isinstance(code, int) else 200, str(err.get("message") or err), api_url)
+            raise answer_error(err, api_url)
         choices = payload.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ImageAPIError(200, "the response has no choices", api_url)
+            raise NoImageError(200, "the response has no choices", api_url)
         out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
         texts: List[str] = []
         for choice in choices:
@@ -97,9 +96,11 @@ class OpenRouterChatProvider(Provider):
                     out.images.append(image_ref_from_url(url, api_url))
         out.text = "\n".join(t for t in texts if t) or None
         if not out.images:
-            reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+            first = choices[0] if isinstance(choices[0], dict) else {}
+            reason = first.get("finish_reason")
+            refusal = (first.get("message") or {}).get("refusal")
             detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
-            raise no_image_error(api_url, out.text or (choices[0].get("message") or {}).get("refusal"), detail)
+            raise no_image_error(api_url, out.text or refusal, detail, refused=_refusal_signal(reason, refusal))
         return out
 
 
@@ -114,6 +115,7 @@ class ChatStream(StreamState):
         self.usage = None
         self.model = None
         self.finish_reason = None
+        self.refusal: List[str] = []
 
     def on_event(self, event) -> List[PartialImage]:
         if event.data.strip() == "[DONE]":
@@ -128,6 +130,8 @@ class ChatStream(StreamState):
             delta = choice.get("delta") or {}
             if isinstance(delta.get("content"), str):
                 self.text.append(delta["content"])
+            if isinstance(delta.get("refusal"), str):
+                self.refusal.append(delta["refusal"])
             for img in delta.get("images") or []:
                 url = (img.get("image_url") or {}).get("url") if isinstance(img, dict) else None
                 self.images.append(image_ref_from_url(url, self.api_url))
@@ -139,6 +143,18 @@ class ChatStream(StreamState):
             raise StreamBroken("the stream ended before [DONE]")
         text = "".join(self.text).strip() or None
         if not self.images:
-            raise no_image_error(self.api_url, text)
+            refusal = "".join(self.refusal).strip() or None
+            reason = self.finish_reason
+            detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
+            raise no_image_error(self.api_url, text or refusal, detail, refused=_refusal_signal(reason, refusal))
         return Parsed(images=self.images, text=text, usage=self.usage, model=self.model)
+
+
+def _refusal_signal(finish_reason: Any, refusal: Any) -> Optional[str]:
+    """`content_filter` / `refusal` when a chat answer without an image says it was refused."""
+    if finish_reason == "content_filter":
+        return "content_filter"
+    if isinstance(refusal, str) and refusal.strip():
+        return "refusal"
+    return None
 
