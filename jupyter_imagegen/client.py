@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import events as ev
+from . import loop_thread
 from .config import DEFAULT_BASE_URLS, DEFAULT_MODELS, ImageConfig, mask_token, validate_api_type, validate_base_url
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
@@ -64,10 +65,12 @@ class ImageClient:
             cache = RequestCache(self.config.cache_dir, self.config.cache_max_bytes)
         self.cache: Optional[RequestCache] = cache or None
         self._on_event = on_event
+        #: the session used last (a caller's own `session=`, or the one this client made)
         self._session = session
         self._own_session = session is None
-        self._session_loop: Optional[asyncio.AbstractEventLoop] = None
-        self._sync_loop: Optional[asyncio.AbstractEventLoop] = None
+        #: the sessions this client made, one per event loop it was used on (a session cannot
+        #: cross loops: the kernel's blocking calls run on the background loop, `await` on yours)
+        self._sessions: Dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
     def __repr__(self) -> str:
         c = self.config
@@ -82,36 +85,48 @@ class ImageClient:
         await self.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if not self._own_session:
+            return self._session
         loop = asyncio.get_running_loop()
-        if self._session is not None and not self._session.closed:
-            if not self._own_session or self._session_loop is loop:
-                return self._session
-            # the session belongs to another (finished) loop: it cannot be reused here
-            old, self._session = self._session, None
-            old.detach()  # its loop cannot run here; let go of it without closing from the wrong loop
-        connector = aiohttp.TCPConnector(limit=max(8, self.config.max_concurrency * 2), enable_cleanup_closed=False)
-        self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT},
-                                              trust_env=False)
-        self._session_loop = loop
-        return self._session
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for other, old in list(self._sessions.items()):
+                if other.is_closed():   # a finished loop: nothing can run there; let go quietly
+                    del self._sessions[other]
+                    old.detach()
+            connector = aiohttp.TCPConnector(limit=max(8, self.config.max_concurrency * 2),
+                                             enable_cleanup_closed=False)
+            session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT},
+                                            trust_env=False)
+            self._sessions[loop] = session
+        self._session = session
+        return session
 
     async def close(self) -> None:
-        """Close the HTTP session (idempotent)."""
-        s, self._session = self._session, None
-        if s is not None and self._own_session and not s.closed:
-            await s.close()
+        """Close the HTTP sessions (idempotent), from any event loop: a session made on another
+        loop that still runs (the background loop of blocking calls) is closed there."""
+        sessions, self._sessions = self._sessions, {}
+        if self._own_session:
+            self._session = None
+        current = asyncio.get_running_loop()
+        for loop, session in sessions.items():
+            if session.closed:
+                continue
+            if loop is current:
+                await session.close()
+            elif loop.is_running():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session.close(), loop))
+            else:  # its loop is gone or stopped: nothing can be awaited there
+                session.detach()
 
     def close_sync(self) -> None:
         """Close from synchronous code (scripts, atexit)."""
-        s = self._session
-        if s is not None and not s.closed and self._own_session:
-            loop = self._session_loop
-            if loop is not None and not loop.is_closed() and not loop.is_running():
-                loop.run_until_complete(s.close())
-            self._session = None
-        if self._sync_loop is not None and not self._sync_loop.is_closed():
-            self._sync_loop.close()
-            self._sync_loop = None
+        if not any(not s.closed for s in self._sessions.values()):
+            self._sessions.clear()
+            if self._own_session:
+                self._session = None
+            return
+        loop_thread.shared().call(self.close(), timeout=5)
 
     # -- request resolution ---------------------------------------------------------------------
     def resolve(self, request: ImageRequest) -> Tuple[Resolved, Provider]:
@@ -223,15 +238,14 @@ class ImageClient:
         return resp
 
     def generate_sync(self, request: ImageRequest, *, on_event: Optional[EventCallback] = None) -> ImageResponse:
-        """Blocking `generate` for scripts; inside a running loop (Jupyter) it uses the kernel runner."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if self._sync_loop is None or self._sync_loop.is_closed():
-                self._sync_loop = asyncio.new_event_loop()
-            return self._sync_loop.run_until_complete(self.generate(request, on_event=on_event))
-        from .runner import run_sync
-        return run_sync(self.generate(request, on_event=on_event))
+        """Blocking `generate` for scripts and cells. The call runs on the process's background
+        loop thread, never inside an event loop the caller is running (a kernel's, a web
+        framework's); `on_event` is called on the calling thread. Ctrl-C cancels the call and
+        raises `GenerationCancelled`."""
+        def make(post):
+            relay = None if on_event is None else (lambda event: post(on_event, event))
+            return self.generate(request, on_event=relay)
+        return loop_thread.shared().run(make)
 
     # -- result assembly ------------------------------------------------------------------------
     def _assemble(self, r: Resolved, outcomes: List[_CallOutcome], rid: str, api_url: str, auth_hint: str,
