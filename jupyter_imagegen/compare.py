@@ -30,7 +30,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import events as ev
 from . import history
 from .cache import request_key
-from .display import _OutputSurface, _esc, _rich_frontend, _truncate, error_html, gallery_html, mark_shown
+from .display import OutputSurface, rich_frontend
+from .render import error_html, esc, gallery_html, mark_shown, redactor, truncate
 from .errors import ConfigError, RequestError
 from .model import ImageRequest, ImageResponse
 from .runtime import runtime
@@ -248,14 +249,13 @@ class CompareResult:
         return f"compare: {dims} ({len(self.cells)} cell{'s' if len(self.cells) != 1 else ''}: {state}){when}"
 
     def _cell_html(self, c: CompareCell, max_side: Optional[int]) -> str:
-        from .display import _redactor
-        scrub = _redactor(self._redact)
+        scrub = redactor(self._redact)
         r = c.response
         if r is None:
-            return f'<div style="opacity: 0.6; padding: 12px 4px">{_esc(c.status)}</div>'
+            return f'<div style="opacity: 0.6; padding: 12px 4px">{esc(c.status)}</div>'
         parts = []
         if r.artifacts:
-            parts.append(gallery_html(r.artifacts, max_side=max_side, alt=_truncate(c.request.prompt, 200),
+            parts.append(gallery_html(r.artifacts, max_side=max_side, alt=truncate(c.request.prompt, 200),
                                       redact=self._redact))
         note = []
         if r.success:
@@ -264,9 +264,9 @@ class CompareResult:
         if r.usage is not None and r.usage.cost is not None:
             note.append(f"${r.usage.cost:.4f}")
         if note:
-            parts.append(f'<div style="{_STYLE_NOTE}">{_esc(" · ".join(note))}</div>')
+            parts.append(f'<div style="{_STYLE_NOTE}">{esc(" · ".join(note))}</div>')
         if r.text:
-            parts.append(f'<div style="{_STYLE_NOTE}"><i>model:</i> {_esc(_truncate(scrub(r.text), 300))}</div>')
+            parts.append(f'<div style="{_STYLE_NOTE}"><i>model:</i> {esc(truncate(scrub(r.text), 300))}</div>')
         if not r.success:
             parts.append(error_html(r.error or "no image was returned", title="Failed",
                                     suggestions=r.suggestions[:1], status_code=r.status_code, redact=self._redact))
@@ -282,18 +282,18 @@ class CompareResult:
         max_side = self.max_side if max_side is None else max_side
         rows, cols = self.shape
         by_pos = {(c.row, c.col): c for c in self.cells}
-        corner = _esc(self.row_title) + (" \\ " if self.row_title and self.col_title else "") + _esc(self.col_title)
+        corner = esc(self.row_title) + (" \\ " if self.row_title and self.col_title else "") + esc(self.col_title)
         head = [f'<th style="{_STYLE_HEAD}; opacity: 0.7; font-weight: 400">{corner}</th>'] if self.row_dims else []
         for label in self.col_labels:
-            head.append(f'<th style="{_STYLE_HEAD}" title="{_esc(label)}">{_esc(_truncate(label, 80))}</th>')
+            head.append(f'<th style="{_STYLE_HEAD}" title="{esc(label)}">{esc(truncate(label, 80))}</th>')
         body = []
         for r in range(rows):
             tds = []
             if self.row_dims:
                 label = self.row_labels[r]
                 tds.append(f'<th scope="row" style="{_STYLE_HEAD}; vertical-align: top; max-width: 220px; '
-                           f'font-weight: 500; white-space: normal" title="{_esc(label)}">'
-                           f'{_esc(_truncate(label, 200))}</th>')
+                           f'font-weight: 500; white-space: normal" title="{esc(label)}">'
+                           f'{esc(truncate(label, 200))}</th>')
             for col in range(cols):
                 tds.append(f'<td style="{_STYLE_CELL}">{self._cell_html(by_pos[(r, col)], max_side)}</td>')
             body.append(f"<tr>{''.join(tds)}</tr>")
@@ -302,18 +302,17 @@ class CompareResult:
                  and v and v[0] is not None]
         fixed_note = f" · {' · '.join(fixed)}" if fixed else ""
         if "prompt" not in self.varied and self.cells:
-            fixed_note += f" · prompt: {_truncate(self.cells[0].request.prompt, 160)}"
+            fixed_note += f" · prompt: {truncate(self.cells[0].request.prompt, 160)}"
         return (f'<div class="imagegen-compare" data-rows="{rows}" data-cols="{cols}">'
-                f'<div style="{_STYLE_NOTE}; margin-bottom: 4px">{_esc(self._summary() + fixed_note)}</div>'
+                f'<div style="{_STYLE_NOTE}; margin-bottom: 4px">{esc(self._summary() + fixed_note)}</div>'
                 f'<table style="border-collapse: collapse; table-layout: auto">{thead}'
                 f'<tbody>{"".join(body)}</tbody></table></div>')
 
     def text(self) -> str:
-        from .display import _redactor
-        scrub = _redactor(self._redact)
+        scrub = redactor(self._redact)
         lines = [self._summary()]
         for c in self.cells:
-            where = " | ".join(f"{k}={_truncate(str(v), 40)}" for k, v in c.settings.items() if k in self.varied)
+            where = " | ".join(f"{k}={truncate(str(v), 40)}" for k, v in c.settings.items() if k in self.varied)
             r = c.response
             if r is None:
                 what = c.status
@@ -324,7 +323,7 @@ class CompareResult:
                         + (" from cache" if r.from_cache else f" in {r.elapsed:.1f} s"))
             else:
                 what = "failed" + (f" (HTTP {r.status_code})" if r.status_code else "") + \
-                       f": {_truncate(scrub(r.error or ''), 120)}"
+                       f": {truncate(scrub(r.error or ''), 120)}"
             lines.append(f"  [{c.row},{c.col}] {where or '-'}: {what}")
         return "\n".join(lines)
 
@@ -360,9 +359,9 @@ class _GridView:
         self._last = 0.0
         self._slot = None
         if mode == "auto":
-            mode = "output" if output is not None else ("notebook" if _rich_frontend() else "terminal")
+            mode = "output" if output is not None else ("notebook" if rich_frontend() else "terminal")
         self.mode = mode
-        self._surface = _OutputSurface(output) if mode == "output" else None
+        self._surface = OutputSurface(output) if mode == "output" else None
 
     def _bundle(self) -> Dict[str, str]:
         return {"text/plain": self.result.text(), "text/html": self.result.html()}

@@ -8,7 +8,9 @@ from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .model import API_TYPES
+
+#: the wire formats this package speaks
+API_TYPES = ("openrouter_chat", "openai_images", "openai_responses")
 
 ENV_TOKEN = "IMAGE_AUTH_TOKEN"
 ENV_API_TYPE = "IMAGE_API_TYPE"

@@ -19,7 +19,6 @@ Plain `ImageClient` calls are not recorded (a library call has no side effects);
 """
 from __future__ import annotations
 
-import html
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .model import Artifact, ImageRequest, ImageResponse
+from .render import esc, preview, response_mimebundle
 
 __all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
            "MAX_ENTRIES", "MAX_BYTES", "THUMB_SIDE"]
@@ -147,7 +147,6 @@ class HistoryEntry:
 
     def thumbnails(self) -> List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]:
         if self._thumbs is None:
-            from .display import preview
             arts = self._response.artifacts if self._response is not None else self.artifacts
             self._thumbs = [preview(a, THUMB_SIDE) for a in arts]
         return self._thumbs
@@ -194,17 +193,12 @@ class HistoryEntry:
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self._response is not None:
-            from .display import response_mimebundle
             bundle = dict(response_mimebundle(self._response))
-            head = f"<div style='opacity:.7;font-size:12px'>history #{self.number} · {_esc(self.prompt[:200])}</div>"
+            head = f"<div style='opacity:.7;font-size:12px'>history #{self.number} · {esc(self.prompt[:200])}</div>"
             if "text/html" in bundle:
                 bundle["text/html"] = head + bundle["text/html"]
             return bundle
         return {"text/plain": repr(self), "text/html": _table([self])}
-
-
-def _esc(text: Any) -> str:
-    return html.escape("" if text is None else str(text), quote=True)
 
 
 def _fmt_settings(s: Dict[str, Any]) -> str:
@@ -245,7 +239,7 @@ def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str
                 size = f' width="{w}" height="{h}"' if w and h else ""
                 thumbs.append(f'<img src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}"{size} '
                               f'style="max-width:{THUMB_SIDE}px;height:auto;margin:0 2px 2px 0;border-radius:2px" '
-                              f'alt="{_esc(e.prompt[:100])}"/>')
+                              f'alt="{esc(e.prompt[:100])}"/>')
         if e.success:
             result = f"{e.artifact_count} image{'s' if e.artifact_count != 1 else ''}"
             result += " · from cache" if e.from_cache else f" · {e.elapsed:.1f} s · {e.attempts} attempt" + \
@@ -254,22 +248,22 @@ def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str
                 result += f"<br><span style='color:#ed6c02'>{len(e.errors)} failed</span>"
         else:
             code = f"HTTP {e.status_code}: " if e.status_code else ""
-            result = f"<span style='color:#d32f2f'>failed</span><br>{_esc(code + (e.error or '')[:200])}"
-        files = "<br>".join(f"<code>{_esc(p)}</code>" for p in e.paths[:4])
+            result = f"<span style='color:#d32f2f'>failed</span><br>{esc(code + (e.error or '')[:200])}"
+        files = "<br>".join(f"<code>{esc(p)}</code>" for p in e.paths[:4])
         if len(e.paths) > 4:
             files += f"<br>(+{len(e.paths) - 4} more)"
-        src = f"<br><span style='opacity:.6'>{_esc(e.source)}" + \
+        src = f"<br><span style='opacity:.6'>{esc(e.source)}" + \
               (f" of #{e.rerun_of}" if e.rerun_of else "") + "</span>"
         prompt = e.prompt
         cells = [
             f"<b>{e.number}</b>",
-            _esc(time.strftime("%H:%M:%S", time.localtime(e.time))) + src,
+            esc(time.strftime("%H:%M:%S", time.localtime(e.time))) + src,
             "".join(thumbs),
-            f'<span title="{_esc(prompt)}">{_esc(prompt if len(prompt) <= 160 else prompt[:159] + "…")}</span>',
-            f"{_esc(e.model)}<br><span style='opacity:.7'>{_esc(e.api_type)}</span>",
-            _esc(_fmt_settings(e.settings)),
+            f'<span title="{esc(prompt)}">{esc(prompt if len(prompt) <= 160 else prompt[:159] + "…")}</span>',
+            f"{esc(e.model)}<br><span style='opacity:.7'>{esc(e.api_type)}</span>",
+            esc(_fmt_settings(e.settings)),
             result,
-            _esc(_fmt_usage(e)),
+            esc(_fmt_usage(e)),
             files,
         ]
         rows.append("<tr>" + "".join(f'<td style="{cell}">{c}</td>' for c in cells) + "</tr>")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .display import _esc, gallery_html
+from .render import esc, gallery_html
 from .model import Artifact, ImageRequest, ImageResponse, sniff_mime
 from .runtime import runtime
 from .saving import REQUEST_FIELDS, read_embedded, sidecar_path
@@ -139,8 +139,8 @@ class LoadedImage:
                           if s.get(k) is not None)
         if extra:
             rows.append(("settings", extra))
-        table = "".join(f"<tr><th style='text-align:left;padding-right:8px;vertical-align:top'>{_esc(k)}</th>"
-                        f"<td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in rows if v)
+        table = "".join(f"<tr><th style='text-align:left;padding-right:8px;vertical-align:top'>{esc(k)}</th>"
+                        f"<td style='text-align:left'>{esc(v)}</td></tr>" for k, v in rows if v)
         note = "" if self.metadata else "<div style='opacity:.7'>(no jupyter-imagegen metadata)</div>"
         html_ = (f"<div class='imagegen-loaded'>{gallery_html([self.artifact], alt=self.prompt or '')}"
                  f"<table style='font-size:12px'>{table}</table>{note}</div>")

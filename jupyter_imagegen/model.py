@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import ImageAPIError, RequestError
+from .render import response_mimebundle
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
                   "gif": "image/gif"}
@@ -305,8 +306,6 @@ def _check_decodable(data: bytes, label: str) -> None:
         raise RequestError(f"{label}: {problem} — fix or resize it first")
 
 
-API_TYPES = ("openrouter_chat", "openai_images", "openai_responses")
-
 
 @dataclass
 class ImageRequest:
@@ -397,5 +396,4 @@ class ImageResponse:
         return self
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        from .display import response_mimebundle
         return response_mimebundle(self)

@@ -43,12 +43,12 @@ import ipywidgets as W
 from . import events as ev
 from .client import ImageClient
 from .compare import acompare, parse_compare_spec
-from .config import DEFAULT_MODELS, SUGGESTED_MODELS, ImageConfig, validate_api_type
+from .config import API_TYPES, DEFAULT_MODELS, SUGGESTED_MODELS, ImageConfig, validate_api_type
 from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview, refusal_message
 from .errors import ConfigError, RequestError
 from .loop_thread import Job
 from .providers.base import MAX_FANOUT_N
-from .model import API_TYPES, EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+from .model import EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
 from .runtime import Outcome, kernel_side_poster, runtime, save_dir_problem, show_outcome
 
 log = logging.getLogger("jupyter_imagegen")

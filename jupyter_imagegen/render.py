@@ -1,0 +1,422 @@
+"""Rendering the data model as HTML and text: previews, galleries, error boxes, the event log.
+
+Pure functions of `ImageResponse` / `Artifact` / events (no IPython, no widgets), used by the
+data model's own rich reprs, the history table, saved-image reprs, and by `display` (the live
+views of the magic and the form). Everything shown is HTML-escaped; previews are downscaled
+copies (``max_side``, default 512 px); `redact` strings (tokens) are masked once more.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import time
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import events as ev
+from .config import mask_token
+from .errors import MissingTokenError
+
+__all__ = [
+    "DEFAULT_PREVIEW_MAX_SIDE", "EventLog", "preview", "gallery_html", "response_html", "response_text",
+    "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
+    "esc", "truncate", "human_bytes", "redactor",
+]
+
+#: previews embedded in the notebook are at most this many pixels on their longer side
+DEFAULT_PREVIEW_MAX_SIDE = 512
+#: JPEG quality of downscaled opaque previews
+PREVIEW_JPEG_QUALITY = 85
+
+_BROWSER_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+_FONT = "font-family: var(--jp-code-font-family, ui-monospace, SFMono-Regular, Menlo, monospace)"
+_STYLE_LOG = (f"{_FONT}; font-size: 12px; line-height: 1.45; margin: 2px 0 6px 0; padding: 4px 10px; "
+              "border-left: 3px solid {color}; background: rgba(127,127,127,0.06); border-radius: 2px")
+_STYLE_ERROR = ("margin: 4px 0; padding: 8px 12px; border-left: 4px solid #d32f2f; "
+                "background: rgba(211,47,47,0.08); border-radius: 3px; line-height: 1.45")
+_STYLE_WARN = ("margin: 4px 0; padding: 6px 12px; border-left: 4px solid #ed6c02; "
+               "background: rgba(237,108,2,0.08); border-radius: 3px; line-height: 1.45")
+_STYLE_CAPTION = "font-size: 12px; opacity: 0.75; margin-top: 3px; line-height: 1.35; word-break: break-word"
+_LOG_COLORS = {"waiting": "#9e9e9e", "running": "#1976d2", "done": "#2e7d32", "failed": "#d32f2f",
+               "cancelled": "#ed6c02"}
+
+
+def esc(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def truncate(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# previews
+# --------------------------------------------------------------------------------------------
+_PREVIEW_CACHE: "OrderedDict[tuple, Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]" = OrderedDict()
+_PREVIEW_CACHE_SIZE = 64
+
+
+def preview(artifact, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
+    """(mime, bytes, (w, h)) of a browser-friendly preview of `artifact`.
+
+    The original bytes are used when the image already fits in `max_side` (or `max_side` is
+    0/None) and browsers can show its format; otherwise a downscaled copy: PNG when the image has
+    transparency, else JPEG. Results are cached by content, so showing a response twice is cheap.
+    """
+    data = artifact.data
+    key = (hash(data), len(data), max_side or 0)
+    hit = _PREVIEW_CACHE.get(key)
+    if hit is not None:
+        _PREVIEW_CACHE.move_to_end(key)
+        return hit
+    w, h = artifact.size
+    fits = not max_side or (w is not None and h is not None and max(w, h) <= max_side)
+    if fits and artifact.mime_type in _BROWSER_MIMES:
+        result = (artifact.mime_type, data, (w, h))
+    else:
+        result = _downscale(artifact, max_side)
+    _PREVIEW_CACHE[key] = result
+    while len(_PREVIEW_CACHE) > _PREVIEW_CACHE_SIZE:
+        _PREVIEW_CACHE.popitem(last=False)
+    return result
+
+
+def _downscale(artifact, max_side: Optional[int]):
+    from PIL import Image
+    try:
+        im = artifact.image
+    except Exception:  # undecodable: show nothing rather than break the gallery
+        return ("", b"", (None, None))
+    im = im.copy()
+    if max_side:
+        im.thumbnail((max_side, max_side), Image.LANCZOS)
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    buf = io.BytesIO()
+    if has_alpha:
+        if im.mode not in ("RGBA", "LA"):
+            im = im.convert("RGBA")
+        im.save(buf, format="PNG", optimize=True)
+        mime = "image/png"
+    else:
+        if im.mode not in ("RGB", "L"):
+            im = im.convert("RGB")
+        im.save(buf, format="JPEG", quality=PREVIEW_JPEG_QUALITY, optimize=True)
+        mime = "image/jpeg"
+    return (mime, buf.getvalue(), im.size)
+
+
+def _data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# --------------------------------------------------------------------------------------------
+# response rendering (pure functions: resp -> str)
+# --------------------------------------------------------------------------------------------
+def redactor(redact: Iterable[Optional[str]]):
+    secrets = [s for s in redact if s and len(s) >= 4]
+
+    def scrub(text: Any) -> str:
+        s = "" if text is None else str(text)
+        for secret in secrets:
+            if secret in s:
+                s = s.replace(secret, mask_token(secret))
+        return s
+    return scrub
+
+
+def _dims(artifact) -> str:
+    w, h = artifact.size
+    return f"{w}×{h}" if w else "?×?"
+
+
+def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: str, scrub, single: bool) -> str:
+    mime, data, (pw, ph) = preview(artifact, max_side)
+    parts = []
+    if number is not None:
+        parts.append(f"#{number}")
+    parts.append(_dims(artifact))
+    parts.append(artifact.format.upper())
+    parts.append(human_bytes(len(artifact.data)))
+    caption = [" · ".join(esc(p) for p in parts)]
+    if artifact.revised_prompt:
+        caption.append(f"<i>revised prompt:</i> {esc(scrub(artifact.revised_prompt))}")
+    if artifact.path:
+        caption.append(f"saved: <code>{esc(artifact.path)}</code>")
+    if data:
+        size_attrs = f' width="{pw}" height="{ph}"' if pw and ph else ""
+        style = "max-width: 100%; height: auto; border-radius: 3px; display: block"
+        img = (f'<img src="{_data_url(mime, data)}" alt="{esc(alt)}"{size_attrs} style="{style}"/>')
+    else:
+        img = '<div style="padding: 20px; opacity: 0.6">(this image cannot be decoded for a preview)</div>'
+    fig_style = "margin: 0; display: inline-block; vertical-align: top" if single else "margin: 0; min-width: 0"
+    return (f'<figure class="imagegen-figure" style="{fig_style}">{img}'
+            f'<figcaption style="{_STYLE_CAPTION}">{"<br>".join(caption)}</figcaption></figure>')
+
+
+def gallery_html(artifacts: Sequence, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, alt: str = "",
+                 redact: Iterable[Optional[str]] = ()) -> str:
+    """The images as HTML: one figure, or a responsive grid when there are several."""
+    scrub = redactor(redact)
+    arts = list(artifacts)
+    if not arts:
+        return ""
+    if len(arts) == 1:
+        return f'<div class="imagegen-gallery">{_figure(arts[0], None, max_side=max_side, alt=alt, scrub=scrub, single=True)}</div>'
+    col = min(max_side or DEFAULT_PREVIEW_MAX_SIDE, 240)
+    style = (f"display: grid; grid-template-columns: repeat(auto-fill, minmax(min({col}px, 100%), 1fr)); "
+             "gap: 12px; align-items: start")
+    figs = "".join(_figure(a, i + 1, max_side=max_side, alt=alt, scrub=scrub, single=False)
+                   for i, a in enumerate(arts))
+    return f'<div class="imagegen-gallery" style="{style}">{figs}</div>'
+
+
+def error_html(message: str, *, title: str = "Image generation failed", suggestions: Sequence[str] = (),
+               auth_hint: Optional[str] = None, api_url: Optional[str] = None, status_code: Optional[int] = None,
+               redact: Iterable[Optional[str]] = (), warning: bool = False) -> str:
+    """A readable error box: what failed, where, what to do, which key was used (masked)."""
+    scrub = redactor(redact)
+    head = f"<b>{esc(title)}</b>"
+    where = []
+    if status_code:
+        where.append(f"HTTP {status_code}")
+    if api_url:
+        where.append(f"from <code>{esc(scrub(api_url))}</code>")
+    if where:
+        head += f" <span style='opacity: 0.8'>({' '.join(where)})</span>"
+    body = [f'<div class="imagegen-error" style="{_STYLE_WARN if warning else _STYLE_ERROR}">', head,
+            f'<div style="white-space: pre-wrap; margin-top: 2px">{esc(scrub(message))}</div>']
+    if suggestions:
+        items = "".join(f"<li>{esc(scrub(s))}</li>" for s in suggestions)
+        body.append(f'<ul style="margin: 4px 0 0 0; padding-left: 20px">{items}</ul>')
+    if auth_hint:
+        body.append(f'<div style="margin-top: 4px; opacity: 0.8">key: <code>{esc(scrub(auth_hint))}</code></div>')
+    body.append("</div>")
+    return "".join(body)
+
+
+def error_text(message: str, *, title: str = "Image generation failed", suggestions: Sequence[str] = (),
+               auth_hint: Optional[str] = None, api_url: Optional[str] = None,
+               status_code: Optional[int] = None, redact: Iterable[Optional[str]] = ()) -> str:
+    scrub = redactor(redact)
+    head = title
+    if status_code:
+        head += f" (HTTP {status_code})"
+    lines = [f"{head}: {scrub(message)}"]
+    if api_url:
+        lines.append(f"  url: {scrub(api_url)}")
+    for s in suggestions:
+        lines.append(f"  - {scrub(s)}")
+    if auth_hint:
+        lines.append(f"  key: {scrub(auth_hint)}")
+    return "\n".join(lines)
+
+
+def _summary(resp) -> str:
+    n = len(resp.artifacts)
+    what = f"{n} image{'s' if n != 1 else ''}"
+    via = " ".join(x for x in (f"from {resp.model}" if resp.model else "",
+                               f"({resp.api_type})" if resp.api_type else "") if x)
+    attempts = f", {resp.attempts} attempt{'s' if resp.attempts != 1 else ''}" if resp.attempts else ""
+    cached = " (from cache)" if getattr(resp, "from_cache", False) else ""
+    return f"{what} {via} in {resp.elapsed:.1f} s{attempts}{cached}".replace("  ", " ")
+
+
+def response_html(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE,
+                  redact: Iterable[Optional[str]] = (), extra_errors: Sequence[str] = ()) -> str:
+    """Gallery + the model's text + error box(es) of an ImageResponse, as one HTML fragment."""
+    redact = list(redact)
+    scrub = redactor(redact)
+    prompt = resp.request.prompt if getattr(resp, "request", None) is not None else ""
+    parts = ['<div class="imagegen-response">']
+    if resp.artifacts:
+        parts.append(gallery_html(resp.artifacts, max_side=max_side, alt=truncate(prompt, 200), redact=redact))
+    if resp.text:
+        parts.append(f'<div class="imagegen-text" style="margin: 6px 0; white-space: pre-wrap">'
+                     f'<span style="opacity: 0.7">model:</span> {esc(scrub(resp.text))}</div>')
+    if resp.revised_prompt and not any(a.revised_prompt for a in resp.artifacts):
+        parts.append(f'<div style="{_STYLE_CAPTION}"><i>revised prompt:</i> {esc(scrub(resp.revised_prompt))}</div>')
+    if not resp.success:
+        parts.append(error_html(resp.error or "no image was returned", suggestions=resp.suggestions,
+                                auth_hint=resp.auth_hint, api_url=resp.api_url, status_code=resp.status_code,
+                                redact=redact))
+    elif resp.errors:
+        parts.append(error_html("; ".join(resp.errors), title=f"{len(resp.errors)} of the images failed",
+                                suggestions=resp.suggestions, status_code=resp.status_code, redact=redact,
+                                warning=True))
+    for msg in extra_errors:
+        parts.append(error_html(msg, title="Warning", redact=redact, warning=True))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def response_text(resp, *, redact: Iterable[Optional[str]] = (), compact: bool = False) -> str:
+    """The text/plain form: one summary line, then one line per image (paths, revised prompts)."""
+    redact = list(redact)
+    scrub = redactor(redact)
+    if not resp.success:
+        if compact:
+            return f"<ImageResponse failed: {truncate(scrub(resp.error or 'no image'), 160)}>"
+        return error_text(resp.error or "no image was returned", suggestions=resp.suggestions,
+                          auth_hint=resp.auth_hint, api_url=resp.api_url, status_code=resp.status_code,
+                          redact=redact)
+    if compact:
+        return f"<ImageResponse: {_summary(resp)}; shown above>"
+    lines = [f"ImageResponse: {_summary(resp)}"]
+    for i, a in enumerate(resp.artifacts):
+        line = f"  [{i}] {_dims(a).replace('×', 'x')} {a.format} {human_bytes(len(a.data))}"
+        if a.path:
+            line += f"  saved: {a.path}"
+        lines.append(line)
+        if a.revised_prompt:
+            lines.append(f"      revised prompt: {truncate(scrub(a.revised_prompt), 300)}")
+    if resp.text:
+        lines.append(f"  model: {truncate(scrub(resp.text), 500)}")
+    if resp.errors:
+        lines.append(f"  failed: {'; '.join(scrub(e) for e in resp.errors)}")
+    return "\n".join(lines)
+
+
+# The magic renders the gallery itself (so `x = %imagegen ...` shows images too) and returns the
+# response so `_` works. The displayhook would then render the same gallery a second time as
+# Out[n]; a response marked "shown" renders as one line instead, until the cell finishes
+# (the magic clears the marks in a post_run_cell hook). Displaying it later shows the gallery.
+_SHOWN_ATTR = "_imagegen_shown"
+
+
+def mark_shown(resp) -> None:
+    """Mark `resp` as already rendered in this cell: its next display is the one-line form."""
+    try:
+        setattr(resp, _SHOWN_ATTR, True)
+    except Exception:  # pragma: no cover - slotted subclasses
+        pass
+
+
+def clear_shown(resp) -> None:
+    try:
+        if getattr(resp, _SHOWN_ATTR, False):
+            delattr(resp, _SHOWN_ATTR)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def response_mimebundle(resp, include=None, exclude=None, *,
+                        max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> Dict[str, str]:
+    """What `ImageResponse._repr_mimebundle_` returns: text/html gallery + text/plain summary."""
+    if getattr(resp, _SHOWN_ATTR, False):
+        return {"text/plain": response_text(resp, compact=True)}
+    bundle = {"text/plain": response_text(resp), "text/html": response_html(resp, max_side=max_side)}
+    if include:
+        bundle = {k: v for k, v in bundle.items() if k in include}
+    if exclude:
+        bundle = {k: v for k, v in bundle.items() if k not in exclude}
+    return bundle
+
+
+# --------------------------------------------------------------------------------------------
+# the event log
+# --------------------------------------------------------------------------------------------
+class EventLog:
+    """The lines of the live log of one generation, rendered as HTML and text."""
+
+    def __init__(self, title: str = "imagegen", *, redact: Iterable[Optional[str]] = ()):
+        self.title = title
+        self.lines: List[Tuple[float, str, str]] = []   # (seconds since start, kind, text)
+        self.state = "waiting"
+        self.request_id: Optional[str] = None
+        self.t0: Optional[float] = None
+        self._scrub = redactor(redact)
+
+    def _elapsed(self, now: Optional[float] = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self.t0 is None:
+            self.t0 = now
+        return max(0.0, now - self.t0)
+
+    def add(self, kind: str, text: str) -> None:
+        self.lines.append((self._elapsed(), kind, self._scrub(text)))
+
+    def add_event(self, event) -> None:
+        d = event.data
+        self.request_id = self.request_id or event.request_id
+        t = event.type
+        if t == ev.GENERATION_STARTED:
+            self.state = "running"
+            self.add("start", event.describe())
+        elif t == ev.API_CALL:
+            self.add("call", event.describe())
+        elif t == ev.API_RETRY:
+            text = event.describe()
+            reason = re.sub(r"^HTTP \d+:\s*", "", str(d.get("reason") or ""))
+            if reason and d.get("status_code"):
+                text += f" · {truncate(reason, 90)}"
+            self.add("retry", text)
+        elif t == ev.GENERATION_COMPLETED:
+            self.state = "done"
+            n = d.get("artifact_count", 0)
+            text = f"done: {n} image{'s' if n != 1 else ''} in {d.get('elapsed', self._elapsed()):.1f} s"
+            if d.get("failed"):
+                text += f" ({d['failed']} failed)"
+            self.add("done", text)
+        elif t == ev.GENERATION_FAILED:
+            if d.get("cancelled"):
+                self.cancel()
+            else:
+                self.state = "failed"
+                status = d.get("status_code")
+                error = re.sub(r"^HTTP \d+:\s*", "", str(d.get("error") or ""))
+                self.add("failed", f"failed{f' (HTTP {status})' if status else ''} after "
+                                   f"{self._elapsed():.1f} s: {truncate(error, 90)}")
+        else:
+            self.add("info", event.describe())
+
+    def cancel(self, text: Optional[str] = None) -> None:
+        if self.state == "cancelled":
+            return
+        self.state = "cancelled"
+        self.add("cancelled", text or f"cancelled after {self._elapsed():.1f} s (interrupted); nothing more will be sent")
+
+    def to_text(self) -> str:
+        head = f"{self.title} [{self.state}]"
+        return "\n".join([head] + [f"  {t:5.1f}s  {text}" for t, _, text in self.lines])
+
+    def to_html(self) -> str:
+        color = _LOG_COLORS.get(self.state, "#9e9e9e")
+        icons = {"start": "▶", "call": "→", "retry": "↻", "done": "✔", "failed": "✖", "cancelled": "■",
+                 "info": "·"}
+        rows = []
+        for t, kind, text in self.lines:
+            weight = "font-weight: 600; " if kind in ("done", "failed", "cancelled") else ""
+            kcolor = {"retry": "#ed6c02", "failed": "#d32f2f", "done": "#2e7d32", "cancelled": "#ed6c02"}.get(kind)
+            style = weight + (f"color: {kcolor}" if kcolor else "")
+            rows.append(f'<div style="{style}"><span style="opacity: 0.55">{t:5.1f}s</span> '
+                        f'{icons.get(kind, "·")} {esc(text)}</div>')
+        if not rows:
+            rows.append('<div style="opacity: 0.6">waiting…</div>')
+        head = (f'<div style="opacity: 0.7">{esc(self.title)}'
+                + (f' · <span title="request id">{esc(self.request_id)}</span>' if self.request_id else "")
+                + "</div>")
+        return (f'<div class="imagegen-log" data-state="{esc(self.state)}" '
+                f'style="{_STYLE_LOG.format(color=color)}">{head}{"".join(rows)}</div>')
+
+    def bundle(self) -> Dict[str, str]:
+        return {"text/plain": self.to_text(), "text/html": self.to_html()}
+
+
+def refusal_message(error: Exception) -> str:
+    """The one line shown when a request was refused before anything was sent."""
+    if isinstance(error, MissingTokenError):
+        return (f"no API token: set the {error.variable} environment variable (in a notebook: "
+                f"%env {error.variable}=...); nothing was sent")
+    return str(error)
