@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 from aiohttp import web
+
+from _image_helpers import make_png
 
 
 def fd_count() -> int:
@@ -121,10 +122,9 @@ class TinyServer:
 
 
 def png_bytes(size=(32, 24), color=(10, 120, 200), fmt="PNG") -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format=fmt)
-    return buf.getvalue()
+    """`make_png` with the defaults test_cancellation.py was written against (it still imports
+    this name; new code imports `make_png` from `_image_helpers`)."""
+    return make_png(size, color, fmt=fmt)
 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:

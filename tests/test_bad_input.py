@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from _magic_helpers import recording_display
-from _reliab_helpers import Recorder, TinyServer, bomb_png, png_bytes
+from _image_helpers import make_png
+from _reliab_helpers import Recorder, TinyServer, bomb_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
 from jupyter_imagegen.errors import ConfigError, RequestError
 from jupyter_imagegen.model import Artifact
 
@@ -38,11 +38,11 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-input")
     (d / "notes.png").write_text("these are my notes, not a picture\n")
     with open(d / "huge.png", "wb") as f:
-        f.write(png_bytes())
+        f.write(make_png())
         f.truncate(50 * MB)
     (d / "bomb.png").write_bytes(bomb_png(30000, 30000))
     (d / "bomb12k.png").write_bytes(bomb_png(12000, 12000))   # between Pillow's warning and error limits
-    (d / "ok.png").write_bytes(png_bytes())
+    (d / "ok.png").write_bytes(make_png())
     return d
 
 
@@ -95,23 +95,17 @@ def client_cases(files):
 CLIENT_IDS = list(client_cases(Path("/unused")))
 
 
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
-
-
 @pytest.mark.parametrize("case", CLIENT_IDS)
-async def test_client_refuses_bad_input_before_sending(emu, files, case):
+async def test_client_refuses_bad_input_before_sending(emulator, files, case):
     kw, exc, message = client_cases(files)[case]
     kw = dict(kw)
     if kw.get("images") == [BYTES_50MB]:
-        kw["images"] = [png_bytes() + bytes(50 * MB)]     # made only when this case runs
+        kw["images"] = [make_png() + bytes(50 * MB)]     # made only when this case runs
     kw.setdefault("prompt", "a red fox")
     api_type = kw.get("api_type") if kw.get("api_type") in ("openrouter_chat", "openai_responses") else "openai_images"
     if "base_url" not in kw and kw.get("api_type") != "dalle":
-        kw["base_url"] = emu.base_url_for(api_type)
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"), token=TOKEN)
+        kw["base_url"] = emulator.base_url_for(api_type)
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"), token=TOKEN)
     rec = Recorder()
     t0 = time.monotonic()
     async with ImageClient(cfg) as client:
@@ -121,7 +115,7 @@ async def test_client_refuses_bad_input_before_sending(emu, files, case):
     assert message in text, text
     assert "\n" not in text and len(text) < 400, text        # one readable line
     assert "object at 0x" not in text, text                  # no Python reprs in a user's message
-    assert emu.request_count == 0, "something was sent"
+    assert emulator.request_count == 0, "something was sent"
     assert rec.events == [], "an event was emitted for a request that was never sent"
     assert time.monotonic() - t0 < 2.0
 
@@ -135,41 +129,35 @@ def test_config_refuses_unknown_api_and_schemeless_url_with_the_variable_name(mo
         ImageConfig.from_env({"IMAGE_BASE_URL": "localhost:8000/v1"})
 
 
-async def test_missing_token_sends_nothing(emu):
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"))
+async def test_missing_token_sends_nothing(emulator):
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"))
     async with ImageClient(cfg) as client:
         with pytest.raises(ConfigError, match="IMAGE_AUTH_TOKEN.*nothing was sent"):
             await client.generate(ImageRequest("a fox"))
-    assert emu.request_count == 0
+    assert emulator.request_count == 0
 
 
 # ---------------------------------------------------------------------------------------------
 # 1b. through the magic
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emu_thread():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
 @pytest.fixture
-def ip(emu_thread, monkeypatch, tmp_path, files):
+def ip(emulator_thread, monkeypatch, tmp_path, files):
     from IPython.testing import globalipapp
     from jupyter_imagegen import runner
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
     monkeypatch.setenv("IMAGE_CACHE", "0")
     monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(files)
     shell.extension_manager.load_extension("jupyter_imagegen")
-    shell.user_ns.update(bad_url="data:text/plain;base64,aGVsbG8=", bytes_50mb=png_bytes() + bytes(50 * MB),
+    shell.user_ns.update(bad_url="data:text/plain;base64,aGVsbG8=", bytes_50mb=make_png() + bytes(50 * MB),
                          bomb=bomb_png(), text_var="just words")
     shell.user_ns.pop("nosuchvar", None)
-    emu_thread.reset()
+    emulator_thread.reset()
     try:
         with recording_display(shell) as rec:
             yield shell, rec
@@ -201,7 +189,7 @@ MAGIC_CASES = [
 ]
 
 
-def _one_line_usage_error(shell, rec, emu_thread, capsys, code, message):
+def _one_line_usage_error(shell, rec, emulator_thread, capsys, code, message):
     from IPython.core.error import UsageError
     res = shell.run_cell(code, store_history=False)
     err = capsys.readouterr().err
@@ -211,38 +199,38 @@ def _one_line_usage_error(shell, rec, emu_thread, capsys, code, message):
     assert "\n" not in text and "object at 0x" not in text, text
     assert err.startswith("UsageError: ") and err.strip().count("\n") == 0, err
     assert "Traceback" not in err
-    assert emu_thread.request_count == 0, "something was sent"
+    assert emulator_thread.request_count == 0, "something was sent"
     assert rec.messages == [], "something was displayed"
 
 
 @pytest.mark.parametrize("name, code, message", MAGIC_CASES, ids=[c[0] for c in MAGIC_CASES])
-def test_magic_refuses_bad_input_in_one_line(ip, emu_thread, capsys, name, code, message):
+def test_magic_refuses_bad_input_in_one_line(ip, emulator_thread, capsys, name, code, message):
     shell, rec = ip
-    _one_line_usage_error(shell, rec, emu_thread, capsys, code, message)
+    _one_line_usage_error(shell, rec, emulator_thread, capsys, code, message)
 
 
 @pytest.mark.parametrize("var, value, message", [
     ("IMAGE_API_TYPE", "dalle", "IMAGE_API_TYPE='dalle' is not a known API type"),
     ("IMAGE_BASE_URL", "localhost:8000/v1", "IMAGE_BASE_URL='localhost:8000/v1' is not an http(s) URL"),
 ])
-def test_magic_bad_environment_is_one_line(ip, emu_thread, capsys, monkeypatch, var, value, message):
+def test_magic_bad_environment_is_one_line(ip, emulator_thread, capsys, monkeypatch, var, value, message):
     shell, rec = ip
     monkeypatch.setenv(var, value)
-    _one_line_usage_error(shell, rec, emu_thread, capsys, "%imagegen a lighthouse", message)
+    _one_line_usage_error(shell, rec, emulator_thread, capsys, "%imagegen a lighthouse", message)
 
 
-def test_magic_works_after_the_bad_input(ip, emu_thread):
+def test_magic_works_after_the_bad_input(ip, emulator_thread):
     """The refusals leave nothing behind: a good cell right after works."""
     shell, rec = ip
     res = shell.run_cell("%%imagegen --image ok.png\nthe same, in blue", store_history=False)
     assert res.success and res.result.success, res.error_in_exec or res.result.error
-    assert emu_thread.request_count == 1
+    assert emulator_thread.request_count == 1
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. untrusted results
 # ---------------------------------------------------------------------------------------------
-BIG = png_bytes() + b"\0" * (3 * MB)
+BIG = make_png() + b"\0" * (3 * MB)
 
 
 def _images_answer(items):
@@ -261,7 +249,7 @@ async def _chunked(request, body: bytes, content_type: str):
 
 
 def _corrupt_png() -> bytes:
-    d = png_bytes((64, 64))
+    d = make_png((64, 64))
     return d[:16] + b"\x00" * (len(d) - 16)      # the signature survives, the chunks do not
 
 
@@ -281,7 +269,7 @@ async def _generations(request: web.Request):
 
 
 async def _ok(request):
-    return web.Response(body=png_bytes(), content_type="image/png")
+    return web.Response(body=make_png(), content_type="image/png")
 
 
 async def _huge(request):
@@ -302,7 +290,7 @@ async def _not_an_image(request):
 
 async def _slow(request):
     await asyncio.sleep(3)
-    return web.Response(body=png_bytes(), content_type="image/png")
+    return web.Response(body=make_png(), content_type="image/png")
 
 
 async def _to_file(request):
@@ -373,30 +361,30 @@ async def test_untrusted_results_end_in_a_clear_error(untrusted_server, kind, me
         assert downloads == [], "a non-http URL was fetched"
 
 
-async def test_url_result_is_downloaded_from_the_emulator_without_the_key(emu):
+async def test_url_result_is_downloaded_from_the_emulator_without_the_key(emulator):
     """The positive case over the real emulator: URL results arrive, verified, and the file
     request carries no Authorization header."""
-    emu.add_faults("url")
-    cfg = ImageConfig(api_type="openrouter_chat", base_url=emu.base_url_for("openrouter_chat"), token=TOKEN)
+    emulator.add_faults("url")
+    cfg = ImageConfig(api_type="openrouter_chat", base_url=emulator.base_url_for("openrouter_chat"), token=TOKEN)
     async with ImageClient(cfg) as client:
         resp = await client.generate(ImageRequest("a kite"))
     assert resp.success, resp.error
     art = resp.artifacts[0]
-    assert art.source_url.startswith(emu.url + "/files/") and art.verify()
+    assert art.source_url.startswith(emulator.url + "/files/") and art.verify()
 
 
-async def test_downloads_are_size_capped_against_the_emulator(emu):
+async def test_downloads_are_size_capped_against_the_emulator(emulator):
     """The emulator's own files are PNGs of tens of kB: a 10 kB cap refuses them with a clear error."""
-    emu.add_faults("url")
-    cfg = ImageConfig(api_type="openrouter_chat", base_url=emu.base_url_for("openrouter_chat"), token=TOKEN,
+    emulator.add_faults("url")
+    cfg = ImageConfig(api_type="openrouter_chat", base_url=emulator.base_url_for("openrouter_chat"), token=TOKEN,
                       max_download_bytes=10_000)
     async with ImageClient(cfg) as client:
         resp = await client.generate(ImageRequest("a kite"))
     assert not resp.success and "over the 10 kB download limit" in resp.error, resp.error
 
 
-async def test_response_cap_against_the_emulator(emu):
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"), token=TOKEN,
+async def test_response_cap_against_the_emulator(emulator):
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"), token=TOKEN,
                       max_response_bytes=20_000)
     async with ImageClient(cfg) as client:
         resp = await client.generate(ImageRequest("a kite"))
@@ -406,7 +394,7 @@ async def test_response_cap_against_the_emulator(emu):
 
 def test_artifacts_decode_lazily_and_refuse_bombs_before_decoding():
     from jupyter_imagegen import display
-    good = Artifact(png_bytes((40, 30)))
+    good = Artifact(make_png((40, 30)))
     assert good._image is None                      # nothing decoded on construction
     assert (good.width, good.height) == (40, 30)   # the size comes from the header
     assert good._image is None

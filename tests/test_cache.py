@@ -8,18 +8,12 @@ import os
 import pytest
 from PIL import Image
 
+from _image_helpers import make_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.cache import RequestCache
-from jupyter_imagegen.emulator import Emulator
 from jupyter_imagegen.model import Artifact, ImageResponse
 
 TOKEN = "sk-cache-test-SECRET-4242424242424242"
-
-
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
 
 
 def client_for(emu, tmp_path, api_type="openai_images", **kw):
@@ -28,18 +22,12 @@ def client_for(emu, tmp_path, api_type="openai_images", **kw):
     return ImageClient(cfg)
 
 
-def png(color):
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-async def test_identical_request_hits_without_http(emu, tmp_path):
+async def test_identical_request_hits_without_http(emulator, tmp_path):
     events = []
-    async with client_for(emu, tmp_path) as client:
+    async with client_for(emulator, tmp_path) as client:
         first = await client.generate(ImageRequest("a teapot", n=2))
         second = await client.generate(ImageRequest("a teapot", n=2), on_event=events.append)
-    assert emu.request_count == 1
+    assert emulator.request_count == 1
     assert not first.from_cache and second.from_cache
     assert [a.data for a in first.artifacts] == [a.data for a in second.artifacts]
     assert [e.type for e in events] == ["generation_started", "cache_hit", "generation_completed"]
@@ -51,49 +39,49 @@ async def test_identical_request_hits_without_http(emu, tmp_path):
     dict(quality="low"), dict(output_format="webp"), dict(seed=7), dict(params={"moderation": "low"}),
     dict(api_type="openai_responses"),
 ])
-async def test_any_change_misses(emu, tmp_path, change):
+async def test_any_change_misses(emulator, tmp_path, change):
     base = dict(prompt="a teapot")
-    async with client_for(emu, tmp_path) as client:
+    async with client_for(emulator, tmp_path) as client:
         await client.generate(ImageRequest(**base))
         await client.generate(ImageRequest(**{**base, **change}))
-    assert emu.request_count == 2
+    assert emulator.request_count == 2
 
 
-async def test_input_image_bytes_are_part_of_the_key(emu, tmp_path):
+async def test_input_image_bytes_are_part_of_the_key(emulator, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    a.write_bytes(png((255, 0, 0)))
-    b.write_bytes(png((255, 0, 0)))
-    async with client_for(emu, tmp_path) as client:
+    a.write_bytes(make_png((16, 16), (255, 0, 0)))
+    b.write_bytes(make_png((16, 16), (255, 0, 0)))
+    async with client_for(emulator, tmp_path) as client:
         await client.generate(ImageRequest("edit", images=[str(a)]))
         await client.generate(ImageRequest("edit", images=[str(b)]))   # same bytes, other name: hit
-        assert emu.request_count == 1
-        b.write_bytes(png((0, 255, 0)))
+        assert emulator.request_count == 1
+        b.write_bytes(make_png((16, 16), (0, 255, 0)))
         await client.generate(ImageRequest("edit", images=[str(b)]))   # other bytes: miss
-    assert emu.request_count == 2
+    assert emulator.request_count == 2
 
 
-async def test_opt_out_and_fresh(emu, tmp_path):
-    async with client_for(emu, tmp_path) as client:
+async def test_opt_out_and_fresh(emulator, tmp_path):
+    async with client_for(emulator, tmp_path) as client:
         r1 = await client.generate(ImageRequest("a teapot"))
         await client.generate(ImageRequest("a teapot", cache=False))
-        assert emu.request_count == 2
+        assert emulator.request_count == 2
         r3 = await client.generate(ImageRequest("a teapot", fresh=True))
-        assert emu.request_count == 3
+        assert emulator.request_count == 3
         r4 = await client.generate(ImageRequest("a teapot"))
-    assert emu.request_count == 3
+    assert emulator.request_count == 3
     assert r4.from_cache and r4.artifacts[0].data == r3.artifacts[0].data != r1.artifacts[0].data
 
 
-async def test_failures_are_not_cached(emu, tmp_path):
-    emu.add_faults("400")
-    async with client_for(emu, tmp_path) as client:
+async def test_failures_are_not_cached(emulator, tmp_path):
+    emulator.add_faults("400")
+    async with client_for(emulator, tmp_path) as client:
         bad = await client.generate(ImageRequest("a teapot"))
         good = await client.generate(ImageRequest("a teapot"))
     assert not bad.success and good.success and not good.from_cache
 
 
-async def test_token_never_written(emu, tmp_path):
-    async with client_for(emu, tmp_path) as client:
+async def test_token_never_written(emulator, tmp_path):
+    async with client_for(emulator, tmp_path) as client:
         await client.generate(ImageRequest("a teapot", n=2))
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert files
@@ -105,7 +93,7 @@ async def test_token_never_written(emu, tmp_path):
 def _writer(cache_dir, key, seed, rounds):
     cache = RequestCache(cache_dir)
     for i in range(rounds):
-        arts = [Artifact(png((seed * 40 % 256, i % 256, 0)))]
+        arts = [Artifact(make_png((16, 16), (seed * 40 % 256, i % 256, 0)))]
         cache.put(key, ImageResponse(request_id=f"{seed}-{i}", success=True, artifacts=arts))
         got = cache.get(key)
         assert got is None or len(got[0]) == 1

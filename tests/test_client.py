@@ -8,17 +8,11 @@ import time
 import pytest
 from PIL import Image
 
+from _image_helpers import make_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
 from jupyter_imagegen.errors import ConfigError, RequestError
 
 TOKEN = "sk-client-test-SECRET-token-9f8e7d6c5b4a"
-
-
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
 
 
 def make_client(emu, api_type="openai_images", **kw):
@@ -50,9 +44,9 @@ def decoded(artifact):
 
 # -- each format: text to image ------------------------------------------------------------------
 @pytest.mark.parametrize("api_type", ["openrouter_chat", "openai_images", "openai_responses"])
-async def test_text_to_image_each_format(emu, api_type):
+async def test_text_to_image_each_format(emulator, api_type):
     rec = Recorder()
-    async with make_client(emu, api_type) as client:
+    async with make_client(emulator, api_type) as client:
         resp = await client.generate(ImageRequest("a red fox in snow"), on_event=rec)
     assert resp.success, resp.error
     assert len(resp.artifacts) == 1
@@ -64,34 +58,34 @@ async def test_text_to_image_each_format(emu, api_type):
     assert rec.types() == ["generation_started", "api_call", "generation_completed"]
     assert all(e.request_id == resp.request_id for e in rec.events)
     assert rec.of("generation_completed")[0]["artifact_count"] == 1
-    assert emu.request_count == 1
+    assert emulator.request_count == 1
 
 
-async def test_openai_images_n_in_one_call_and_sizes(emu):
-    async with make_client(emu, "openai_images") as client:
+async def test_openai_images_n_in_one_call_and_sizes(emulator):
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("three cats", n=3, size="1536x1024"))
     assert resp.success and len(resp.artifacts) == 3
-    assert emu.request_count == 1, "gpt-image takes n in one call"
+    assert emulator.request_count == 1, "gpt-image takes n in one call"
     assert [a.index for a in resp.artifacts] == [0, 1, 2]
     assert all(decoded(a).size == (1536, 1024) for a in resp.artifacts)
     assert len({a.data for a in resp.artifacts}) == 3, "each image differs"
 
 
 @pytest.mark.parametrize("api_type", ["openrouter_chat", "openai_responses"])
-async def test_fanout_for_one_image_per_call_formats(emu, api_type):
+async def test_fanout_for_one_image_per_call_formats(emulator, api_type):
     rec = Recorder()
-    async with make_client(emu, api_type) as client:
+    async with make_client(emulator, api_type) as client:
         resp = await client.generate(ImageRequest("a bicycle", n=4), on_event=rec)
     assert resp.success and len(resp.artifacts) == 4
-    assert emu.request_count == 4
+    assert emulator.request_count == 4
     assert sorted(e["index"] for e in rec.of("api_call")) == [0, 1, 2, 3]
     assert len({a.data for a in resp.artifacts}) == 4
     assert resp.attempts == 4
 
 
-async def test_fanout_partial_failure_is_reported(emu):
-    emu.add_faults("400")
-    async with make_client(emu, "openrouter_chat", max_concurrency=1) as client:
+async def test_fanout_partial_failure_is_reported(emulator):
+    emulator.add_faults("400")
+    async with make_client(emulator, "openrouter_chat", max_concurrency=1) as client:
         resp = await client.generate(ImageRequest("a bicycle", n=3))
     assert resp.success, "two images arrived"
     assert len(resp.artifacts) == 2
@@ -99,31 +93,31 @@ async def test_fanout_partial_failure_is_reported(emu):
     assert "1 of 3 calls failed" in resp.error
 
 
-async def test_dalle3_n_fans_out(emu):
-    async with make_client(emu, "openai_images", model="dall-e-3") as client:
+async def test_dalle3_n_fans_out(emulator):
+    async with make_client(emulator, "openai_images", model="dall-e-3") as client:
         resp = await client.generate(ImageRequest("a castle", n=2))
     assert resp.success and len(resp.artifacts) == 2
-    assert emu.request_count == 2
+    assert emulator.request_count == 2
     assert resp.revised_prompt
 
 
 # -- size / aspect mapping ----------------------------------------------------------------------
-async def test_aspect_maps_to_nearest_openai_size(emu):
-    async with make_client(emu, "openai_images") as client:
+async def test_aspect_maps_to_nearest_openai_size(emulator):
+    async with make_client(emulator, "openai_images") as client:
         wide = await client.generate(ImageRequest("wide", aspect_ratio="16:9"))
         tall = await client.generate(ImageRequest("tall", aspect_ratio="9:16"))
     assert decoded(wide.artifacts[0]).size == (1536, 1024)
     assert decoded(tall.artifacts[0]).size == (1024, 1536)
 
 
-async def test_responses_aspect_maps_to_tool_size(emu):
-    async with make_client(emu, "openai_responses") as client:
+async def test_responses_aspect_maps_to_tool_size(emulator):
+    async with make_client(emulator, "openai_responses") as client:
         resp = await client.generate(ImageRequest("tall", aspect_ratio="2:3"))
     assert decoded(resp.artifacts[0]).size == (1024, 1536)
 
 
-async def test_openrouter_size_maps_to_aspect(emu):
-    async with make_client(emu, "openrouter_chat") as client:
+async def test_openrouter_size_maps_to_aspect(emulator):
+    async with make_client(emulator, "openrouter_chat") as client:
         resp = await client.generate(ImageRequest("wide", size="1920x1080"))
         sq = await client.generate(ImageRequest("square", aspect_ratio="1:1"))
     w, h = decoded(resp.artifacts[0]).size
@@ -132,37 +126,31 @@ async def test_openrouter_size_maps_to_aspect(emu):
 
 
 @pytest.mark.parametrize("fmt,mime", [("jpeg", "image/jpeg"), ("webp", "image/webp")])
-async def test_output_format_honoured(emu, fmt, mime):
-    async with make_client(emu, "openai_images") as client:
+async def test_output_format_honoured(emulator, fmt, mime):
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("a kettle", output_format=fmt))
     assert resp.artifacts[0].mime_type == mime
     assert decoded(resp.artifacts[0]).format == fmt.upper()
 
 
 # -- input images -------------------------------------------------------------------------------
-def png_bytes(color=(200, 30, 30), size=(64, 48)):
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-async def test_openai_edits_with_one_and_two_images(emu, tmp_path):
+async def test_openai_edits_with_one_and_two_images(emulator, tmp_path):
     p = tmp_path / "in.png"
-    p.write_bytes(png_bytes())
+    p.write_bytes(make_png())
     pil = Image.new("RGB", (32, 32), (0, 0, 255))
-    async with make_client(emu, "openai_images") as client:
+    async with make_client(emulator, "openai_images") as client:
         one = await client.generate(ImageRequest("add a hat", images=[str(p)]))
         two = await client.generate(ImageRequest("combine", images=[p, pil]))
     assert one.success and two.success, (one.error, two.error)
-    paths = [r["path"] for r in emu.requests]
+    paths = [r["path"] for r in emulator.requests]
     assert paths == ["/v1/images/edits", "/v1/images/edits"]
 
 
 @pytest.mark.parametrize("api_type", ["openrouter_chat", "openai_responses"])
-async def test_input_images_in_chat_formats(emu, api_type):
-    data_url = "data:image/png;base64," + __import__("base64").b64encode(png_bytes()).decode()
-    async with make_client(emu, api_type) as client:
-        resp = await client.generate(ImageRequest("make it blue", images=[data_url, png_bytes((0, 200, 0))]))
+async def test_input_images_in_chat_formats(emulator, api_type):
+    data_url = "data:image/png;base64," + __import__("base64").b64encode(make_png()).decode()
+    async with make_client(emulator, api_type) as client:
+        resp = await client.generate(ImageRequest("make it blue", images=[data_url, make_png(color=(0, 200, 0))]))
     assert resp.success, resp.error
 
 
@@ -179,27 +167,27 @@ def test_bad_input_image_is_a_clear_error_before_sending(tmp_path):
 
 
 # -- URL results --------------------------------------------------------------------------------
-async def test_url_results_are_downloaded(emu):
-    async with make_client(emu, "openai_images", model="dall-e-2") as client:
+async def test_url_results_are_downloaded(emulator):
+    async with make_client(emulator, "openai_images", model="dall-e-2") as client:
         resp = await client.generate(ImageRequest("a kite", params={"response_format": "url"}))
     assert resp.success, resp.error
-    assert resp.artifacts[0].source_url.startswith(emu.url)
+    assert resp.artifacts[0].source_url.startswith(emulator.url)
     assert decoded(resp.artifacts[0]).size == (1024, 1024)
 
 
-async def test_url_fault_on_openrouter_downloads(emu):
-    emu.add_faults("url")
-    async with make_client(emu, "openrouter_chat") as client:
+async def test_url_fault_on_openrouter_downloads(emulator):
+    emulator.add_faults("url")
+    async with make_client(emulator, "openrouter_chat") as client:
         resp = await client.generate(ImageRequest("a kite"))
     assert resp.success, resp.error
     assert resp.artifacts[0].source_url and "/files/" in resp.artifacts[0].source_url
 
 
 # -- retries ------------------------------------------------------------------------------------
-async def test_429_then_success_waits_retry_after(emu):
-    emu.add_faults("429:retry_after=1")
+async def test_429_then_success_waits_retry_after(emulator):
+    emulator.add_faults("429:retry_after=1")
     rec = Recorder()
-    async with make_client(emu, "openai_images", backoff_base=5) as client:
+    async with make_client(emulator, "openai_images", backoff_base=5) as client:
         t0 = time.monotonic()
         resp = await client.generate(ImageRequest("a boat"), on_event=rec)
         took = time.monotonic() - t0
@@ -212,10 +200,10 @@ async def test_429_then_success_waits_retry_after(emu):
     assert rec.types() == ["generation_started", "api_call", "api_retry", "api_call", "generation_completed"]
 
 
-async def test_retry_after_http_date_and_ms(emu):
-    emu.add_faults("429:retry_after_date=2", "429:retry_after_ms=150")
+async def test_retry_after_http_date_and_ms(emulator):
+    emulator.add_faults("429:retry_after_date=2", "429:retry_after_ms=150")
     rec = Recorder()
-    async with make_client(emu, "openai_images", backoff_base=5) as client:
+    async with make_client(emulator, "openai_images", backoff_base=5) as client:
         resp = await client.generate(ImageRequest("a boat"), on_event=rec)
     assert resp.success and resp.attempts == 3
     d1, d2 = [e["delay"] for e in rec.of("api_retry")]
@@ -223,35 +211,35 @@ async def test_retry_after_http_date_and_ms(emu):
     assert d2 == pytest.approx(0.15)
 
 
-async def test_503_twice_then_success(emu):
-    emu.add_faults("503", "503")
+async def test_503_twice_then_success(emulator):
+    emulator.add_faults("503", "503")
     rec = Recorder()
-    async with make_client(emu, "openrouter_chat") as client:
+    async with make_client(emulator, "openrouter_chat") as client:
         resp = await client.generate(ImageRequest("a bridge"), on_event=rec)
     assert resp.success and resp.attempts == 3
     assert [e["status_code"] for e in rec.of("api_retry")] == [503, 503]
 
 
-async def test_400_is_not_retried(emu):
-    emu.add_faults("400")
+async def test_400_is_not_retried(emulator):
+    emulator.add_faults("400")
     rec = Recorder()
-    async with make_client(emu, "openai_images") as client:
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("a bridge"), on_event=rec)
     assert not resp.success and resp.status_code == 400 and resp.attempts == 1
     assert rec.of("api_retry") == []
     assert rec.types()[-1] == "generation_failed"
-    assert emu.request_count == 1
+    assert emulator.request_count == 1
 
 
-async def test_real_400_from_validation_is_reported(emu):
-    async with make_client(emu, "openai_images") as client:
+async def test_real_400_from_validation_is_reported(emulator):
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("x", params={"bogus_field": 1}))
     assert not resp.success and resp.status_code == 400
     assert "bogus_field" in resp.error
 
 
-async def test_401_suggests_the_key_and_masks_it(emu):
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.openai_base_url, token="sk-wrong-key-0000-1111-2222")
+async def test_401_suggests_the_key_and_masks_it(emulator):
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.openai_base_url, token="sk-wrong-key-0000-1111-2222")
     async with ImageClient(cfg) as client:
         resp = await client.generate(ImageRequest("x"))
     assert not resp.success and resp.status_code == 401 and resp.attempts == 1
@@ -260,20 +248,20 @@ async def test_401_suggests_the_key_and_masks_it(emu):
     assert "sk-wrong-key-0000-1111-2222" not in repr(resp) + resp.error + " ".join(resp.suggestions)
 
 
-async def test_exhaustion_gives_a_clear_error(emu):
-    emu.add_faults("503", "503", "503")
-    async with make_client(emu, "openai_responses", max_attempts=3) as client:
+async def test_exhaustion_gives_a_clear_error(emulator):
+    emulator.add_faults("503", "503", "503")
+    async with make_client(emulator, "openai_responses", max_attempts=3) as client:
         resp = await client.generate(ImageRequest("x"))
     assert not resp.success
     assert resp.error.startswith("gave up after 3 attempts")
     assert resp.status_code == 503
-    assert emu.request_count == 3
+    assert emulator.request_count == 3
 
 
-async def test_connection_reset_is_retried(emu):
-    emu.add_faults("reset")
+async def test_connection_reset_is_retried(emulator):
+    emulator.add_faults("reset")
     rec = Recorder()
-    async with make_client(emu, "openai_images") as client:
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("x"), on_event=rec)
     assert resp.success and resp.attempts == 2
     retry = rec.of("api_retry")
@@ -282,23 +270,23 @@ async def test_connection_reset_is_retried(emu):
 
 
 @pytest.mark.parametrize("fault", ["truncate", "invalid_json", "html", "reset_after_headers"])
-async def test_broken_bodies_are_retried(emu, fault):
-    emu.add_faults(fault)
-    async with make_client(emu, "openai_images") as client:
+async def test_broken_bodies_are_retried(emulator, fault):
+    emulator.add_faults(fault)
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("x"))
     assert resp.success and resp.attempts == 2, resp.error
 
 
-async def test_html_error_page_message(emu):
-    emu.add_faults("html", "html", "html")
-    async with make_client(emu, "openai_images") as client:
+async def test_html_error_page_message(emulator):
+    emulator.add_faults("html", "html", "html")
+    async with make_client(emulator, "openai_images") as client:
         resp = await client.generate(ImageRequest("x"))
     assert not resp.success and "HTML page" in resp.error
 
 
-async def test_slow_server_hits_the_timeout(emu):
-    emu.add_faults("slow_headers:delay=3")
-    async with make_client(emu, "openai_images", timeout=0.5, max_attempts=1) as client:
+async def test_slow_server_hits_the_timeout(emulator):
+    emulator.add_faults("slow_headers:delay=3")
+    async with make_client(emulator, "openai_images", timeout=0.5, max_attempts=1) as client:
         t0 = time.monotonic()
         resp = await client.generate(ImageRequest("x"))
         took = time.monotonic() - t0
@@ -307,19 +295,19 @@ async def test_slow_server_hits_the_timeout(emu):
     assert any("timeout" in s for s in resp.suggestions)
 
 
-async def test_no_image_quotes_the_models_text(emu):
-    emu.add_faults("no_image")
-    async with make_client(emu, "openrouter_chat") as client:
+async def test_no_image_quotes_the_models_text(emulator):
+    emulator.add_faults("no_image")
+    async with make_client(emulator, "openrouter_chat") as client:
         resp = await client.generate(ImageRequest("x"))
     assert not resp.success and resp.attempts == 1
     assert "no image" in resp.error and "It said:" in resp.error
 
 
 # -- cancellation -------------------------------------------------------------------------------
-async def test_cancel_during_retry_wait_stops_at_once(emu):
-    emu.add_faults("429:retry_after=30")
+async def test_cancel_during_retry_wait_stops_at_once(emulator):
+    emulator.add_faults("429:retry_after=30")
     rec = Recorder()
-    async with make_client(emu, "openai_images") as client:
+    async with make_client(emulator, "openai_images") as client:
         task = asyncio.create_task(client.generate(ImageRequest("x"), on_event=rec))
         for _ in range(200):
             await asyncio.sleep(0.01)
@@ -334,24 +322,24 @@ async def test_cancel_during_retry_wait_stops_at_once(emu):
 
 
 # -- secrets ------------------------------------------------------------------------------------
-async def test_token_never_in_events_errors_or_reprs(emu):
-    emu.add_faults("429:retry_after=0", "500", "401")
+async def test_token_never_in_events_errors_or_reprs(emulator):
+    emulator.add_faults("429:retry_after=0", "500", "401")
     rec = Recorder()
-    client = make_client(emu, "openai_images")
+    client = make_client(emulator, "openai_images")
     async with client:
         resp = await client.generate(ImageRequest("x"), on_event=rec)
     blob = " ".join([repr(client), repr(client.config), repr(resp), str(resp.error), str(resp.suggestions),
                      str(resp.auth_hint)] + [repr(e.to_dict()) for e in rec.events])
     assert TOKEN not in blob
     assert TOKEN[:4] + "..." + TOKEN[-4:] in blob  # the masked hint is there
-    assert not any(TOKEN in str(r) for r in emu.requests)
+    assert not any(TOKEN in str(r) for r in emulator.requests)
 
 
-async def test_missing_token_sends_nothing(emu):
-    client = ImageClient(ImageConfig(api_type="openai_images", base_url=emu.openai_base_url))
+async def test_missing_token_sends_nothing(emulator):
+    client = ImageClient(ImageConfig(api_type="openai_images", base_url=emulator.openai_base_url))
     with pytest.raises(ConfigError, match="IMAGE_AUTH_TOKEN"):
         await client.generate(ImageRequest("x"))
-    assert emu.request_count == 0
+    assert emulator.request_count == 0
     await client.close()
 
 
@@ -373,15 +361,11 @@ def test_bad_requests_raise_clear_errors(req, match):
 
 
 # -- synchronous use ----------------------------------------------------------------------------
-def test_generate_sync_from_a_script():
-    t = EmulatorThread(token=TOKEN).start()
-    try:
-        client = ImageClient(ImageConfig(api_type="openrouter_chat", base_url=t.base_url_for("openrouter_chat"),
-                                         token=TOKEN))
-        first = client.generate_sync(ImageRequest("one"))
-        second = client.generate_sync(ImageRequest("two"))
-        client.close_sync()
-    finally:
-        t.stop()
+def test_generate_sync_from_a_script(emulator_thread):
+    base_url = emulator_thread.base_url_for("openrouter_chat")
+    client = ImageClient(ImageConfig(api_type="openrouter_chat", base_url=base_url, token=TOKEN))
+    first = client.generate_sync(ImageRequest("one"))
+    second = client.generate_sync(ImageRequest("two"))
+    client.close_sync()
     assert first.success and second.success
     assert first.artifacts[0].data != second.artifacts[0].data

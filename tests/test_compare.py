@@ -12,17 +12,10 @@ import pytest
 from _magic_helpers import recording_display
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load, runner
 from jupyter_imagegen.compare import CompareResult, acompare, compare, parse_compare_spec, split_prompts
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
 
 TOKEN = "sk-COMPARE-LEAKCHECK-5e6f7a8b9c0d1e2f3a4b"
 MODELS = ["gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"]
 PROMPTS = ["a red fox in snow", "a lighthouse at dusk"]
-
-
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
 
 
 def client_for(emu, tmp_path=None, api_type="openai_images", **kw):
@@ -39,8 +32,8 @@ def sent_combinations(emu):
 # ---------------------------------------------------------------------------------------------
 # shape and labels
 # ---------------------------------------------------------------------------------------------
-async def test_grid_shape_and_labels(emu):
-    async with client_for(emu) as client:
+async def test_grid_shape_and_labels(emulator):
+    async with client_for(emulator) as client:
         result = await acompare(prompts=PROMPTS, models=MODELS, client=client, quality="low", record=False)
     assert isinstance(result, CompareResult)
     assert result.shape == (2, 3) and len(result.grid) == 2 and all(len(r) == 3 for r in result.grid)
@@ -52,8 +45,8 @@ async def test_grid_shape_and_labels(emu):
             assert resp.success and resp.request.prompt == prompt and resp.model == model
             assert resp.request.quality == "low"
     # every combination was sent exactly once
-    assert emu.request_count == 6
-    assert sent_combinations(emu) == sorted((p, m) for p in PROMPTS for m in MODELS)
+    assert emulator.request_count == 6
+    assert sent_combinations(emulator) == sorted((p, m) for p in PROMPTS for m in MODELS)
     assert result["a lighthouse at dusk", "gpt-image-1-mini"] is result.grid[1][1]
     assert result[1, 2] is result.grid[1][2] and result[0] is result.grid[0][0]
     with pytest.raises(KeyError, match="no column labelled"):
@@ -81,8 +74,8 @@ async def test_grid_shape_and_labels(emu):
     assert TOKEN not in html and TOKEN not in text
 
 
-async def test_more_than_two_dimensions_combine_labels(emu):
-    async with client_for(emu) as client:
+async def test_more_than_two_dimensions_combine_labels(emulator):
+    async with client_for(emulator) as client:
         result = await acompare(prompts=PROMPTS, models=MODELS[:2], sizes=["1024x1024", "1536x1024"], client=client,
                                 record=False)
     assert result.shape == (2, 4)
@@ -98,8 +91,8 @@ async def test_more_than_two_dimensions_combine_labels(emu):
     assert result["a red fox in snow", ("gpt-image-1-mini", "1536x1024")] is result.grid[0][3]
 
 
-async def test_one_varied_setting_is_one_row_and_layout_can_be_forced(emu):
-    async with client_for(emu) as client:
+async def test_one_varied_setting_is_one_row_and_layout_can_be_forced(emulator):
+    async with client_for(emulator) as client:
         one = await acompare(prompts="a fox", models=MODELS, client=client, record=False)
         forced = await acompare(prompts=PROMPTS, models=MODELS, rows="model", client=client, record=False)
         same = await acompare(prompts="a fox", client=client, record=False)
@@ -114,8 +107,8 @@ async def test_one_varied_setting_is_one_row_and_layout_can_be_forced(emu):
 # ---------------------------------------------------------------------------------------------
 # partial failures stay in their cells
 # ---------------------------------------------------------------------------------------------
-async def test_a_failing_column_keeps_its_errors_in_place(emu):
-    async with client_for(emu) as client:
+async def test_a_failing_column_keeps_its_errors_in_place(emulator):
+    async with client_for(emulator) as client:
         result = await acompare(prompts=PROMPTS, models=["gpt-image-1", "no-such-model"], client=client, record=False)
     assert result.ok == 2 and result.failed == 2
     for r in range(2):
@@ -130,21 +123,21 @@ async def test_a_failing_column_keeps_its_errors_in_place(emu):
     assert "2 failed" in result.text()
 
 
-async def test_a_queued_fault_fails_one_cell_and_a_retry_heals_another(emu):
-    emu.add_faults("400", "ok", "503")    # cell 0: refused; cell 1: fine; cell 2: 503 then retried
-    async with client_for(emu) as client:
+async def test_a_queued_fault_fails_one_cell_and_a_retry_heals_another(emulator):
+    emulator.add_faults("400", "ok", "503")    # cell 0: refused; cell 1: fine; cell 2: 503 then retried
+    async with client_for(emulator) as client:
         result = await acompare(prompts="a fox", models=MODELS, client=client, concurrency=1, record=False)
     first, second, third = result.grid[0]
     assert not first.success and first.status_code == 400
     assert second.success and second.attempts == 1
     assert third.success and third.attempts == 2
     assert (result.ok, result.failed) == (2, 1)
-    assert emu.request_count == 4
+    assert emulator.request_count == 4
 
 
-async def test_bad_input_in_one_cell_does_not_stop_the_others(emu):
+async def test_bad_input_in_one_cell_does_not_stop_the_others(emulator):
     from jupyter_imagegen.errors import ConfigError, RequestError
-    async with client_for(emu) as client:
+    async with client_for(emulator) as client:
         mixed = await acompare(prompts="a fox", sizes=["1024x1536", "1792x1024"], client=client, record=False)
         # no cell can be sent: the first problem is raised before anything is sent or shown
         with pytest.raises(RequestError, match="12x12"):
@@ -152,34 +145,34 @@ async def test_bad_input_in_one_cell_does_not_stop_the_others(emu):
     assert mixed.grid[0][0].success
     bad = mixed.grid[0][1]
     assert not bad.success and "1792x1024" in bad.error and bad.attempts == 0
-    assert emu.request_count == 1
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"))
+    assert emulator.request_count == 1
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"))
     async with ImageClient(cfg) as tokenless:
         with pytest.raises(ConfigError, match="IMAGE_AUTH_TOKEN"):
             await acompare(prompts=PROMPTS, models=MODELS, client=tokenless, record=False)
-    assert emu.request_count == 1
+    assert emulator.request_count == 1
 
 
 # ---------------------------------------------------------------------------------------------
 # cache, saving, history, live display
 # ---------------------------------------------------------------------------------------------
-async def test_running_a_grid_again_is_answered_from_the_cache(emu, tmp_path):
-    async with client_for(emu, tmp_path) as client:
+async def test_running_a_grid_again_is_answered_from_the_cache(emulator, tmp_path):
+    async with client_for(emulator, tmp_path) as client:
         first = await acompare(prompts=PROMPTS, models=MODELS, client=client, record=False)
-        assert emu.request_count == 6
+        assert emulator.request_count == 6
         second = await acompare(prompts=PROMPTS, models=MODELS, client=client, record=False)
-    assert emu.request_count == 6
+    assert emulator.request_count == 6
     assert all(r.from_cache for r in second.responses) and second.ok == 6
     assert [[a.data for a in r.artifacts] for r in first.responses] == \
         [[a.data for a in r.artifacts] for r in second.responses]
     assert "6 from cache" in second.text()
 
 
-async def test_save_writes_every_cell_with_metadata_and_history_records_them(emu, tmp_path):
+async def test_save_writes_every_cell_with_metadata_and_history_records_them(emulator, tmp_path):
     history.clear()
     out = tmp_path / "grid"
     seen = []
-    async with client_for(emu) as client:
+    async with client_for(emulator) as client:
         result = await acompare(prompts=PROMPTS, models=MODELS[:2], client=client, save=str(out),
                                 on_cell=lambda c: seen.append([Path(p).exists() for p in c.response.paths]))
     assert len(seen) == 4 and all(s == [True] for s in seen)   # on disk when the cell was reported
@@ -199,10 +192,10 @@ async def test_save_writes_every_cell_with_metadata_and_history_records_them(emu
     history.clear()
 
 
-async def test_live_grid_is_one_display_updated_in_place(emu):
+async def test_live_grid_is_one_display_updated_in_place(emulator):
     from IPython.testing import globalipapp
     with recording_display(globalipapp.get_ipython()) as rec:
-        async with client_for(emu) as client:
+        async with client_for(emulator) as client:
             result = await acompare(prompts=PROMPTS, models=MODELS, client=client, live=True, record=False)
     new = rec.of_type("display_data")
     assert len(new) == 1 and "imagegen-compare" in new[0]["data"]["text/html"]
@@ -217,27 +210,21 @@ async def test_live_grid_is_one_display_updated_in_place(emu):
 # ---------------------------------------------------------------------------------------------
 # the synchronous entry point, with the kernel's client from IMAGE_*
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emu_thread():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
-def test_sync_compare_uses_the_kernel_client_and_its_cache(emu_thread, monkeypatch, tmp_path):
+def test_sync_compare_uses_the_kernel_client_and_its_cache(emulator_thread, monkeypatch, tmp_path):
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
     monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("IMAGE_CACHE", raising=False)
     monkeypatch.delenv("IMAGE_MODEL", raising=False)
     import jupyter_imagegen
     try:
-        before = emu_thread.request_count
+        before = emulator_thread.request_count
         result = jupyter_imagegen.compare(prompts=PROMPTS, models=MODELS[:2], record=False)
         assert result.shape == (2, 2) and result.ok == 4
-        assert emu_thread.request_count == before + 4
+        assert emulator_thread.request_count == before + 4
         again = compare(prompts=PROMPTS, models=MODELS[:2], record=False)
-        assert again.ok == 4 and emu_thread.request_count == before + 4
+        assert again.ok == 4 and emulator_thread.request_count == before + 4
     finally:
         runner.close_client()
 
@@ -281,10 +268,10 @@ def _run_notebook(cells, workdir: Path, env_updates, kernel_dir: Path):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(180)
-def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emu_thread, tmp_path):
+def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emulator_thread, tmp_path):
     pytest.importorskip("ipykernel")
     env = {"IMAGE_AUTH_TOKEN": TOKEN, "IMAGE_API_TYPE": "openai_images",
-           "IMAGE_BASE_URL": emu_thread.base_url_for("openai_images"), "IMAGE_CACHE_DIR": str(tmp_path / "cache")}
+           "IMAGE_BASE_URL": emulator_thread.base_url_for("openai_images"), "IMAGE_CACHE_DIR": str(tmp_path / "cache")}
     env_clear = ("IMAGE_CACHE", "IMAGE_MODEL")
     cells = [
         "import os\n" + "".join(f"os.environ.pop({k!r}, None)\n" for k in env_clear) +
@@ -296,9 +283,9 @@ def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emu_thread, tm
     def grids(cell):
         return [o for o in cell.outputs if "imagegen-compare" in o.get("data", {}).get("text/html", "")]
 
-    before = emu_thread.request_count
+    before = emulator_thread.request_count
     nb = _run_notebook(cells, tmp_path, env, tmp_path / "k")
-    assert emu_thread.request_count == before + 6      # the Python cell was answered from the cache
+    assert emulator_thread.request_count == before + 6      # the Python cell was answered from the cache
     magic_cell, python_cell = nb.cells[1], nb.cells[2]
     # the magic: ONE labelled grid (updated in place while it ran), Out[] is a single line
     assert len(grids(magic_cell)) == 1
@@ -313,7 +300,7 @@ def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emu_thread, tm
     assert all(load(p).prompt.encode() in p.read_bytes() for p in saved)     # every file carries its prompt
     # the whole notebook again, in a new kernel: everything from the on-disk request cache
     nb2 = _run_notebook(cells, tmp_path, env, tmp_path / "k")
-    assert emu_thread.request_count == before + 6
+    assert emulator_thread.request_count == before + 6
     for cell in nb2.cells[1:]:
         assert len(grids(cell)) == 1 and "6 from cache" in grids(cell)[0]["data"]["text/html"]
     for f in tmp_path.rglob("*"):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import shutil
@@ -47,8 +46,8 @@ from typing import Any, Dict, List, Optional
 
 import aiohttp
 import pytest
-from PIL import Image
 
+from _image_helpers import make_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.providers.openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, SIZES
 from jupyter_imagegen.providers.openrouter_chat import ASPECT_RATIOS, IMAGE_SIZES
@@ -134,13 +133,11 @@ class PrismProc:
 
 
 @pytest.fixture(scope="module")
-def servers():
+def servers(emulator_thread):
     """The emulator (in a thread), then four Prism processes started in parallel (start-up is
     mostly parsing the 2 MB OpenAI spec): a mock of each spec, and a validating proxy of each spec
     in front of the emulator (it reports request and response violations in `sl-violations`)."""
-    from jupyter_imagegen.emulator import EmulatorThread
-
-    emu = EmulatorThread(token=TOKEN).start()
+    emu = emulator_thread
     procs = {
         "openai": PrismProc(OPENAI_SPEC),
         "openrouter": PrismProc(OPENROUTER_SPEC),
@@ -162,7 +159,6 @@ def servers():
     finally:
         for p in procs.values():
             p.stop()
-        emu.stop()
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +171,9 @@ def prism_url_for(prisms, api_type: str) -> str:
 
 
 # -- test images ---------------------------------------------------------------------------------
-def _png(color, mode="RGB", size=(16, 16)) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-PNG_A = _png("red")
-PNG_B = _png("blue")
-MASK = _png((0, 0, 0, 0), "RGBA")
+PNG_A = make_png((16, 16), "red")
+PNG_B = make_png((16, 16), "blue")
+MASK = make_png((16, 16), (0, 0, 0, 0), "RGBA")
 
 
 # -- the requests the client can build -----------------------------------------------------------

@@ -7,7 +7,8 @@ import io
 import pytest
 from IPython.testing import globalipapp
 
-from _magic_helpers import recording_display, make_png
+from _image_helpers import make_png
+from _magic_helpers import recording_display
 from jupyter_imagegen import events as ev
 from jupyter_imagegen.display import (EventLog, GenerationView, clear_shown, error_html, gallery_html, mark_shown,
                                       preview, response_html, response_mimebundle, response_text)

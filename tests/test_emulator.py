@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from _image_helpers import make_png
 from conftest import EMULATOR_TOKEN
 from jupyter_imagegen.emulator import Emulator, EmulatorThread, parse_fault, run_emulator_in_thread
 
@@ -24,6 +25,8 @@ GEN = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 RESP = "/v1/responses"
 CHAT = "/api/v1/chat/completions"
+#: the input image most edit tests send
+BLUE_64 = make_png((64, 64), (0, 0, 255))
 
 
 class Answer:
@@ -58,12 +61,6 @@ def decode(b64: str) -> Image.Image:
 def from_data_url(url: str) -> Image.Image:
     assert url.startswith("data:image/")
     return decode(url.split(",", 1)[1])
-
-
-def png(colour=(0, 0, 255), size=(64, 64), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, colour).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def chat_body(prompt="a red fox", **extra) -> Dict[str, Any]:
@@ -202,7 +199,7 @@ async def test_invalid_json_and_stream_hook(emulator):
 
 # -- OpenAI images: edits -------------------------------------------------------------------------------
 async def test_edit_one_image_derives_from_input(emulator):
-    blue = png((0, 0, 255), (300, 200))
+    blue = make_png((300, 200), (0, 0, 255))
     a = await call(emulator, EDITS, data=edit_form(("image", blue, "image/png"), prompt="add a hat",
                                                    model="gpt-image-1", size="1024x1024", n="2"))
     assert a.status == 200, a.body
@@ -217,8 +214,8 @@ async def test_edit_one_image_derives_from_input(emulator):
 
 async def test_edit_two_images_and_repeated_image_field(emulator):
     for field in ("image[]", "image"):
-        form = edit_form((field, png((255, 0, 0), (400, 200)), "image/png"),
-                         (field, png((0, 255, 0)), "image/png"), prompt="combine", model="gpt-image-1.5",
+        form = edit_form((field, make_png((400, 200), (255, 0, 0)), "image/png"),
+                         (field, make_png((64, 64), (0, 255, 0)), "image/png"), prompt="combine", model="gpt-image-1.5",
                          output_format="jpeg")
         a = await call(emulator, EDITS, data=form)
         assert a.status == 200, a.body
@@ -228,15 +225,15 @@ async def test_edit_two_images_and_repeated_image_field(emulator):
 
 
 async def test_edit_with_mask_and_json_body(emulator):
-    mask = png((0, 0, 0, 0), (64, 64), mode="RGBA")
-    a = await call(emulator, EDITS, data=edit_form(("image", png(), "image/png"), ("mask", mask, "image/png"),
+    mask = make_png((64, 64), (0, 0, 0, 0), "RGBA")
+    a = await call(emulator, EDITS, data=edit_form(("image", BLUE_64, "image/png"), ("mask", mask, "image/png"),
                                                    prompt="sky", model="gpt-image-1"))
     assert a.status == 200, a.body
-    bad_mask = png((0, 0, 0, 0), (32, 32), mode="RGBA")
-    b = await call(emulator, EDITS, data=edit_form(("image", png(), "image/png"), ("mask", bad_mask, "image/png"),
+    bad_mask = make_png((32, 32), (0, 0, 0, 0), "RGBA")
+    b = await call(emulator, EDITS, data=edit_form(("image", BLUE_64, "image/png"), ("mask", bad_mask, "image/png"),
                                                    prompt="sky", model="gpt-image-1"))
     assert b.status == 400 and b.error["param"] == "mask"
-    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    url = "data:image/png;base64," + base64.b64encode(BLUE_64).decode()
     c = await call(emulator, EDITS, {"model": "gpt-image-1", "prompt": "sky", "images": [{"image_url": url}]})
     assert c.status == 200 and decode(c.json["data"][0]["b64_json"]).size == (1024, 1024)
 
@@ -244,19 +241,19 @@ async def test_edit_with_mask_and_json_body(emulator):
 async def test_edit_errors(emulator):
     a = await call(emulator, EDITS, data=edit_form(("image", b"just text", "text/plain"), prompt="x"))
     assert a.status == 400 and a.error["param"] == "image" and "unsupported mimetype ('text/plain')" in a.error["message"]
-    b = await call(emulator, EDITS, data=edit_form(("image", png(), "application/octet-stream"), prompt="x"))
+    b = await call(emulator, EDITS, data=edit_form(("image", BLUE_64, "application/octet-stream"), prompt="x"))
     assert b.status == 400 and "application/octet-stream" in b.error["message"]
     c = await call(emulator, EDITS, data=edit_form(("image", b"not really a png", "image/png"), prompt="x"))
     assert c.status == 400 and c.error["code"] == "invalid_image_file"
     d = await call(emulator, EDITS, data=edit_form(prompt="x", model="gpt-image-1"))
     assert d.status == 400 and d.error["message"] == "Missing required parameter: 'image'."
-    e = await call(emulator, EDITS, data=edit_form(("image", png(), "image/png"), model="gpt-image-1"))
+    e = await call(emulator, EDITS, data=edit_form(("image", BLUE_64, "image/png"), model="gpt-image-1"))
     assert e.status == 400 and e.error["param"] == "prompt"
     f = await call(emulator, EDITS, data=b"prompt=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert f.status == 400 and "Content-Type" in f.error["message"]
-    g = await call(emulator, EDITS, data=edit_form(("image", png(), "image/png"), prompt="x", model="dall-e-2"))
+    g = await call(emulator, EDITS, data=edit_form(("image", BLUE_64, "image/png"), prompt="x", model="dall-e-2"))
     assert g.status == 400 and "RGBA" in g.error["message"]  # dall-e-2 wants RGBA/LA/L
-    h = await call(emulator, EDITS, data=edit_form(("image", png(mode="RGBA", colour=(1, 2, 3, 255)), "image/png"),
+    h = await call(emulator, EDITS, data=edit_form(("image", make_png((64, 64), (1, 2, 3, 255), "RGBA"), "image/png"),
                                                    prompt="x", model="dall-e-2", response_format="b64_json",
                                                    size="512x512"))
     assert h.status == 200 and decode(h.json["data"][0]["b64_json"]).size == (512, 512)
@@ -281,7 +278,7 @@ async def test_responses_image_generation_call(emulator):
 
 
 async def test_responses_with_input_image_and_text_only(emulator):
-    url = "data:image/png;base64," + base64.b64encode(png((0, 0, 255), (200, 400))).decode()
+    url = "data:image/png;base64," + base64.b64encode(make_png((200, 400), (0, 0, 255))).decode()
     body = {"model": "gpt-4.1", "tools": [{"type": "image_generation"}],
             "input": [{"role": "user", "content": [{"type": "input_text", "text": "make it night"},
                                                    {"type": "input_image", "image_url": url}]}]}
@@ -380,7 +377,7 @@ async def test_chat_shape_text_only_and_input_images(emulator):
     assert b.status == 200 and "images" not in b.json["choices"][0]["message"]
     c = await call(emulator, CHAT, chat_body(image_config={"aspect_ratio": "1:1", "image_size": "2K"}))
     assert from_data_url(c.json["choices"][0]["message"]["images"][0]["image_url"]["url"]).size == (2048, 2048)
-    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    url = "data:image/png;base64," + base64.b64encode(BLUE_64).decode()
     d = await call(emulator, CHAT, {"model": "google/gemini-2.5-flash-image", "modalities": ["image", "text"],
                                     "messages": [{"role": "user", "content": [{"type": "text", "text": "make it red"},
                                                                               {"type": "image_url", "image_url": {"url": url}}]}]})
@@ -711,8 +708,10 @@ async def test_stop_ends_handlers_still_sleeping_in_a_fault():
                          headers={"Authorization": "Bearer sk-stop-test-0123456789abcdef"},
                          timeout=aiohttp.ClientTimeout(total=0.2))
     await emu.stop()
-    await asyncio.sleep(0.05)
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    # what stop() cancelled unwinds within a few loop turns; the 30 s sleeper would still be there
+    deadline = time.monotonic() + 1.0
+    while (left := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert left == [], left
 
 
@@ -752,7 +751,7 @@ async def test_n1_answers_are_not_all_stamped_number_one(emulator):
 async def test_edit_text_is_readable_on_a_white_input(emulator):
     """The footer was drawn in white straight onto the input: a white sketch gave blank text. It now
     sits on a dark band (shapes over an edit are faint: alone they never get darker than ~145)."""
-    white = png((255, 255, 255), (300, 300))
+    white = make_png((300, 300), (255, 255, 255))
     a = await call(emulator, EDITS, data=edit_form(("image", white, "image/png"), prompt="colour it in",
                                                    model="gpt-image-1", size="1024x1024"))
     assert a.status == 200, a.body

@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from _image_helpers import make_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, load
-from jupyter_imagegen.emulator import Emulator
-from jupyter_imagegen.saving import (SCHEMA, embed_metadata, read_embedded, request_from_settings, save_response,
-                                     sidecar_path, slugify)
+from jupyter_imagegen.loading import request_from_settings
+from jupyter_imagegen.saving import SCHEMA, embed_metadata, read_embedded, save_response, sidecar_path, slugify
 from jupyter_imagegen.model import Artifact, ImageResponse
 
 #: recognisable, so a grep over every written byte finds it if it leaks
 TOKEN = "sk-SAVING-LEAKCHECK-7f3a9c1e5b2d4f6a8c0e"
-
-
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
 
 
 def client_for(emu, api_type="openai_images", **kw):
@@ -67,9 +61,9 @@ def assert_no_token_anywhere(directory: Path):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt, background", [("png", None), ("jpeg", None), ("webp", None), ("webp", "transparent"),
                                              ("png", "transparent")])
-async def test_metadata_round_trip_keeps_pixels(emu, tmp_path, fmt, background):
+async def test_metadata_round_trip_keeps_pixels(emulator, tmp_path, fmt, background):
     prompt = "A red fox, in snow! — “quoted” & <tagged> é"
-    async with client_for(emu) as client:
+    async with client_for(emulator) as client:
         resp = await client.generate(ImageRequest(prompt, output_format=fmt, background=background, n=2,
                                                   size="1024x1536", quality="low", seed=42,
                                                   params={"moderation": "low"}))
@@ -126,8 +120,8 @@ async def test_metadata_round_trip_keeps_pixels(emu, tmp_path, fmt, background):
     assert_no_token_anywhere(tmp_path)
 
 
-async def test_revised_prompt_is_embedded(emu, tmp_path):
-    async with client_for(emu, "openai_responses") as client:
+async def test_revised_prompt_is_embedded(emulator, tmp_path):
+    async with client_for(emulator, "openai_responses") as client:
         resp = await client.generate(ImageRequest("a lighthouse at dusk"))
     assert resp.success and resp.artifacts[0].revised_prompt
     res = save_response(resp, tmp_path)
@@ -141,11 +135,11 @@ async def test_revised_prompt_is_embedded(emu, tmp_path):
     assert loaded.request.api_type == "openai_responses" and loaded.request.model == resp.model
 
 
-async def test_no_token_in_any_file_even_when_passed_in_the_request(emu, tmp_path):
+async def test_no_token_in_any_file_even_when_passed_in_the_request(emulator, tmp_path):
     src = tmp_path / "inputs" / "sketch.png"
     src.parent.mkdir()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(src)
-    cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"))
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"))
     async with ImageClient(cfg) as client:
         req = ImageRequest("make it blue", token=TOKEN, images=[str(src)],
                            headers={"Authorization": f"Bearer {TOKEN}", "X-Title": "test"},
@@ -162,10 +156,10 @@ async def test_no_token_in_any_file_even_when_passed_in_the_request(emu, tmp_pat
     assert side["request"]["params"] == {"user": "someone"}
 
 
-async def test_input_images_are_copied_and_found_again(emu, tmp_path):
+async def test_input_images_are_copied_and_found_again(emulator, tmp_path):
     src = tmp_path / "sketch.png"
     Image.new("RGB", (64, 48), (200, 40, 40)).save(src)
-    async with client_for(emu) as client:
+    async with client_for(emulator) as client:
         resp = await client.generate(ImageRequest("put a hat on it", images=[str(src)]))
     assert resp.success, resp.error
     res = save_response(resp, tmp_path / "out")
@@ -219,22 +213,16 @@ def test_names_never_collide_within_the_same_second(tmp_path):
 def test_save_problems_are_reported_not_raised(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(_png())], request=ImageRequest("p"))
+    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(make_png())], request=ImageRequest("p"))
     res = save_response(r, blocker / "sub")
     assert res.paths == [] and res.errors and "could not create" in res.errors[0]
     empty = ImageResponse(request_id="x", success=False, request=ImageRequest("p"))
     assert save_response(empty, tmp_path / "none") == ([], [], [], [])
 
 
-def _png(size=(16, 16), color=(0, 0, 0), fmt="PNG", mode="RGB"):
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def test_very_long_prompt_in_jpeg_fits_and_the_sidecar_has_it_all(tmp_path):
     prompt = "a very long prompt " * 5000        # ~95 KB: more than one JPEG segment holds
-    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(_png(fmt="JPEG"))], model="m",
+    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(make_png(fmt="JPEG"))], model="m",
                       api_type="openai_images", request=ImageRequest(prompt))
     res = save_response(r, tmp_path)
     assert res.errors == []
@@ -247,12 +235,12 @@ def test_very_long_prompt_in_jpeg_fits_and_the_sidecar_has_it_all(tmp_path):
 
 def test_load_without_metadata_and_from_the_sidecar_path(tmp_path):
     p = tmp_path / "plain.png"
-    p.write_bytes(_png())
+    p.write_bytes(make_png())
     loaded = load(p)
     assert loaded.metadata == {} and loaded.source is None and loaded.prompt is None
     with pytest.raises(ValueError, match="no jupyter-imagegen metadata"):
         loaded.request
-    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(_png(mode="RGBA", color=(1, 2, 3, 4)))],
+    r = ImageResponse(request_id="x", success=True, artifacts=[Artifact(make_png(mode="RGBA", color=(1, 2, 3, 4)))],
                       model="m", api_type="openai_images", request=ImageRequest("from the sidecar"))
     res = save_response(r, tmp_path)
     assert load(res.sidecars[0]).path == res.paths[0]
@@ -264,7 +252,7 @@ def test_load_without_metadata_and_from_the_sidecar_path(tmp_path):
 
 
 def test_embed_leaves_other_and_damaged_files_alone():
-    gif = _png(fmt="GIF")
+    gif = make_png(fmt="GIF")
     assert embed_metadata(gif, {"prompt": "x"}) == gif
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR"   # truncated
     assert embed_metadata(broken, {"prompt": "x"}) == broken

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 
 from _magic_helpers import RecordingPublisher
-from _reliab_helpers import Recorder, TinyServer, png_bytes
+from _image_helpers import make_png
+from _reliab_helpers import Recorder, TinyServer
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
 
 TOKEN = "sk-FAKE-imagegen-SECRET-TOKEN-5e1f2a3b4c5d6e7f"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def tree_leaks(root: Path):
 # a server that echoes the request back, in every place an answer can carry text
 # ---------------------------------------------------------------------------------------------
 def _png_b64() -> str:
-    return base64.b64encode(png_bytes()).decode()
+    return base64.b64encode(make_png()).decode()
 
 
 async def _echo(request: web.Request):
@@ -94,7 +94,7 @@ async def _echo(request: web.Request):
 
 
 async def _img(request):
-    return web.Response(body=png_bytes(), content_type="image/png")
+    return web.Response(body=make_png(), content_type="image/png")
 
 
 ECHO_CASES = [
@@ -106,7 +106,7 @@ ECHO_CASES = [
 ]
 
 
-async def test_client_output_never_holds_the_key(tmp_path, caplog):
+async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
     """Every place a client call can put text, over the emulator and over echoing servers."""
     from jupyter_imagegen import history, saving
     caplog.set_level(logging.DEBUG)
@@ -115,7 +115,7 @@ async def test_client_output_never_holds_the_key(tmp_path, caplog):
     saved_dir = tmp_path / "saved"
     seen = []            # (label, text) of everything a user could see or keep
 
-    async with Emulator(token=TOKEN) as emu, TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo, \
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo, \
             TinyServer({"/v1/{tail:.*}": _echo}) as other_origin:
 
         async def redirect(request):
@@ -125,7 +125,7 @@ async def test_client_output_never_holds_the_key(tmp_path, caplog):
             runs = []
             for api in ("openrouter_chat", "openai_images", "openai_responses"):
                 for faults in ([], ["401"], ["429:retry_after=0", "reset", "ok"], ["no_image"], ["url"]):
-                    runs.append((api, emu.base_url_for(api), faults, {}))
+                    runs.append((api, emulator.base_url_for(api), faults, {}))
             for api, kind, _ok in ECHO_CASES:
                 runs.append((api, echo.url + "/v1", [], {"X-Kind": kind}))
             runs.append(("openai_images", redirector.url + "/v1", [], {}))
@@ -136,7 +136,7 @@ async def test_client_output_never_holds_the_key(tmp_path, caplog):
             seen.append(("client repr", repr(client)))
             seen.append(("config repr", repr(cfg) + str(cfg.auth_hint) + cfg.masked_token))
             for api, base, faults, headers in runs:
-                emu.add_faults(*faults)
+                emulator.add_faults(*faults)
                 rec = Recorder()
                 req = ImageRequest(f"a fox {api} {faults} {headers}", api_type=api, base_url=base,
                                    headers=dict(headers), fresh=True)
@@ -159,7 +159,7 @@ async def test_client_output_never_holds_the_key(tmp_path, caplog):
                     saving.save_response(resp, saved_dir, request=req)
             # the same request with the key passed per call, not from the config
             per_call = ImageRequest("a per-call key", api_type="openai_images",
-                                    base_url=emu.base_url_for("openai_images"), token=TOKEN)
+                                    base_url=emulator.base_url_for("openai_images"), token=TOKEN)
             seen.append(("request repr", repr(per_call)))
             r2 = await ImageClient(ImageConfig(api_type="openai_images", token=None)).generate(per_call)
             seen.append(("per-call response", repr(r2) + str(r2.auth_hint)))
@@ -184,7 +184,7 @@ async def test_client_output_never_holds_the_key(tmp_path, caplog):
     # the redirect to another origin and the image download got no key
     assert hits and all("Authorization" not in h["headers"] and not leaks(json.dumps(h["headers"])) for h in hits)
     # and the emulator's request log never held it either
-    assert emu.request_count > 10
+    assert emulator.request_count > 10
     history.clear()
 
 
@@ -209,20 +209,14 @@ async def test_echoed_headers_are_scrubbed(api, kind, ok):
 # ---------------------------------------------------------------------------------------------
 # the magic: display messages, printed output, history, saved files
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emu_thread():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
-def test_magic_output_never_holds_the_key(emu_thread, monkeypatch, tmp_path, capsys, caplog):
+def test_magic_output_never_holds_the_key(emulator_thread, monkeypatch, tmp_path, capsys, caplog):
     from IPython.testing import globalipapp
     from jupyter_imagegen import history, runner
     caplog.set_level(logging.DEBUG)
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
+    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
     monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("IMAGE_CACHE", raising=False)     # the magic's default: cache on
     monkeypatch.setenv("IMAGE_MAX_ATTEMPTS", "2")
@@ -302,7 +296,7 @@ def kernelspecs(tmp_path_factory):
 @pytest.mark.kernel
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspecs, emu_thread):
+def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspecs, emulator_thread):
     """IMAGE_AUTH_TOKEN holds the fake key and IMAGE_BASE_URL points at an emulator that
     accepts only it, so the notebook takes its "your API" branch and really uses the key."""
     nbformat = pytest.importorskip("nbformat")
@@ -321,10 +315,10 @@ def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspec
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE")}
     env.pop("IMAGEGEN_EMULATOR", None)
-    env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE=api, IMAGE_BASE_URL=emu_thread.base_url_for(api),
+    env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE=api, IMAGE_BASE_URL=emulator_thread.base_url_for(api),
                IMAGE_CACHE_DIR=str(tmp_path / "cache"), IMAGEGEN_OUT=str(tmp_path / "out"), HOME=str(home),
                PYTHONWARNINGS="default")
-    before = emu_thread.request_count
+    before = emulator_thread.request_count
     km = KernelManager(kernel_name="imagegen-secrets", kernel_spec_manager=kernelspecs)
     client = NotebookClient(nb, km=km, timeout=120, allow_errors=False,
                             resources={"metadata": {"path": str(work)}})
@@ -342,6 +336,6 @@ def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspec
             assert not m, f"{p.relative_to(tmp_path)} holds a notebook's emulator key {m[0]}"
     if uses_env_key:
         # the fake key was really used: the emulator accepts nothing else
-        assert emu_thread.request_count > before, f"{path.name} sent nothing with the fake key"
-        assert all(r.get("auth") == "ok" for r in emu_thread.requests[before:] if r.get("auth"))
+        assert emulator_thread.request_count > before, f"{path.name} sent nothing with the fake key"
+        assert all(r.get("auth") == "ok" for r in emulator_thread.requests[before:] if r.get("auth"))
         assert "(IMAGE_AUTH_TOKEN is set; it is not shown)" in text

@@ -15,21 +15,16 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.emulator import STREAM_HANDLERS, Emulator
+from jupyter_imagegen.emulator import STREAM_HANDLERS
 from jupyter_imagegen.events import PARTIAL_IMAGE
 
-from _magic_helpers import recording_display, make_png
+from _image_helpers import make_png
+from _magic_helpers import recording_display
 
 TOKEN = "sk-stream-test-SECRET-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APIS = ("openai_images", "openai_responses", "openrouter_chat")
 PARTIAL_APIS = ("openai_images", "openai_responses")
-
-
-@pytest.fixture
-async def emu():
-    async with Emulator(token=TOKEN) as e:
-        yield e
 
 
 def make_client(emu, api_type: str, **kw) -> ImageClient:
@@ -101,14 +96,15 @@ GEN_BODY = {"model": "gpt-image-1", "prompt": "a lighthouse at dusk", "stream": 
 # ====================================================================================================
 # the emulator's wire shapes
 # ====================================================================================================
-async def test_stream_handlers_are_registered(emu):
+async def test_stream_handlers_are_registered(emulator):
     assert {"openai_images", "openai_edits", "openai_responses", "openrouter_chat"} <= set(STREAM_HANDLERS)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
-async def test_images_stream_shape(emu, k):
+async def test_images_stream_shape(emulator, k):
     status, headers, frames, comments, raw = await raw_stream(
-        emu.openai_base_url + "/images/generations", json_body={**GEN_BODY, "partial_images": k, "size": "1536x1024"})
+        emulator.openai_base_url + "/images/generations",
+        json_body={**GEN_BODY, "partial_images": k, "size": "1536x1024"})
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert raw.startswith(b"event: image_generation.") and raw.endswith(b"}\n\n")
     names = [f[0] for f in frames]
@@ -127,15 +123,15 @@ async def test_images_stream_shape(emu, k):
     assert all(im.size == (1536, 1024) for im in images)
     diffs = [sum(ImageStat.Stat(ImageChops.difference(im, images[-1])).mean) for im in images[:-1]]
     assert diffs == sorted(diffs, reverse=True) and all(d > 0 for d in diffs)
-    assert emu.requests[-1]["outcome"] == "stream_completed" and emu.requests[-1]["stream_events"] == k + 1
+    assert emulator.requests[-1]["outcome"] == "stream_completed" and emulator.requests[-1]["stream_events"] == k + 1
 
 
-async def test_edits_stream_uses_image_edit_events(emu):
+async def test_edits_stream_uses_image_edit_events(emulator):
     form = aiohttp.FormData()
     form.add_field("image", make_png((300, 200), (0, 0, 255)), filename="in.png", content_type="image/png")
     for k, v in {"prompt": "make it red", "model": "gpt-image-1", "stream": "true", "partial_images": "2"}.items():
         form.add_field(k, v)
-    status, headers, frames, _, _ = await raw_stream(emu.openai_base_url + "/images/edits", data=form)
+    status, headers, frames, _, _ = await raw_stream(emulator.openai_base_url + "/images/edits", data=form)
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert [f[0] for f in frames] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
     final = json.loads(frames[-1][1])
@@ -143,11 +139,11 @@ async def test_edits_stream_uses_image_edit_events(emu):
     assert final["usage"]["input_tokens_details"]["image_tokens"] > 0
 
 
-async def test_responses_stream_shape(emu):
+async def test_responses_stream_shape(emulator):
     body = {"model": "gpt-4.1-mini", "input": "a red fox", "stream": True,
             "tools": [{"type": "image_generation", "partial_images": 2, "size": "1024x1536"}],
             "tool_choice": {"type": "image_generation"}}
-    status, headers, frames, _, _ = await raw_stream(emu.openai_base_url + "/responses", json_body=body)
+    status, headers, frames, _, _ = await raw_stream(emulator.openai_base_url + "/responses", json_body=body)
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     names = [f[0] for f in frames]
     assert names == [
@@ -176,15 +172,15 @@ async def test_responses_stream_shape(emu):
     assert done["output"][1]["content"][0]["text"] == payloads[12]["text"]
     # the streamed response can be continued like a plain one
     async with aiohttp.ClientSession() as s:
-        async with s.post(emu.openai_base_url + "/responses", headers=AUTH,
+        async with s.post(emulator.openai_base_url + "/responses", headers=AUTH,
                           json={"model": "gpt-4.1-mini", "input": "again", "previous_response_id": done["id"]}) as r:
             assert r.status == 200
 
 
-async def test_chat_stream_shape(emu):
+async def test_chat_stream_shape(emulator):
     body = {"model": "google/gemini-2.5-flash-image", "messages": [{"role": "user", "content": "a fox"}],
             "modalities": ["image", "text"], "stream": True, "image_config": {"aspect_ratio": "16:9"}}
-    status, headers, frames, comments, raw = await raw_stream(emu.openrouter_base_url + "/chat/completions",
+    status, headers, frames, comments, raw = await raw_stream(emulator.openrouter_base_url + "/chat/completions",
                                                              json_body=body)
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert b"\nevent:" not in raw and not raw.startswith(b"event:"), "OpenRouter sends data: lines only"
@@ -201,67 +197,67 @@ async def test_chat_stream_shape(emu):
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks).startswith("Here is")
 
 
-async def test_dalle_still_refuses_to_stream(emu):
+async def test_dalle_still_refuses_to_stream(emulator):
     async with aiohttp.ClientSession() as s:
-        async with s.post(emu.openai_base_url + "/images/generations", headers=AUTH,
+        async with s.post(emulator.openai_base_url + "/images/generations", headers=AUTH,
                           json={"model": "dall-e-3", "prompt": "x", "stream": True}) as r:
             assert r.status == 400 and (await r.json())["error"]["param"] == "stream"
 
 
-async def test_validation_errors_come_before_the_stream(emu):
+async def test_validation_errors_come_before_the_stream(emulator):
     async with aiohttp.ClientSession() as s:
-        async with s.post(emu.openai_base_url + "/images/generations", headers=AUTH,
+        async with s.post(emulator.openai_base_url + "/images/generations", headers=AUTH,
                           json={**GEN_BODY, "partial_images": 4}) as r:
             assert r.status == 400 and r.content_type == "application/json"
-        async with s.post(emu.openai_base_url + "/images/generations", json=GEN_BODY) as r:
+        async with s.post(emulator.openai_base_url + "/images/generations", json=GEN_BODY) as r:
             assert r.status == 401
 
 
-async def test_stream_delay_spaces_the_image_events(emu):
-    emu.stream_delay = 0.15
+async def test_stream_delay_spaces_the_image_events(emulator):
+    emulator.stream_delay = 0.15
     t0 = time.monotonic()
-    _, _, frames, _, _ = await raw_stream(emu.openai_base_url + "/images/generations",
+    _, _, frames, _, _ = await raw_stream(emulator.openai_base_url + "/images/generations",
                                           json_body={**GEN_BODY, "partial_images": 2})
     times = [t0] + [f[2] for f in frames]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(gaps) == 3 and all(g >= 0.14 for g in gaps), gaps
     # a per-request override through a fault
     t0 = time.monotonic()
-    _, _, frames, _, _ = await raw_stream(emu.openai_base_url + "/images/generations",
+    _, _, frames, _, _ = await raw_stream(emulator.openai_base_url + "/images/generations",
                                           json_body={**GEN_BODY, "partial_images": 2},
                                           headers={"X-Emulator-Fault": "stream_slow:delay=0"})
     assert len(frames) == 3 and frames[-1][2] - t0 < 0.4
 
 
-async def test_stream_break_drops_the_connection_before_the_terminal_event(emu):
-    emu.add_faults("stream_break")
+async def test_stream_break_drops_the_connection_before_the_terminal_event(emulator):
+    emulator.add_faults("stream_break")
     frames: List[str] = []
     with pytest.raises(aiohttp.ClientPayloadError):
         async with aiohttp.ClientSession() as s:
-            async with s.post(emu.openai_base_url + "/images/generations", headers=AUTH,
+            async with s.post(emulator.openai_base_url + "/images/generations", headers=AUTH,
                               json={**GEN_BODY, "partial_images": 2}) as r:
                 assert r.status == 200
                 async for line in r.content:
                     frames.append(line.decode())
     assert any("image_generation.partial_image" in f for f in frames)
     assert not any("image_generation.completed" in f for f in frames)
-    e = emu.requests[-1]
+    e = emulator.requests[-1]
     assert e["outcome"] == "stream_break" and e["stream_events"] == 1
 
 
-async def test_stream_break_eof_and_after(emu):
-    _, _, frames, _, raw = await raw_stream(emu.openai_base_url + "/images/generations",
+async def test_stream_break_eof_and_after(emulator):
+    _, _, frames, _, raw = await raw_stream(emulator.openai_base_url + "/images/generations",
                                             json_body={**GEN_BODY, "partial_images": 3},
                                             headers={"X-Emulator-Fault": "stream_break:after=2,eof=1"})
     assert [f[0] for f in frames] == ["image_generation.partial_image"] * 2
-    assert emu.requests[-1]["stream_events"] == 2
+    assert emulator.requests[-1]["stream_events"] == 2
 
 
 @pytest.mark.parametrize("api", ["images", "responses", "chat"])
-async def test_stream_error_event_shapes(emu, api):
+async def test_stream_error_event_shapes(emulator, api):
     fault = {"X-Emulator-Fault": "stream_error:message=model melted"}
     if api == "images":
-        _, _, frames, _, _ = await raw_stream(emu.openai_base_url + "/images/generations",
+        _, _, frames, _, _ = await raw_stream(emulator.openai_base_url + "/images/generations",
                                               json_body={**GEN_BODY, "partial_images": 2}, headers=fault)
         assert [f[0] for f in frames] == ["image_generation.partial_image", "error"]
         err = json.loads(frames[-1][1])
@@ -269,7 +265,7 @@ async def test_stream_error_event_shapes(emu, api):
     elif api == "responses":
         body = {"model": "gpt-4.1-mini", "input": "x", "stream": True,
                 "tools": [{"type": "image_generation", "partial_images": 1}]}
-        _, _, frames, _, _ = await raw_stream(emu.openai_base_url + "/responses", json_body=body, headers=fault)
+        _, _, frames, _, _ = await raw_stream(emulator.openai_base_url + "/responses", json_body=body, headers=fault)
         err = json.loads(frames[-1][1])
         assert frames[-1][0] == "error" and "response.completed" not in [f[0] for f in frames]
         assert set(err) == {"type", "code", "message", "param", "sequence_number"}   # the spec's shape
@@ -277,13 +273,13 @@ async def test_stream_error_event_shapes(emu, api):
     else:
         body = {"model": "google/gemini-2.5-flash-image", "messages": [{"role": "user", "content": "x"}],
                 "modalities": ["image", "text"], "stream": True}
-        _, _, frames, _, _ = await raw_stream(emu.openrouter_base_url + "/chat/completions", json_body=body,
+        _, _, frames, _, _ = await raw_stream(emulator.openrouter_base_url + "/chat/completions", json_body=body,
                                               headers=fault)
         err = json.loads(frames[-1][1])
         assert err["error"] == {"code": 502, "message": "model melted",
                                 "metadata": {"error_type": "provider_unavailable", "provider_name": "Google"}}
         assert err["choices"][0]["finish_reason"] == "error" and frames[-1][1] != "[DONE]"
-    assert emu.requests[-1]["outcome"] == "stream_error"
+    assert emulator.requests[-1]["outcome"] == "stream_error"
 
 
 def test_stream_fault_specs_parse():
@@ -296,9 +292,9 @@ def test_stream_fault_specs_parse():
         parse_fault("stream_break:after=-1")
 
 
-async def test_stream_faults_are_ignored_without_stream(emu):
-    emu.add_faults("stream_break")
-    async with make_client(emu, "openai_images") as c:
+async def test_stream_faults_are_ignored_without_stream(emulator):
+    emulator.add_faults("stream_break")
+    async with make_client(emulator, "openai_images") as c:
         resp = await c.generate(ImageRequest("a fox"))
     assert resp.success and resp.attempts == 1
 
@@ -307,17 +303,17 @@ async def test_stream_faults_are_ignored_without_stream(emu):
 # the client against real streams
 # ====================================================================================================
 @pytest.mark.parametrize("api, k", [(a, k) for a in PARTIAL_APIS for k in (0, 1, 3)] + [("openrouter_chat", 0)])
-async def test_client_event_order_and_final_image(emu, api, k):
+async def test_client_event_order_and_final_image(emulator, api, k):
     rec = Recorder()
     req = ImageRequest("a red fox in snow", stream=True, partial_images=k if api in PARTIAL_APIS else None)
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert resp.success, resp.error
     assert rec.types() == ["generation_started", "api_call"] + ["partial_image"] * k + ["generation_completed"]
     partials = rec.of(PARTIAL_IMAGE)
     assert [e["partial_index"] for e in partials] == list(range(k))
     assert all(e.request_id == resp.request_id and e["index"] == 0 for e in partials)
-    sent = emu.requests[-1]["stream_images"]
+    sent = emulator.requests[-1]["stream_images"]
     assert [s for kind, s in sent if kind == "partial"] == [sha(e["artifact"].data) for e in partials]
     finals = [s for kind, s in sent if kind == "final"]
     assert len(resp.artifacts) == 1 and finals == [sha(resp.artifacts[0].data)], "the final image is the last event's"
@@ -326,12 +322,12 @@ async def test_client_event_order_and_final_image(emu, api, k):
     for e in partials:
         assert e["artifact"].mime_type == "image/png" and decode(e["artifact"].data).size == (1024, 1024)
     assert resp.usage is not None and resp.attempts == 1
-    assert emu.requests[-1]["stream"] is True and emu.requests[-1]["outcome"] == "stream_completed"
+    assert emulator.requests[-1]["stream"] is True and emulator.requests[-1]["outcome"] == "stream_completed"
 
 
-async def test_streamed_image_equals_the_plain_answer_for_a_seed(emu):
+async def test_streamed_image_equals_the_plain_answer_for_a_seed(emulator):
     """The emulator draws deterministically from a seed (OpenRouter): streamed == not streamed."""
-    async with make_client(emu, "openrouter_chat") as c:
+    async with make_client(emulator, "openrouter_chat") as c:
         plain = await c.generate(ImageRequest("a blue whale", seed=42))
         streamed = await c.generate(ImageRequest("a blue whale", seed=42, stream=True))
         other = await c.generate(ImageRequest("a blue whale", seed=43, stream=True))
@@ -341,48 +337,48 @@ async def test_streamed_image_equals_the_plain_answer_for_a_seed(emu):
     assert streamed.text == plain.text
 
 
-async def test_client_stream_with_input_image_and_fanout(emu):
+async def test_client_stream_with_input_image_and_fanout(emulator):
     rec = Recorder()
-    async with make_client(emu, "openai_images") as c:
+    async with make_client(emulator, "openai_images") as c:
         resp = await c.generate(ImageRequest("make it red", images=[make_png((256, 256))], n=2, stream=True,
                                              partial_images=2), on_event=rec)
     assert resp.success and len(resp.artifacts) == 2
-    assert [r["path"] for r in emu.requests] == ["/v1/images/edits"] * 2, "one streamed call per image"
+    assert [r["path"] for r in emulator.requests] == ["/v1/images/edits"] * 2, "one streamed call per image"
     partials = rec.of(PARTIAL_IMAGE)
     assert len(partials) == 4 and sorted(e["index"] for e in partials) == [0, 0, 1, 1]
     for i in (0, 1):
         assert [e["partial_index"] for e in partials if e["index"] == i] == [0, 1]
     assert sorted(a.index for a in resp.artifacts) == [0, 1]
-    finals = sorted(s for r in emu.requests for kind, s in r["stream_images"] if kind == "final")
+    finals = sorted(s for r in emulator.requests for kind, s in r["stream_images"] if kind == "final")
     assert finals == sorted(sha(a.data) for a in resp.artifacts)
 
 
 @pytest.mark.parametrize("fault", ["stream_break", "stream_break:eof=1", "reset_after_headers", "truncate",
                                    "invalid_json", "stream_break:after=3"])
 @pytest.mark.parametrize("api", APIS)
-async def test_broken_stream_is_retried_then_succeeds(emu, api, fault):
-    emu.add_faults(fault)
+async def test_broken_stream_is_retried_then_succeeds(emulator, api, fault):
+    emulator.add_faults(fault)
     rec = Recorder()
     req = ImageRequest("a fox", stream=True, partial_images=2 if api in PARTIAL_APIS else None)
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert resp.success, resp.error
-    assert resp.attempts == 2 and emu.request_count == 2
+    assert resp.attempts == 2 and emulator.request_count == 2
     retry = rec.of("api_retry")
     assert len(retry) == 1 and "stream" in retry[0]["reason"]
     assert [e["attempt"] for e in rec.of("api_call")] == [1, 2]
     # the image is the second, complete stream's final image, never part of the first
-    finals = [s for kind, s in emu.requests[-1]["stream_images"] if kind == "final"]
+    finals = [s for kind, s in emulator.requests[-1]["stream_images"] if kind == "final"]
     assert finals == [sha(resp.artifacts[0].data)]
     assert decode(resp.artifacts[0].data).size[0] > 0
 
 
 @pytest.mark.parametrize("api", APIS)
-async def test_an_http_error_before_the_stream_is_retried_as_usual(emu, api):
-    emu.add_faults("503", "429:retry_after=0")
+async def test_an_http_error_before_the_stream_is_retried_as_usual(emulator, api):
+    emulator.add_faults("503", "429:retry_after=0")
     rec = Recorder()
     req = ImageRequest("a fox", stream=True, partial_images=1 if api in PARTIAL_APIS else None)
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert resp.success and resp.attempts == 3
     assert [e["status_code"] for e in rec.of("api_retry")] == [503, 429]
@@ -390,53 +386,53 @@ async def test_an_http_error_before_the_stream_is_retried_as_usual(emu, api):
 
 
 @pytest.mark.parametrize("api", APIS)
-async def test_broken_stream_gives_a_clear_error_when_retries_run_out(emu, api):
-    emu.add_faults("stream_break", "stream_break", "stream_break")
+async def test_broken_stream_gives_a_clear_error_when_retries_run_out(emulator, api):
+    emulator.add_faults("stream_break", "stream_break", "stream_break")
     rec = Recorder()
     req = ImageRequest("a fox", stream=True, partial_images=1 if api in PARTIAL_APIS else None, max_attempts=3)
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert not resp.success and resp.artifacts == [], "never a half image"
     assert "gave up after 3 attempts" in resp.error and "stream" in resp.error
-    assert rec.types()[-1] == "generation_failed" and emu.request_count == 3
+    assert rec.types()[-1] == "generation_failed" and emulator.request_count == 3
     assert TOKEN not in resp.error
 
 
 @pytest.mark.parametrize("api", APIS)
-async def test_stream_error_surfaces_clearly(emu, api):
-    emu.add_faults("stream_error:message=the model could not finish this image")
+async def test_stream_error_surfaces_clearly(emulator, api):
+    emulator.add_faults("stream_error:message=the model could not finish this image")
     rec = Recorder()
     req = ImageRequest("a fox", stream=True, partial_images=2 if api in PARTIAL_APIS else None)
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert not resp.success and resp.artifacts == []
     assert "the model could not finish this image" in resp.error and "stream" in resp.error
-    assert resp.attempts == 1 and emu.request_count == 1, "an error the server reports is not retried"
+    assert resp.attempts == 1 and emulator.request_count == 1, "an error the server reports is not retried"
     assert rec.types()[-1] == "generation_failed"
     if api == "openrouter_chat":
         assert resp.status_code == 502
 
 
-async def test_no_image_in_a_stream(emu):
-    emu.add_faults("no_image")
-    async with make_client(emu, "openai_responses") as c:
+async def test_no_image_in_a_stream(emulator):
+    emulator.add_faults("no_image")
+    async with make_client(emulator, "openai_responses") as c:
         resp = await c.generate(ImageRequest("a fox", stream=True, partial_images=2))
     assert not resp.success and "no image" in resp.error
 
 
-async def test_stalled_stream_times_out_and_is_retried(emu):
-    emu.add_faults("slow_body:delay=3")
-    async with make_client(emu, "openai_images", timeout=1) as c:
+async def test_stalled_stream_times_out_and_is_retried(emulator):
+    emulator.add_faults("slow_body:delay=3")
+    async with make_client(emulator, "openai_images", timeout=1) as c:
         t0 = time.monotonic()
         resp = await c.generate(ImageRequest("a fox", stream=True, partial_images=2))
     assert resp.success and resp.attempts == 2 and time.monotonic() - t0 < 2.5
 
 
 @pytest.mark.parametrize("api", PARTIAL_APIS)
-async def test_cancel_mid_stream(emu, api):
-    emu.stream_delay = 0.5
+async def test_cancel_mid_stream(emulator, api):
+    emulator.stream_delay = 0.5
     rec = Recorder()
-    client = make_client(emu, api)
+    client = make_client(emulator, api)
     task = asyncio.ensure_future(client.generate(ImageRequest("a fox", stream=True, partial_images=3), on_event=rec))
     try:
         await asyncio.wait_for(rec.first_partial.wait(), 5)
@@ -448,9 +444,9 @@ async def test_cancel_mid_stream(emu, api):
         assert rec.types()[-1] == "generation_failed" and rec.events[-1]["cancelled"]
         # the emulator sees the client go away while it is still "drawing"
         deadline = time.monotonic() + 0.5
-        while emu.requests[-1].get("outcome") != "client_disconnected" and time.monotonic() < deadline:
+        while emulator.requests[-1].get("outcome") != "client_disconnected" and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        entry = emu.requests[-1]
+        entry = emulator.requests[-1]
         assert entry["outcome"] == "client_disconnected"
         kinds = [kind for kind, _ in entry["stream_images"]]
         assert kinds and "final" not in kinds and len(kinds) < 3, "it stopped between partials"
@@ -458,30 +454,30 @@ async def test_cancel_mid_stream(emu, api):
         await client.close()
 
 
-async def test_cancel_before_the_first_event(emu):
-    emu.stream_delay = 2
-    client = make_client(emu, "openai_images")
+async def test_cancel_before_the_first_event(emulator):
+    emulator.stream_delay = 2
+    client = make_client(emulator, "openai_images")
     task = asyncio.ensure_future(client.generate(ImageRequest("a fox", stream=True, partial_images=1)))
     try:
-        while not emu.requests:
+        # the headers are out and the emulator "draws" before the first event (its log says so)
+        while not emulator.requests or "stream_events" not in emulator.requests[-1]:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
         t0 = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert time.monotonic() - t0 < 0.5
         deadline = time.monotonic() + 0.5
-        while emu.requests[-1].get("outcome") != "client_disconnected" and time.monotonic() < deadline:
+        while emulator.requests[-1].get("outcome") != "client_disconnected" and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        assert emu.requests[-1]["outcome"] == "client_disconnected"
+        assert emulator.requests[-1]["outcome"] == "client_disconnected"
     finally:
         await client.close()
 
 
-async def test_large_streamed_image(emu):
+async def test_large_streamed_image(emulator):
     """A 4K image arrives as one multi-MB base64 line: the parser takes it, the bytes are intact."""
-    async with make_client(emu, "openrouter_chat") as c:
+    async with make_client(emulator, "openrouter_chat") as c:
         resp = await c.generate(ImageRequest("a big map", size="4K", aspect_ratio=None, stream=True, seed=1))
         plain = await c.generate(ImageRequest("a big map", size="4K", seed=1))
     assert resp.success, resp.error
@@ -500,11 +496,11 @@ def recorder():
 
 
 @pytest.mark.parametrize("api", PARTIAL_APIS)
-async def test_display_updates_partials_in_place(emu, recorder, api):
+async def test_display_updates_partials_in_place(emulator, recorder, api):
     from jupyter_imagegen.display import GenerationView
     view = GenerationView(mode="notebook")
     view.start("a fox")
-    async with make_client(emu, api) as c:
+    async with make_client(emulator, api) as c:
         resp = await c.generate(ImageRequest("a fox", stream=True, partial_images=3), on_event=view.on_event)
     view.show_response(resp)
     assert resp.success
