@@ -6,20 +6,16 @@ IMAGE_* environment variables, as a user's notebook would.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ipykernel")
 jupyter_client = pytest.importorskip("jupyter_client")
 
-from jupyter_client import KernelManager  # noqa: E402
-from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
-
 from jupyter_imagegen.emulator import EmulatorThread  # noqa: E402
+from kernels import execute, kernel_env, outputs, running_kernel  # noqa: E402
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 
@@ -36,61 +32,18 @@ def emulator_thread():
 def kernel(emulator_thread, tmp_path_factory):
     """A python kernel of *this* interpreter (a private kernelspec, so the editable install and
     the test dependencies are the ones the kernel imports)."""
-    root = tmp_path_factory.mktemp("kernelspec")
-    spec_dir = root / "kernels" / "imagegen-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "imagegen test", "language": "python",
-    }))
-    ksm = KernelSpecManager(kernel_dirs=[str(root / "kernels")])
     workdir = tmp_path_factory.mktemp("kernel-cwd")
-    env = dict(os.environ)
-    env.update({
-        "IMAGE_BASE_URL": emulator_thread.base_url_for("openai_images"),
-        "IMAGE_AUTH_TOKEN": TOKEN,
-        "IMAGE_API_TYPE": "openai_images",
-        "IMAGE_CACHE": "0",
-        "IMAGE_CACHE_DIR": str(workdir / "cache"),
-        "PYTHONWARNINGS": "default",
-    })
-    km = KernelManager(kernel_name="imagegen-test", kernel_spec_manager=ksm)
-    stderr = open(workdir / "kernel-stderr.txt", "w")
-    km.start_kernel(env=env, cwd=str(workdir), stderr=stderr)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        yield km, kc, workdir
-    finally:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel(now=False)
-        stderr.close()
-
-
-def execute(kc, code: str, timeout: float = 30.0):
-    """Run `code`; return (execute_reply content, the iopub messages of this execution)."""
-    msg_id = kc.execute(code)
-    msgs = []
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no idle status within {timeout} s; got {[m['msg_type'] for m in msgs]}"
-        msg = kc.get_iopub_msg(timeout=remaining)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        msgs.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    while True:
-        reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"], msgs
-
-
-def outputs(msgs, *types):
-    return [m for m in msgs if m["msg_type"] in types]
+    env = kernel_env(
+        sys.executable,
+        IMAGE_BASE_URL=emulator_thread.base_url_for("openai_images"),
+        IMAGE_AUTH_TOKEN=TOKEN,
+        IMAGE_API_TYPE="openai_images",
+        IMAGE_CACHE="0",
+        IMAGE_CACHE_DIR=str(workdir / "cache"),
+        PYTHONWARNINGS="default",
+    )
+    with running_kernel(sys.executable, env=env, cwd=workdir, workdir=workdir) as k:
+        yield k.km, k.kc, workdir
 
 
 def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
@@ -201,8 +154,8 @@ def test_kernel_shutdown_closes_the_session_quietly(kernel):
     km, kc, workdir = kernel
     execute(kc, "%load_ext jupyter_imagegen")
     reply, msgs = execute(kc, "%imagegen one more lighthouse\n"
-                              "from jupyter_imagegen import runner\n"
-                              "assert not runner.current_client()._session.closed")
+                              "from jupyter_imagegen.runtime import runtime\n"
+                              "assert not runtime.current_client._session.closed")
     assert reply["status"] == "ok", reply
     kc.stop_channels()
     km.shutdown_kernel(now=False)
