@@ -46,15 +46,12 @@ def __getattr__(name):  # lazy: importing the package must not import aiohttp/IP
 
 
 def load_ipython_extension(ipython):
-    """`%load_ext jupyter_imagegen`: registers %%imagegen / %imagegen and %imagegen_form."""
+    """`%load_ext jupyter_imagegen`: registers %%imagegen / %imagegen, %imagegen_form and
+    %imagegen_history."""
     from .magic import load_ipython_extension as _load
-    from .widget import register_form_magic
     _load(ipython)
-    register_form_magic(ipython)
 
 
 def unload_ipython_extension(ipython):
     from .magic import unload_ipython_extension as _unload
-    from .widget import unregister_form_magic
-    unregister_form_magic(ipython)
     _unload(ipython)

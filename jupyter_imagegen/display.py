@@ -25,7 +25,7 @@ import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import events as ev
-from .render import (DEFAULT_PREVIEW_MAX_SIDE, EventLog, clear_shown, error_html, error_text, esc, gallery_html,
+from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, clear_shown, error_html, error_text, esc, gallery_html,
                      mark_shown, preview, refusal_message, response_html, response_mimebundle, response_text,
                      truncate)
 
@@ -260,6 +260,6 @@ class GenerationView:
         self.log.cancel(text)
         if self.quiet:
             self._show("result", {"text/plain": self.log.lines[-1][2],
-                                  "text/html": f'<div style="{_STYLE_WARN}">{esc(self.log.lines[-1][2])}</div>'})
+                                  "text/html": f'<div style="{STYLE_WARN}">{esc(self.log.lines[-1][2])}</div>'})
         else:
             self._refresh_log()

@@ -37,7 +37,7 @@ _STYLE_LOG = (f"{_FONT}; font-size: 12px; line-height: 1.45; margin: 2px 0 6px 0
               "border-left: 3px solid {color}; background: rgba(127,127,127,0.06); border-radius: 2px")
 _STYLE_ERROR = ("margin: 4px 0; padding: 8px 12px; border-left: 4px solid #d32f2f; "
                 "background: rgba(211,47,47,0.08); border-radius: 3px; line-height: 1.45")
-_STYLE_WARN = ("margin: 4px 0; padding: 6px 12px; border-left: 4px solid #ed6c02; "
+STYLE_WARN = ("margin: 4px 0; padding: 6px 12px; border-left: 4px solid #ed6c02; "
                "background: rgba(237,108,2,0.08); border-radius: 3px; line-height: 1.45")
 _STYLE_CAPTION = "font-size: 12px; opacity: 0.75; margin-top: 3px; line-height: 1.35; word-break: break-word"
 _LOG_COLORS = {"waiting": "#9e9e9e", "running": "#1976d2", "done": "#2e7d32", "failed": "#d32f2f",
@@ -195,7 +195,7 @@ def error_html(message: str, *, title: str = "Image generation failed", suggesti
         where.append(f"from <code>{esc(scrub(api_url))}</code>")
     if where:
         head += f" <span style='opacity: 0.8'>({' '.join(where)})</span>"
-    body = [f'<div class="imagegen-error" style="{_STYLE_WARN if warning else _STYLE_ERROR}">', head,
+    body = [f'<div class="imagegen-error" style="{STYLE_WARN if warning else _STYLE_ERROR}">', head,
             f'<div style="white-space: pre-wrap; margin-top: 2px">{esc(scrub(message))}</div>']
     if suggestions:
         items = "".join(f"<li>{esc(scrub(s))}</li>" for s in suggestions)

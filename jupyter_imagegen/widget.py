@@ -8,7 +8,7 @@
     form.results              # every response that produced images, newest first
     form.request              # the ImageRequest the form would send now
 
-or ``%imagegen_form [options] [prompt]`` after ``%load_ext jupyter_imagegen``.
+or ``%imagegen_form [options] [prompt]`` after ``%load_ext jupyter_imagegen`` (see `magic`).
 
 Generate never blocks the kernel: the request runs through the kernel runtime's pipeline on its
 background loop (`runtime.submit`), its events and result are applied to the widgets on the
@@ -26,7 +26,6 @@ client. ``config=`` (used as given) or ``client=`` replace that.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import html
@@ -53,8 +52,7 @@ from .runtime import Outcome, kernel_side_poster, runtime, save_dir_problem, sho
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "register_form_magic",
-           "unregister_form_magic", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES",
+__all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES",
            "DEFAULT_PARTIALS"]
 
 #: the form refuses n outside 1..MAX_N (the providers then check their own, maybe smaller, limits)
@@ -816,83 +814,3 @@ def _settle(done: "asyncio.Future[Any]", job: Job, result: Any) -> None:
         done.cancel()
     else:
         done.set_result(result)
-
-
-# --------------------------------------------------------------------------------------------
-# %imagegen_form
-# --------------------------------------------------------------------------------------------
-class _FormArgParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's default would exit the kernel's process
-        from IPython.core.error import UsageError
-        raise UsageError(f"%imagegen_form: {message}")
-
-
-def _form_parser() -> "_FormArgParser":
-    p = _FormArgParser(prog="%imagegen_form", add_help=False, allow_abbrev=False,
-                                description="Show an image generation form (the rest of the line pre-fills the prompt).")
-    p.add_argument("--api", metavar="API")
-    p.add_argument("--model", metavar="MODEL")
-    p.add_argument("-n", type=int, default=1, metavar="N")
-    p.add_argument("--size", metavar="WxH|W:H")
-    p.add_argument("--aspect", metavar="W:H")
-    p.add_argument("--quality", metavar="Q")
-    p.add_argument("--save", metavar="DIR")
-    p.add_argument("--image", action="append", default=[], metavar="PATH_OR_VAR")
-    p.add_argument("--out", metavar="VAR")
-    p.add_argument("--stream", action="store_true")
-    p.add_argument("--partials", type=int, metavar="K")
-    return p
-
-
-def _form_magic_factory(ipython):
-    def imagegen_form(line: str = ""):
-        """%imagegen_form [--api API] [--model M] [-n N] [--size WxH|W:H] [--quality Q] [--save DIR]
-        [--image PATH_OR_VAR]... [--stream] [--partials K] [--out VAR] [prompt...]
-
-        Show an ImageGenForm with those fields pre-filled (`--stream` / `--partials K` tick "show
-        progress", with K partial images); `--out VAR` keeps it in VAR
-        (VAR.value is the latest ImageResponse, VAR.results every result).
-        """
-        from IPython.core.error import UsageError
-        from IPython.display import display
-        from .magic import API_ALIASES, expand_variables, resolve_image, split_options
-
-        parser = _form_parser()
-        ns = ipython.user_ns
-        argv, rest = split_options(line, parser)
-        args = parser.parse_args([expand_variables(t, ns, where="the options") for t in argv])
-        api = None
-        if args.api:
-            v = args.api.strip().lower().replace("-", "_")
-            api = API_ALIASES.get(v, v)
-            if api not in API_TYPES:
-                raise UsageError(f"%imagegen_form: --api {args.api!r}: use one of {', '.join(API_TYPES)}")
-        if args.out and (not args.out.isidentifier()):
-            raise UsageError(f"%imagegen_form: --out {args.out!r} is not a valid variable name")
-        if args.quality and args.quality not in QUALITY_CHOICES:
-            raise UsageError(f"%imagegen_form: --quality {args.quality!r}: use one of {', '.join(QUALITY_CHOICES)}")
-        images = [resolve_image(spec, ns) for spec in args.image]
-        prompt = expand_variables(rest, ns) if rest else ""
-        try:
-            form = ImageGenForm(prompt=prompt, api_type=api, model=args.model, size=args.size,
-                                aspect_ratio=args.aspect, n=args.n, quality=args.quality, images=images,
-                                save_dir=args.save, show_progress=args.stream or args.partials is not None,
-                                **({} if args.partials is None else {"partial_images": args.partials}))
-        except (RequestError, ConfigError) as e:
-            raise UsageError(f"%imagegen_form: {e}") from None
-        if args.out:
-            ns[args.out] = form
-        display(form)
-        return None
-
-    return imagegen_form
-
-
-def register_form_magic(ipython) -> None:
-    """Register the `%imagegen_form` line magic on `ipython` (idempotent)."""
-    ipython.register_magic_function(_form_magic_factory(ipython), magic_kind="line", magic_name="imagegen_form")
-
-
-def unregister_form_magic(ipython) -> None:
-    """Remove `%imagegen_form` (for unload_ipython_extension)."""
-    ipython.magics_manager.magics["line"].pop("imagegen_form", None)

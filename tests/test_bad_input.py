@@ -143,7 +143,7 @@ async def test_missing_token_sends_nothing(emulator):
 @pytest.fixture
 def ip(emulator_thread, monkeypatch, tmp_path, files):
     from IPython.testing import globalipapp
-    from jupyter_imagegen import runner
+    from jupyter_imagegen.runtime import runtime
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
@@ -164,7 +164,7 @@ def ip(emulator_thread, monkeypatch, tmp_path, files):
     finally:
         for k in ("bad_url", "bytes_50mb", "bomb", "text_var"):
             shell.user_ns.pop(k, None)
-        runner.close_client()
+        runtime.close()
 
 
 MAGIC_CASES = [

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from _magic_helpers import recording_display
-from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load, runner
+from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load
+from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.compare import CompareResult, acompare, compare, parse_compare_spec, split_prompts
 
 TOKEN = "sk-COMPARE-LEAKCHECK-5e6f7a8b9c0d1e2f3a4b"
@@ -226,7 +227,7 @@ def test_sync_compare_uses_the_kernel_client_and_its_cache(emulator_thread, monk
         again = compare(prompts=PROMPTS, models=MODELS[:2], record=False)
         assert again.ok == 4 and emulator_thread.request_count == before + 4
     finally:
-        runner.close_client()
+        runtime.close()
 
 
 def test_helpers():

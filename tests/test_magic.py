@@ -24,7 +24,9 @@ from _magic_helpers import background_tasks, recording_display, make_png
 from jupyter_imagegen.errors import GenerationCancelled
 from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.emulator import EmulatorThread
-from jupyter_imagegen.magic import ImageGenMagics, expand_variables, slugify, split_options
+from jupyter_imagegen.magic import ImageGenMagics
+from jupyter_imagegen.magic_options import expand_variables, split_options
+from jupyter_imagegen.saving import slugify
 from jupyter_imagegen.model import Artifact, ImageResponse
 
 TOKEN = "sk-magic-test-token-0123456789"

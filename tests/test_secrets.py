@@ -211,7 +211,8 @@ async def test_echoed_headers_are_scrubbed(api, kind, ok):
 # ---------------------------------------------------------------------------------------------
 def test_magic_output_never_holds_the_key(emulator_thread, monkeypatch, tmp_path, capsys, caplog):
     from IPython.testing import globalipapp
-    from jupyter_imagegen import history, runner
+    from jupyter_imagegen import history
+    from jupyter_imagegen.runtime import runtime
     caplog.set_level(logging.DEBUG)
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
@@ -259,7 +260,7 @@ def test_magic_output_never_holds_the_key(emulator_thread, monkeypatch, tmp_path
             shell.run_cell(f"%%imagegen --save out --out echoed\n{kind}", store_history=False)
     finally:
         shell.display_pub = old_pub
-        runner.close_client()
+        runtime.close()
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
     out = capsys.readouterr()

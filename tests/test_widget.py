@@ -511,10 +511,9 @@ def test_generate_without_a_running_loop_says_so():
 def test_imagegen_form_magic(monkeypatch, capsys):
     from IPython.core.error import UsageError
     from IPython.testing import globalipapp
-    from jupyter_imagegen.widget import register_form_magic, unregister_form_magic
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_API_TYPE", "openrouter_chat")
-    register_form_magic(shell)
+    shell.extension_manager.load_extension("jupyter_imagegen")
     try:
         shell.user_ns["style"] = "watercolour"
         shell.run_line_magic("imagegen_form", "--api openai -n 2 --size 16:9 --quality low --out f a fox, {style}")
@@ -528,7 +527,7 @@ def test_imagegen_form_magic(monkeypatch, capsys):
         with pytest.raises(UsageError, match="imagegen_form"):
             shell.run_line_magic("imagegen_form", "--bogus 1")
     finally:
-        unregister_form_magic(shell)
+        shell.extension_manager.unload_extension("jupyter_imagegen")
         shell.user_ns.pop("f", None)
         shell.user_ns.pop("style", None)
     assert "imagegen_form" not in shell.magics_manager.magics["line"]
@@ -619,10 +618,9 @@ async def test_cancel_mid_stream_drops_the_connection(emulator):
 def test_imagegen_form_magic_progress(monkeypatch):
     from IPython.core.error import UsageError
     from IPython.testing import globalipapp
-    from jupyter_imagegen.widget import register_form_magic, unregister_form_magic
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    register_form_magic(shell)
+    shell.extension_manager.load_extension("jupyter_imagegen")
     try:
         shell.run_line_magic("imagegen_form", "--partials 3 --out f a fox")
         form = shell.user_ns["f"]
@@ -632,7 +630,7 @@ def test_imagegen_form_magic_progress(monkeypatch):
         with pytest.raises(UsageError, match="partial"):
             shell.run_line_magic("imagegen_form", "--partials 7 a fox")
     finally:
-        unregister_form_magic(shell)
+        shell.extension_manager.unload_extension("jupyter_imagegen")
         shell.user_ns.pop("f", None)
 
 
