@@ -4,7 +4,7 @@ from __future__ import annotations
 from .config import ImageConfig, mask_token
 from .errors import (APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, ConfigError,
                      ContentPolicyError, GenerationCancelled, ImageAPIError, ImageGenError, ImageRetryableError,
-                     InternalServerError, MissingTokenError, NoImageError, NotFoundError, PaymentRequiredError,
+                     InputImageError, InternalServerError, MissingTokenError, NoImageError, NotFoundError, PaymentRequiredError,
                      PermissionDeniedError, RateLimitError, RequestError, UnprocessableEntityError, api_error_for)
 from .events import Event
 from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage
@@ -20,7 +20,7 @@ __all__ = [
     "MissingTokenError", "BadRequestError", "AuthenticationError", "PaymentRequiredError",
     "PermissionDeniedError", "NotFoundError", "UnprocessableEntityError", "RateLimitError",
     "InternalServerError", "APIConnectionError", "APITimeoutError", "NoImageError", "ContentPolicyError",
-    "GenerationCancelled", "api_error_for",
+    "GenerationCancelled", "api_error_for", "InputImageError",
 ]
 
 

@@ -46,7 +46,7 @@ from typing import Any, Dict, Optional, Type
 from .retry import is_retryable_status
 
 __all__ = [
-    "ImageGenError", "ConfigError", "MissingTokenError", "RequestError",
+    "ImageGenError", "ConfigError", "MissingTokenError", "RequestError", "InputImageError",
     "ImageAPIError", "ImageRetryableError", "BadRequestError", "AuthenticationError",
     "PaymentRequiredError", "PermissionDeniedError", "NotFoundError", "UnprocessableEntityError",
     "RateLimitError", "InternalServerError", "APIConnectionError", "APITimeoutError", "NoImageError",
@@ -91,6 +91,19 @@ class MissingTokenError(ConfigError):
 
 class RequestError(ImageGenError, ValueError):
     """An ImageRequest cannot be sent as it is. The message says what to fix."""
+
+
+class InputImageError(RequestError):
+    """An input image cannot be used: `label` names it (a file name, "--image x"), `reason` says
+    why (the message is "label: reason")."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"{label}: {reason}")
+        self.label = label
+        self.reason = reason
+
+    def __reduce__(self):  # the constructor's arguments are not `args`
+        return (type(self), (self.label, self.reason))
 
 
 def _rebuild(cls: type, state: Dict[str, Any]) -> "ImageAPIError":

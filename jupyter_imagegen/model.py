@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import ImageAPIError, RequestError
+from .errors import ImageAPIError, InputImageError
 from .render import response_mimebundle
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
@@ -238,19 +238,19 @@ class InputImage:
         elif isinstance(value, str) and value.startswith("data:"):
             m = _DATA_URL.match(value)
             if not m or not m.group("mime"):
-                raise RequestError(f"{label}: a data URL must look like 'data:image/png;base64,...' "
+                raise InputImageError(label, f"a data URL must look like 'data:image/png;base64,...' "
                                    f"(got {value[:30]!r}...)")
             try:
                 data = base64.b64decode(m.group("data"), validate=True)
             except (binascii.Error, ValueError):
-                raise RequestError(f"{label}: the data URL's base64 payload is not valid base64") from None
+                raise InputImageError(label, "the data URL's base64 payload is not valid base64") from None
         elif isinstance(value, (str, os.PathLike)):
             p = Path(value).expanduser()
             if not p.is_file():
-                raise RequestError(f"{label}: no such file {str(p)!r}")
+                raise InputImageError(label, f"no such file {str(p)!r}")
             size = p.stat().st_size
             if size > max_bytes:
-                raise RequestError(f"{label}: {p.name} is {size / 1e6:.1f} MB; the limit is "
+                raise InputImageError(label, f"{p.name} is {size / 1e6:.1f} MB; the limit is "
                                    f"{max_bytes / 1e6:.0f} MB — downscale or compress it first")
             data, name = p.read_bytes(), p.stem
         elif hasattr(value, "save") and hasattr(value, "mode") and hasattr(value, "size"):  # PIL image
@@ -261,14 +261,14 @@ class InputImage:
             im.save(buf, format="PNG")
             data = buf.getvalue()
         else:
-            raise RequestError(f"{label}: expected a file path, bytes, a data URL, a PIL image or an "
+            raise InputImageError(label, f"expected a file path, bytes, a data URL, a PIL image or an "
                                f"Artifact, got {type(value).__name__}")
         if len(data) > max_bytes:
-            raise RequestError(f"{label}: {len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB "
+            raise InputImageError(label, f"{len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB "
                                "limit — downscale or compress it first")
         mime = sniff_mime(data)
         if mime is None:
-            raise RequestError(f"{label}: not a PNG, JPEG, WebP or GIF image "
+            raise InputImageError(label, f"not a PNG, JPEG, WebP or GIF image "
                                f"(starts with {data[:8]!r})")
         _check_decodable(data, label)
         return cls(data=data, mime_type=mime, name=name + EXT_BY_MIME[mime])
@@ -303,7 +303,7 @@ def image_problem(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Optional[s
 def _check_decodable(data: bytes, label: str) -> None:
     problem = image_problem(data, MAX_INPUT_PIXELS)
     if problem:
-        raise RequestError(f"{label}: {problem} — fix or resize it first")
+        raise InputImageError(label, f"{problem} — fix or resize it first")
 
 
 

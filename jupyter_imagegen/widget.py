@@ -33,160 +33,31 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import ipywidgets as W
 
 from . import events as ev
 from .client import ImageClient
-from .compare import acompare, parse_compare_spec
+from .compare import acompare
 from .config import API_TYPES, DEFAULT_MODELS, SUGGESTED_MODELS, ImageConfig, validate_api_type
-from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, preview, refusal_message
-from .errors import ConfigError, RequestError
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, refusal_message
+from .errors import ConfigError, InputImageError, RequestError
+from .form_cards import history_card, history_title_html, input_card
+from .form_fields import (API_LABELS, DEFAULT_PARTIALS, MAX_N, QUALITY_CHOICES, SIZE_SUGGESTIONS, FormRun,
+                          FormSettings, InputSlot, join_size, parse_compare_field, split_size)
 from .loop_thread import Job
-from .providers.base import MAX_FANOUT_N
 from .model import EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+from .render import esc, truncate
 from .runtime import Outcome, kernel_side_poster, runtime, save_dir_problem, show_outcome
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS", "QUALITY_CHOICES",
-           "DEFAULT_PARTIALS"]
-
-#: the form refuses n outside 1..MAX_N (the providers then check their own, maybe smaller, limits)
-MAX_N = MAX_FANOUT_N
-API_LABELS = {
-    "openrouter_chat": "OpenRouter (chat)",
-    "openai_images": "OpenAI Images",
-    "openai_responses": "OpenAI Responses",
-}
-_ASPECTS = ("1:1", "3:2", "2:3", "16:9", "9:16", "4:3", "3:4")
-#: what the size box suggests per API: sizes (WxH, auto, 1K/2K/4K) and aspect ratios (W:H)
-SIZE_SUGGESTIONS = {
-    "openrouter_chat": ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "1K", "2K", "4K"],
-    "openai_images": ["auto", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792", "512x512",
-                      "256x256", *_ASPECTS],
-    "openai_responses": ["auto", "1024x1024", "1536x1024", "1024x1536", *_ASPECTS],
-}
-QUALITY_CHOICES = ("low", "medium", "high", "auto", "standard", "hd")
-#: partial images streamed by "show progress" (the OpenAI formats; OpenRouter sends the final only)
-DEFAULT_PARTIALS = 2
-
-_SIZE_RE = re.compile(r"^\d{2,5}x\d{2,5}$")
-_ASPECT_RE = re.compile(r"^[1-9]\d?:[1-9]\d?$")
-_K_RE = re.compile(r"^[1-9]K$")
+__all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "MAX_N", "API_LABELS", "SIZE_SUGGESTIONS",
+           "QUALITY_CHOICES", "DEFAULT_PARTIALS", "split_size", "parse_compare_field"]
 
 _DESC = {"description_width": "72px"}
-
-
-def _esc(text: Any) -> str:
-    return html.escape("" if text is None else str(text), quote=True)
-
-
-def _truncate(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def split_size(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """The size box's text -> (size, aspect_ratio). Raises RequestError when it is neither.
-
-    ``""`` -> (None, None); ``"16:9"`` -> (None, "16:9"); ``"1024X1024"`` -> ("1024x1024", None);
-    ``"auto"`` and ``"2K"`` are sizes.
-    """
-    v = (text or "").strip()
-    if not v or v.lower() == "default":
-        return None, None
-    if _ASPECT_RE.match(v):
-        return None, v
-    low = v.lower().replace("×", "x").replace(" ", "")
-    if low == "auto" or _SIZE_RE.match(low):
-        return low, None
-    if _K_RE.match(v.upper()):
-        return v.upper(), None
-    raise RequestError(f"size {v!r}: write WIDTHxHEIGHT (1024x1024), an aspect ratio W:H (16:9), "
-                       "auto, or leave it empty for the default")
-
-
-def _join_size(size: Optional[str], aspect: Optional[str]) -> str:
-    return aspect or size or ""
-
-
-def parse_compare_field(text: str) -> Dict[str, List[str]]:
-    """The form's "compare with" field: ``model=a,b size=1024x1024,1536x1024`` (specs separated by
-    spaces or ';') -> {"model": [...], "size": [...]}; empty -> {}. Raises ValueError."""
-    dims: Dict[str, List[str]] = {}
-    for spec in re.split(r"[;\s]+", (text or "").strip()):
-        if spec:
-            key, values = parse_compare_spec(spec)
-            dims.setdefault(key, [])
-            dims[key] += [v for v in values if v not in dims[key]]
-    return dims
-
-
-# --------------------------------------------------------------------------------------------
-# data kept per run
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FormSettings:
-    """The form's fields at one moment: what "reuse settings" restores."""
-    prompt: str = ""
-    api_type: str = "openrouter_chat"
-    model: str = ""
-    size: str = ""                        # "1024x1024", "16:9", "auto" or "" (the default)
-    n: int = 1
-    quality: str = ""                     # "" = the API's default
-    save_dir: str = ""                    # "" = not saved
-    fresh: bool = False                   # ignore a cached answer
-    images: Tuple[InputImage, ...] = ()
-    progress: bool = False                # stream, showing partial images
-
-    def summary(self) -> str:
-        parts = [API_LABELS.get(self.api_type, self.api_type)]
-        if self.model:
-            parts.append(self.model)
-        if self.size:
-            parts.append(self.size)
-        parts.append(f"n={self.n}")
-        if self.quality:
-            parts.append(f"quality {self.quality}")
-        if self.images:
-            parts.append(f"{len(self.images)} input image{'s' if len(self.images) != 1 else ''}")
-        if self.fresh:
-            parts.append("fresh")
-        if self.progress:
-            parts.append("progress")
-        return " · ".join(parts)
-
-
-@dataclass
-class InputSlot:
-    """One input image of the form: valid (`image`) or refused (`error`), with its card widget."""
-    name: str
-    image: Optional[InputImage]
-    error: Optional[str] = None
-    widget: Any = None
-    remove_button: Any = None
-
-
-@dataclass
-class FormRun:
-    """One run of the form that produced images: its response, settings, and its card in the
-    form's history (the kernel-wide `history` module records every run too)."""
-    response: ImageResponse
-    settings: FormSettings
-    request: ImageRequest
-    finished_at: float
-    widget: Any = None
-    use_buttons: List[Any] = field(default_factory=list)
-    reuse_button: Any = None
-
-    @property
-    def prompt(self) -> str:
-        return self.settings.prompt
-
 
 # --------------------------------------------------------------------------------------------
 # the form
@@ -235,6 +106,7 @@ class ImageGenForm(W.VBox):
         self.history: List[FormRun] = []
         self.inputs: List[InputSlot] = []
         self._cancel_requested = False
+        self._input_problem_shown = False   # the message names a refused input image
         self._t0 = 0.0
         self._running = False
 
@@ -262,7 +134,7 @@ class ImageGenForm(W.VBox):
         self.model_input = W.Combobox(value=model or "", options=list(SUGGESTED_MODELS[start_api]),
                                       ensure_option=False, description="Model", style=_DESC,
                                       layout=W.Layout(width="420px"))
-        self.size_input = W.Combobox(value=_join_size(size, aspect_ratio), options=list(SIZE_SUGGESTIONS[start_api]),
+        self.size_input = W.Combobox(value=join_size(size, aspect_ratio), options=list(SIZE_SUGGESTIONS[start_api]),
                                      ensure_option=False, description="Size", placeholder="default",
                                      style=_DESC, layout=W.Layout(width="260px"))
         self.n_input = W.IntText(value=int(n), description="n", style={"description_width": "24px"},
@@ -402,38 +274,16 @@ class ImageGenForm(W.VBox):
             stem = Path(name).stem or "image"
             img = dataclasses.replace(img, name=stem + EXT_BY_MIME.get(img.mime_type, ".png"))
             slot = InputSlot(name, img)
+        except InputImageError as e:
+            slot = InputSlot(name, None, e.reason)
         except RequestError as e:
-            msg = str(e)
-            if msg.startswith(f"{name}: "):
-                msg = msg[len(name) + 2:]
-            slot = InputSlot(name, None, msg)
+            slot = InputSlot(name, None, str(e))
         return self._add_slot(slot)
 
     def _add_slot(self, slot: InputSlot) -> InputSlot:
-        remove = W.Button(description="remove", icon="times", tooltip=f"remove {slot.name}",
-                          layout=W.Layout(width="96px"))
-        remove.add_class("imagegen-remove")
-        remove.on_click(lambda _b, s=slot: self.remove_input(s))
-        slot.remove_button = remove
-        side = 96
-        if slot.image is not None:
-            mime, data, _ = preview(Artifact(slot.image.data, slot.image.mime_type), side)
-            if data:
-                top: Any = W.Image(value=data, format=mime.split("/")[-1], layout=W.Layout(max_width=f"{side}px",
-                                                                                         max_height=f"{side}px"))
-            else:  # pragma: no cover - a validated image always previews
-                top = W.HTML("<div style='width: 96px; height: 64px'>(no preview)</div>")
-            label = W.HTML(f"<div style='font-size: 11px; max-width: {side}px; overflow: hidden; "
-                           f"text-overflow: ellipsis; white-space: nowrap' title='{_esc(slot.name)}'>"
-                           f"{_esc(slot.name)}</div>")
-            slot.widget = W.VBox([top, label, remove], layout=W.Layout(width=f"{side + 8}px", padding="2px"))
-        else:
-            top = W.HTML(f"<div style='font-size: 11px; color: #d32f2f; max-width: 160px; word-break: break-word'>"
-                         f"✖ <b>{_esc(slot.name)}</b>: {_esc(slot.error)}</div>")
-            slot.widget = W.VBox([top, remove], layout=W.Layout(width="170px", padding="2px",
-                                                                border="1px solid #d32f2f"))
-            self._say(f"input image {slot.name}: {slot.error}")
-        slot.widget.add_class("imagegen-input")
+        input_card(slot, on_remove=self.remove_input)
+        if slot.error:
+            self._say(f"input image {slot.name}: {slot.error}", about_inputs=True)
         self.inputs.append(slot)
         self._sync_inputs()
         return slot
@@ -445,7 +295,7 @@ class ImageGenForm(W.VBox):
         if slot in self.inputs:
             self.inputs.remove(slot)
         self._sync_inputs()
-        if not any(s.error for s in self.inputs) and self.message.value and "input image" in self.message.value:
+        if self._input_problem_shown and not any(s.error for s in self.inputs):
             self._say(None)
 
     def clear_inputs(self) -> None:
@@ -559,14 +409,17 @@ class ImageGenForm(W.VBox):
         return self.value
 
     # -- messages -----------------------------------------------------------------------------
-    def _say(self, text: Union[None, str, Sequence[str]], kind: str = "error") -> None:
+    def _say(self, text: Union[None, str, Sequence[str]], kind: str = "error", *, about_inputs: bool = False) -> None:
+        """Show the inline message (None clears it); `about_inputs`: it names a refused input
+        image, so removing the last refused one clears it."""
+        self._input_problem_shown = about_inputs
         if not text:
             self.message.value = ""
             return
         items = [text] if isinstance(text, str) else list(text)
         color = {"error": "#d32f2f", "info": "inherit"}.get(kind, "inherit")
         icon = "✖ " if kind == "error" else ""
-        body = "<br>".join(f"{icon}{_esc(t)}" for t in items)
+        body = "<br>".join(f"{icon}{esc(t)}" for t in items)
         self.message.value = (f'<div class="imagegen-form-message" data-kind="{kind}" '
                               f'style="color: {color}; margin-left: 8px; line-height: 1.4">{body}</div>')
 
@@ -590,7 +443,7 @@ class ImageGenForm(W.VBox):
             return None
         problems = self.problems()
         if problems:
-            self._say(problems)
+            self._say(problems, about_inputs=any(slot.error for slot in self.inputs))
             return None
         settings = self.settings
         try:
@@ -712,62 +565,19 @@ class ImageGenForm(W.VBox):
 
     # -- history ------------------------------------------------------------------------------
     def _refresh_history_title(self) -> None:
-        n = len(self.history)
-        self.history_title.value = ("" if not n else
-                                    f"<div style='margin-top: 8px; font-weight: 600'>History "
-                                    f"<span style='opacity: 0.6; font-weight: normal'>({n} run{'s' if n != 1 else ''}, "
-                                    f"newest first)</span></div>")
+        self.history_title.value = history_title_html(len(self.history))
 
     def _add_history(self, entry: FormRun) -> None:
-        entry.widget = self._history_card(entry)
+        history_card(entry, self.thumbnail_size, on_use=self._use_as_input, on_reuse=self.reuse)
         self.history.insert(0, entry)
         del self.history[self.max_history:]
         self.history_box.children = tuple(h.widget for h in self.history)
         self._refresh_history_title()
 
-    def _history_card(self, entry: FormRun) -> W.VBox:
-        resp, s = entry.response, entry.settings
-        when = time.strftime("%H:%M:%S", time.localtime(entry.finished_at))
-        tags = [when, f"{len(resp.artifacts)} image{'s' if len(resp.artifacts) != 1 else ''}"]
-        if resp.model:
-            tags.append(resp.model)
-        tags.append("from cache" if resp.from_cache else f"{resp.elapsed:.1f} s")
-        if resp.attempts > 1:
-            tags.append(f"{resp.attempts} attempts")
-        if resp.paths:
-            tags.append(f"saved to {s.save_dir}")
-        head = W.HTML(
-            f"<div style='line-height: 1.35'><b>{_esc(_truncate(s.prompt, 240))}</b><br>"
-            f"<span style='font-size: 12px; opacity: 0.75'>{_esc(s.summary())}<br>{_esc(' · '.join(tags))}</span></div>")
-        figures = []
-        for i, art in enumerate(resp.artifacts):
-            mime, data, (w, h) = preview(art, self.thumbnail_size)
-            if data:
-                img: Any = W.Image(value=data, format=mime.split("/")[-1],
-                                   layout=W.Layout(max_width=f"{self.thumbnail_size}px",
-                                                   max_height=f"{self.thumbnail_size}px"))
-            else:
-                img = W.HTML("<div style='padding: 10px; opacity: 0.6'>(no preview)</div>")
-            use = W.Button(description="use as input", icon="level-up", tooltip="add this image to the input images",
-                           layout=W.Layout(width=f"{max(self.thumbnail_size, 120)}px"))
-            use.add_class("imagegen-use-as-input")
-            use.on_click(lambda _b, a=art, k=i, e=entry: self._use_as_input(a, k, e))
-            entry.use_buttons.append(use)
-            figures.append(W.VBox([img, use], layout=W.Layout(padding="2px")))
-        reuse = W.Button(description="reuse settings", icon="undo", tooltip="put this run's prompt and settings back")
-        reuse.add_class("imagegen-reuse")
-        reuse.on_click(lambda _b, e=entry: self.reuse(e))
-        entry.reuse_button = reuse
-        card = W.VBox([head, W.HBox(figures, layout=W.Layout(flex_flow="row wrap")), reuse],
-                      layout=W.Layout(border="1px solid rgba(127,127,127,0.35)", padding="6px", margin="4px 0",
-                                      width="100%"))
-        card.add_class("imagegen-history-entry")
-        return card
-
     def _use_as_input(self, art: Artifact, k: int, entry: FormRun) -> None:
         slot = self.add_input(art, name=f"result-{k + 1}{art.extension}")
         if slot.image is not None:
-            self._say(f"added image {k + 1} of “{_truncate(entry.prompt, 40)}” as an input image", kind="info")
+            self._say(f"added image {k + 1} of “{truncate(entry.prompt, 40)}” as an input image", kind="info")
 
     def reuse(self, entry: Union[FormRun, int]) -> None:
         """Restore a run's fields (its entry, or its position in the history: 0 = newest)."""

@@ -17,7 +17,8 @@ LAYERS: List[Tuple[str, Set[str]]] = [
     ("model", {"errors", "config", "events", "model", "render", "retry", "sse"}),
     ("client", {"cache", "client", "loop_thread", "providers"}),
     ("runtime", {"runtime", "history", "saving", "loading"}),
-    ("ui", {"display", "compare", "magic_options", "magic", "widget", "cli", "__main__"}),
+    ("ui", {"display", "compare", "magic_options", "magic", "form_fields", "form_cards", "widget", "cli",
+            "__main__"}),
 ]
 #: the emulator is a separate tool: it may use the data model, nothing above it
 EMULATOR_MAY_IMPORT = {"model", "emulator"}

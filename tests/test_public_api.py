@@ -17,7 +17,7 @@ PUBLIC_API = sorted([
     "ImageGenError", "ConfigError", "MissingTokenError", "RequestError", "ImageAPIError", "ImageRetryableError",
     "BadRequestError", "AuthenticationError", "PaymentRequiredError", "PermissionDeniedError", "NotFoundError",
     "UnprocessableEntityError", "RateLimitError", "InternalServerError", "APIConnectionError", "APITimeoutError",
-    "NoImageError", "ContentPolicyError", "GenerationCancelled", "api_error_for",
+    "NoImageError", "ContentPolicyError", "GenerationCancelled", "api_error_for", "InputImageError",
     # saving, comparing, history
     "load", "save_response", "compare", "acompare", "CompareResult", "history",
     # IPython extension
