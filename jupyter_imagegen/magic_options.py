@@ -11,7 +11,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
@@ -29,7 +29,7 @@ __all__ = ["FAULT_HEADER", "API_ALIASES", "QUALITIES", "FORMATS", "BACKGROUNDS",
            "expand_variables", "split_options", "resolve_image", "build_request", "explicit_options",
            "apply_overrides", "parse_compare_options", "FaultSequence", "stream_options",
            "opt_api", "opt_base_url", "opt_count", "opt_retries", "opt_whole", "opt_seconds", "opt_pixels",
-           "opt_partials", "opt_size", "opt_choice", "opt_identifier", "request_arguments", "parse_line"]
+           "opt_partials", "opt_size", "opt_choice", "opt_identifier", "whole_number", "request_arguments", "parse_line"]
 
 #: the emulator's fault-injection header (sent by --fault; real APIs ignore it)
 FAULT_HEADER = "X-Emulator-Fault"
@@ -64,31 +64,28 @@ def opt_base_url(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e).replace("--base-url=", "")) from None
 
 
-def opt_count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of images (1, 2, 4...), got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"ask for at least 1 image, got {n}")
-    return n
+def whole_number(expected: str, low: Optional[int] = None, high: Optional[int] = None,
+                 out_of_range: Optional[str] = None) -> Callable[[str], int]:
+    """An option type for a whole number in [low, high]: "expected <expected>, got ..." when it
+    is not one; `out_of_range` (with ``{n}``) when it is outside."""
+    def check(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+        if (low is not None and n < low) or (high is not None and n > high):
+            raise argparse.ArgumentTypeError((out_of_range or f"expected {expected}, got {{n}}").format(n=n))
+        return n
+    return check
 
 
-def opt_retries(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of retries (0, 1, 2...), got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"retries cannot be negative, got {n}")
-    return n
-
-
-def opt_whole(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+opt_count = whole_number("a whole number of images (1, 2, 4...)", low=1,
+                         out_of_range="ask for at least 1 image, got {n}")
+opt_retries = whole_number("a whole number of retries (0, 1, 2...)", low=0,
+                           out_of_range="retries cannot be negative, got {n}")
+opt_whole = whole_number("a whole number")
+opt_pixels = whole_number("a number of pixels (0 = full size)", low=0)
+opt_partials = whole_number("0 to 3 partial images", low=0, high=3)
 
 
 def opt_seconds(value: str) -> float:
@@ -99,26 +96,6 @@ def opt_seconds(value: str) -> float:
     if not s > 0 or s != s or s == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
     return s
-
-
-def opt_pixels(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels (0 = full size), got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels (0 = full size), got {n}")
-    return n
-
-
-def opt_partials(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 to 3 partial images, got {value!r}") from None
-    if not 0 <= n <= 3:
-        raise argparse.ArgumentTypeError(f"expected 0 to 3 partial images, got {n}")
-    return n
 
 
 #: partial images shown by --stream when --partials is not given
