@@ -24,13 +24,13 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Coroutine, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Optional, Sequence, TypeVar
 
 from .errors import GenerationCancelled
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["LoopThread", "Job", "Post", "shared", "CANCEL_WAIT"]
+__all__ = ["LoopThread", "Job", "Post", "shared", "at_stop", "caller_poster", "call_logged", "CANCEL_WAIT"]
 
 T = TypeVar("T")
 #: `post(fn, *args)`: have `fn(*args)` run on the waiting caller's thread
@@ -224,13 +224,32 @@ def _drain(inbox: "queue.SimpleQueue[Any]", deadline: Optional[float]) -> bool:
             continue
         if item is _DONE:
             return True
-        fn, args = item
-        try:
-            fn(*args)
-        except KeyboardInterrupt:
-            raise
-        except Exception:  # a display problem must not lose the response
-            log.warning("a live display update failed", exc_info=True)
+        call_logged(*item)
+
+
+def call_logged(fn: Callable[..., Any], args: Sequence[Any] = ()) -> None:
+    """`fn(*args)`, a posted display update: an error is logged, never raised (a display
+    problem must not lose the response)."""
+    try:
+        fn(*args)
+    except Exception:
+        log.warning("a live display update failed", exc_info=True)
+
+
+def caller_poster() -> Post:
+    """`post(fn, *args)` for work that does not block its caller (the form): `fn` runs on the
+    caller's running event loop (the kernel's), in order; at once when there is none."""
+    try:
+        loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or _shared.in_thread():
+        return lambda fn, *args: call_logged(fn, args)
+
+    def post(fn: Callable[..., Any], *args: Any) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(call_logged, fn, args)
+    return post
 
 
 _shared = LoopThread()

@@ -33,7 +33,7 @@ from .saving import save_response
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["Runtime", "Outcome", "runtime", "notebook_config", "save_dir_problem", "kernel_side_poster"]
+__all__ = ["Runtime", "Outcome", "runtime", "notebook_config", "save_dir_problem", "show_outcome"]
 
 
 def notebook_config(config: Optional[ImageConfig] = None) -> ImageConfig:
@@ -64,34 +64,6 @@ class Outcome:
     response: ImageResponse
     paths: List[str] = field(default_factory=list)
     save_errors: List[str] = field(default_factory=list)
-
-
-def kernel_side_poster() -> Post:
-    """`post(fn, *args)` that runs `fn` on the caller's event loop (the kernel's, for the form),
-    or at once on the calling thread when the caller has no running loop."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is None or shared().in_thread():
-        return _call_now
-
-    def post(fn: Callable[..., Any], *args: Any) -> None:
-        if loop.is_closed():
-            return
-        loop.call_soon_threadsafe(_call_logged, fn, args)
-    return post
-
-
-def _call_now(fn: Callable[..., Any], *args: Any) -> None:
-    _call_logged(fn, args)
-
-
-def _call_logged(fn: Callable[..., Any], args: Sequence[Any]) -> None:
-    try:
-        fn(*args)
-    except Exception:  # a display problem must not lose the response
-        log.warning("a live display update failed", exc_info=True)
 
 
 class Runtime:

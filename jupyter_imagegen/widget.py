@@ -47,10 +47,10 @@ from .errors import ConfigError, InputImageError, RequestError
 from .form_cards import history_card, history_title_html, input_card
 from .form_fields import (API_LABELS, DEFAULT_PARTIALS, MAX_N, QUALITY_CHOICES, SIZE_SUGGESTIONS, FormRun,
                           FormSettings, InputSlot, join_size, parse_compare_field, split_size)
-from .loop_thread import Job
+from .loop_thread import Job, caller_poster
 from .model import EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
 from .render import esc, truncate
-from .runtime import Outcome, kernel_side_poster, runtime, save_dir_problem, show_outcome
+from .runtime import Outcome, runtime, save_dir_problem, show_outcome
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -480,7 +480,7 @@ class ImageGenForm(W.VBox):
         self._set_running(True)
         done: "asyncio.Future[Any]" = loop.create_future()
         self.task = done
-        post = kernel_side_poster()   # widget updates happen on the kernel's side, in order
+        post = caller_poster()   # widget updates happen on the kernel's side, in order
         if compare_dims:
             view.reset()  # the grid replaces the log of a single run
             plural = {"model": "models", "size": "sizes", "aspect": "aspects", "api": "apis", "quality": "qualities"}
