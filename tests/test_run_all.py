@@ -169,20 +169,26 @@ def _tags(cell) -> list:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_run_all_of_a_notebook(path: Path, kernel_python, tmp_path):
-    """Each notebook in notebooks/, Run All in a fresh kernel: it starts its own emulator
-    (IMAGEGEN_EMULATOR=1), saves into a temporary folder, cache in a temporary folder."""
+    """Each notebook in notebooks/, Run All in a fresh kernel started in the notebook's folder
+    (as JupyterLab does): it starts its own emulator (IMAGEGEN_EMULATOR=1); saved images and the
+    cache go to temporary folders, nothing is written next to the notebook."""
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     may_raise = tuple(i for i, c in enumerate(code) if "raises-exception" in _tags(c))
     cells = [(c.source, i not in may_raise) for i, c in enumerate(code)]
     env = kernel_env(kernel_python, IMAGEGEN_EMULATOR="1", IMAGEGEN_OUT=str(tmp_path / "out"),
                      IMAGE_CACHE_DIR=str(tmp_path / "cache"))
-    with running_kernel(kernel_python, env=env, cwd=tmp_path, workdir=tmp_path) as kernel:
+    files = lambda: {p for p in path.parent.rglob("*")  # noqa: E731 - what --save / save() write
+                     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".json")}
+    before = files()
+    with running_kernel(kernel_python, env=env, cwd=path.parent, workdir=tmp_path) as kernel:
         run = kernel.queued(cells).wait_all(timeout=240)
         bad = [i for i, c in enumerate(run.cells) if c.status != "ok" and i not in may_raise]
         assert not bad, f"{path.name}: cells {bad} did not reply ok:\n{run.report()}"
         assert run.reply_order == list(range(len(run.cells))), f"replies out of order: {run.reply_order}"
         assert_quiet(kernel, run, may_raise=may_raise)
+    new_files = sorted(map(str, files() - before))
+    assert not new_files, f"running {path.name} wrote into {path.parent}: {new_files[:5]}"
 
 
 @pytest.mark.timeout(150)
