@@ -60,13 +60,20 @@ def validate_api_type(value: Any, source: str = "api_type") -> str:
     return v
 
 
-def validate_base_url(value: Any, source: str = "base_url") -> str:
-    v = str(value).strip()
-    parts = urlsplit(v)
+def base_url_problem(value: Any) -> Optional[str]:
+    """What is wrong with `value` as an API base URL (None when it is fine)."""
+    parts = urlsplit(str(value).strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{source}={value!r} is not an http(s) URL; write it like "
-                          "'https://api.openai.com/v1' (scheme and host included)")
-    return v.rstrip("/")
+        return (f"{value!r} is not an http(s) URL; write it like 'https://api.openai.com/v1' "
+                "(scheme and host included)")
+    return None
+
+
+def validate_base_url(value: Any, source: str = "base_url") -> str:
+    problem = base_url_problem(value)
+    if problem:
+        raise ConfigError(f"{source}={problem}")
+    return str(value).strip().rstrip("/")
 
 
 def _number(value: Any, source: str, *, kind=float, minimum: float = 0, allow_zero: bool = False):

@@ -19,7 +19,7 @@ from IPython.core.magic_arguments import argument
 from . import events as ev
 from . import history
 from .compare import parse_compare_spec
-from .config import validate_api_type, validate_base_url
+from .config import base_url_problem, validate_api_type, validate_base_url
 from .errors import ConfigError, RequestError
 from .history import HistoryEntry
 from .loading import LoadedImage
@@ -58,10 +58,10 @@ def opt_api(value: str) -> str:
 
 
 def opt_base_url(value: str) -> str:
-    try:
-        return validate_base_url(value, "--base-url")
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("--base-url=", "")) from None
+    problem = base_url_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return validate_base_url(value, "--base-url")
 
 
 def whole_number(expected: str, low: Optional[int] = None, high: Optional[int] = None,
