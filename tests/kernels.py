@@ -3,7 +3,9 @@
 * `start_kernel(python, env=..., cwd=...)`: a kernel of the given interpreter through a private
   kernelspec (so the kernel imports that interpreter's ipykernel and this repository's editable
   install, not whatever `python3` kernelspec the machine has); its stderr goes to a file
-  (`Kernel.stderr_text()`).
+  (`Kernel.stderr_text()`); `running_kernel(...)` the same as a context manager;
+  `write_kernelspec()` the kernelspec alone (for a Jupyter server's data dir).
+* `run_notebook(kernel, nb)`: a whole notebook, cell by cell, the way nbconvert runs it.
 * `execute(kc, code)`: one cell, waiting for it to finish (reply content, its iopub messages).
 * `execute_queued(kc, cells)`: what JupyterLab's *Run All* does: every execute request is sent
   at once, without waiting; then each cell's iopub messages are collected until its idle status,
@@ -393,6 +395,18 @@ class Kernel:
             self._stderr.close()
 
 
+def write_kernelspec(data_dir: Path, name: str, python: str, display_name: str) -> Path:
+    """A kernelspec `name` in `data_dir`/kernels (a Jupyter data dir) that runs `python`'s
+    ipykernel; returns its folder."""
+    spec_dir = data_dir / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name, "language": "python",
+    }))
+    return spec_dir
+
+
 def start_kernel(python: str, *, env: Dict[str, str], cwd: Path, workdir: Path,
                  startup_timeout: float = 60.0) -> Kernel:
     """Start a kernel of `python` (a private kernelspec in `workdir`); stderr to workdir/kernel-stderr.txt."""
@@ -400,12 +414,7 @@ def start_kernel(python: str, *, env: Dict[str, str], cwd: Path, workdir: Path,
     from jupyter_client.kernelspec import KernelSpecManager
 
     name = "imagegen-test-" + uuid.uuid4().hex[:8]
-    spec_dir = workdir / "kernels" / name
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": f"imagegen test ({python})", "language": "python",
-    }))
+    write_kernelspec(workdir, name, python, f"imagegen test ({python})")
     ksm = KernelSpecManager(kernel_dirs=[str(workdir / "kernels")])
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
     stderr_path = workdir / "kernel-stderr.txt"
@@ -429,3 +438,17 @@ def running_kernel(python: str, *, env: Dict[str, str], cwd: Path, workdir: Path
         yield kernel
     finally:
         kernel.shutdown()
+
+
+def run_notebook(kernel: Kernel, nb: Any, timeout: float = 120.0, allow_errors: bool = False) -> Any:
+    """Execute the notebook `nb` (an nbformat node, filled in place) in the running `kernel`, every
+    cell in order as nbconvert does (nbclient); returns `nb`. The kernel stays the caller's."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, km=kernel.km, timeout=timeout, allow_errors=allow_errors)
+    try:
+        client.execute()
+    finally:
+        if client.kc is not None:      # nbclient leaves its client open when the kernel is not its own
+            client.kc.stop_channels()
+    return nb

@@ -14,8 +14,9 @@ menu Run > Run All Cells (once: the cell that shows an error on purpose is tagge
 raises-exception, so JupyterLab sends it with stop_on_error=False and Run All carries on past
 it). It waits until every code cell has an execution count and the kernel is idle, then checks
 that every %imagegen cell rendered its images and that no output shows an asyncio error. It runs on
-the default python3 kernel (ipykernel 7) and on ipykernel 6 (the python in
-IMAGEGEN_IPYKERNEL6_PYTHON; skipped when that is unset). Screenshot:
+the default python3 kernel (ipykernel 7) and on ipykernel 6 (tests/kernels.py's ipykernel6_python():
+$IMAGEGEN_IPYKERNEL6_PYTHON, else a virtualenv it builds once; skipped only when that cannot be
+built). Screenshot:
 test-artifacts/run-all-quickstart-<kernel>.png.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from kernels import ipykernel6_python, ipykernel_version, write_kernelspec
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -102,14 +105,6 @@ def _api(base: str, token: str, path: str, method: str = "GET", timeout: float =
         return json.loads(body) if body else None
 
 
-def _write_kernelspec(data_dir: Path, name: str, python: str, display_name: str) -> None:
-    spec_dir = data_dir / "kernels" / name
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": display_name, "language": "python"}))
-
-
 def _jupyter_env(tmp_path: Path, kernels=()) -> dict:
     """Jupyter's config/data/runtime/settings dirs private to the test, as environment variables.
 
@@ -122,9 +117,9 @@ def _jupyter_env(tmp_path: Path, kernels=()) -> dict:
     # no news/update popups over the notebook (and no attempt to fetch them)
     (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    _write_kernelspec(data_dir, "python3", sys.executable, "Python 3 (ipykernel)")
+    write_kernelspec(data_dir, "python3", sys.executable, "Python 3 (ipykernel)")
     for name, python, display_name in kernels:
-        _write_kernelspec(data_dir, name, python, display_name)
+        write_kernelspec(data_dir, name, python, display_name)
     return dict(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_DATA_DIR=str(data_dir),
                 JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"),
                 JUPYTERLAB_SETTINGS_DIR=str(home / "lab-settings"),
@@ -353,24 +348,12 @@ _CELLS_JS = r"""() => {
 
 def _kernel_variant(name: str):
     """(kernelspec name, display name, its python) of a test variant: "python3" is this
-    interpreter (the spec _jupyter_env writes), "ipykernel6" the python in
-    $IMAGEGEN_IPYKERNEL6_PYTHON."""
+    interpreter (the spec _jupyter_env writes), "ipykernel6" tests/kernels.py's
+    ipykernel6_python() ($IMAGEGEN_IPYKERNEL6_PYTHON, else a virtualenv built once under
+    .pytest-kernels/; the variant skips only when that cannot be built)."""
     if name == "python3":
         return "python3", "Python 3 (ipykernel)", sys.executable
-    python = os.environ.get("IMAGEGEN_IPYKERNEL6_PYTHON", "")
-    if not python:
-        pytest.skip("IMAGEGEN_IPYKERNEL6_PYTHON is unset: it names a python whose venv has ipykernel<7 "
-                    "and this package (.ci/run exports it)")
-    if not Path(python).exists():
-        pytest.fail(f"IMAGEGEN_IPYKERNEL6_PYTHON={python} does not exist")
-    return IPYKERNEL6_SPEC, "Python 3 (ipykernel 6)", python
-
-
-def _ipykernel_version(python: str) -> str:
-    out = subprocess.run([python, "-c", "import ipykernel; print(ipykernel.__version__)"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"{python} cannot import ipykernel: {out.stderr[-1500:]}"
-    return out.stdout.strip()
+    return IPYKERNEL6_SPEC, "Python 3 (ipykernel 6)", ipykernel6_python()
 
 
 @pytest.fixture(params=["python3", "ipykernel6"])
@@ -379,9 +362,9 @@ def quickstart_lab(request, tmp_path):
     variant; the server's environment has no IMAGE_* key (the notebook starts the emulator), a
     temporary IMAGE_CACHE_DIR and IMAGEGEN_OUT, as tests/test_notebooks.py's clean_env."""
     spec, display_name, python = _kernel_variant(request.param)
-    version = _ipykernel_version(python)
+    version = ipykernel_version(python)
     if request.param == "ipykernel6":
-        assert version.startswith("6."), f"IMAGEGEN_IPYKERNEL6_PYTHON={python} has ipykernel {version}, not 6"
+        assert version.startswith("6."), f"{python} has ipykernel {version}, not 6"
     kernels = [] if spec == "python3" else [(spec, python, display_name)]
     root = tmp_path / "root"
     root.mkdir()
