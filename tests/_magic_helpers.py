@@ -1,10 +1,13 @@
-"""Helpers for the display / magic tests: a display publisher that records every message."""
+"""Helpers for the display / magic tests: a display publisher that records every message, the
+background loop's task count, and an interrupt (SIGINT) sent when something has happened."""
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
-import io
-from typing import Any, Callable, Dict, List, Optional
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from IPython.core.displaypub import DisplayPublisher
 
@@ -40,14 +43,6 @@ class RecordingPublisher(DisplayPublisher):
         return [m for m in self.messages if "<img " in m["data"].get("text/html", "")]
 
 
-def make_png(size=(64, 48), color=(200, 40, 40), mode="RGB", fmt="PNG") -> bytes:
-    from PIL import Image
-    im = Image.new(mode, size, color)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 @contextlib.contextmanager
 def recording_display(shell, probe: Optional[Callable[[], Any]] = None):
     """Swap `shell`'s display publisher for a RecordingPublisher; restore the old one after."""
@@ -65,3 +60,22 @@ def background_tasks() -> int:
         return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
     background = loop_thread.shared()
     return background.call(count(), timeout=5) if background.running else 0
+
+
+def interrupt_when(condition: Callable[[], bool], delay: float = 0.2) -> Tuple[threading.Thread, List[float]]:
+    """Interrupt the main thread (SIGINT, as "interrupt kernel" does) `delay` s after `condition()`
+    holds (checked for 10 s at most). Returns the thread and a list that receives the moment of
+    the interrupt (still empty: it was never sent)."""
+    fired: List[float] = []
+
+    def main() -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if condition():
+            time.sleep(delay)
+            fired.append(time.monotonic())
+            _thread.interrupt_main()
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    return t, fired

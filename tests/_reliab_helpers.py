@@ -18,8 +18,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aiohttp import web
 
-from _image_helpers import make_png
-
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -119,12 +117,6 @@ class TinyServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def png_bytes(size=(32, 24), color=(10, 120, 200), fmt="PNG") -> bytes:
-    """`make_png` with the defaults test_cancellation.py was written against (it still imports
-    this name; new code imports `make_png` from `_image_helpers`)."""
-    return make_png(size, color, fmt=fmt)
 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from _magic_helpers import recording_display
 from _image_helpers import make_png
 from _reliab_helpers import Recorder, TinyServer, bomb_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
@@ -141,30 +140,20 @@ async def test_missing_token_sends_nothing(emulator):
 # 1b. through the magic
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def ip(emulator_thread, monkeypatch, tmp_path, files):
-    from IPython.testing import globalipapp
-    from jupyter_imagegen.runtime import runtime
-    shell = globalipapp.get_ipython()
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE", "0")
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
-        monkeypatch.delenv(name, raising=False)
+def ip(ip, emulator_thread, monkeypatch, files):
+    """conftest's `ip`, working in the folder of bad files, with the variables the cases name, and
+    the emulator's log emptied (so request_count 0 means nothing was sent)."""
+    shell, rec = ip
     monkeypatch.chdir(files)
-    shell.extension_manager.load_extension("jupyter_imagegen")
     shell.user_ns.update(bad_url="data:text/plain;base64,aGVsbG8=", bytes_50mb=make_png() + bytes(50 * MB),
                          bomb=bomb_png(), text_var="just words")
     shell.user_ns.pop("nosuchvar", None)
     emulator_thread.reset()
     try:
-        with recording_display(shell) as rec:
-            yield shell, rec
+        yield shell, rec
     finally:
         for k in ("bad_url", "bytes_50mb", "bomb", "text_var"):
             shell.user_ns.pop(k, None)
-        runtime.close()
 
 
 MAGIC_CASES = [

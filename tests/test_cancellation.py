@@ -14,20 +14,20 @@
 """
 from __future__ import annotations
 
-import _thread
 import asyncio
 import json
 import os
 import sys
-import threading
 import time
 
 import pytest
 from aiohttp import web
 
-from _reliab_helpers import HangServer, Recorder, TinyServer, client_connections_to, png_bytes
+from _magic_helpers import background_tasks, interrupt_when
+from _reliab_helpers import HangServer, Recorder, TinyServer, client_connections_to
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
+from jupyter_imagegen.errors import GenerationCancelled
+from kernels import kernel_env, running_kernel
 
 TOKEN = "sk-cancel-test-token-0123456789abcdef"
 APIS = ("openrouter_chat", "openai_images", "openai_responses")
@@ -41,9 +41,26 @@ async def wait_for(condition, timeout=5.0):
         await asyncio.sleep(0.005)
 
 
+def wait_until(condition, timeout=5.0) -> None:
+    """From sync code: poll `condition()` until it holds or `timeout` s have passed (the
+    assertion that follows says what was expected)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def generate_tasks():
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
             and "jupyter_imagegen" in repr(t.get_coro())]
+
+
+def client_tasks():
+    """Every task on this loop but the test's own and the emulator's server side (aiohttp's
+    web_protocol, one per connection it serves): whatever could still send a request."""
+    def source(task):
+        return getattr(getattr(task.get_coro(), "cr_code", None), "co_filename", "")
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+            and not source(t).endswith(os.path.join("aiohttp", "web_protocol.py"))]
 
 
 async def cancel_and_time(task, timeout=1.0):
@@ -66,8 +83,8 @@ async def assert_next_call_works(client, emu, api="openai_images"):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("api, n", [(a, 1) for a in APIS] + [("openrouter_chat", 3)],
                          ids=list(APIS) + ["openrouter_chat-fanout-3"])
-async def test_cancel_in_flight_hangs_up_at_once(api, n):
-    async with HangServer() as hang, Emulator(token=TOKEN) as emu:
+async def test_cancel_in_flight_hangs_up_at_once(emulator, api, n):
+    async with HangServer() as hang:
         client = ImageClient(ImageConfig(api_type=api, base_url=hang.url + BASE_PATH[api], token=TOKEN,
                                          timeout=60))
         rec = Recorder()
@@ -81,7 +98,7 @@ async def test_cancel_in_flight_hangs_up_at_once(api, n):
         last = rec.events[-1]
         assert last.type == "generation_failed" and last["cancelled"] is True
         assert not generate_tasks(), generate_tasks()
-        await assert_next_call_works(client, emu)
+        await assert_next_call_works(client, emulator)
         await client.close()
 
 
@@ -90,24 +107,25 @@ async def test_cancel_in_flight_hangs_up_at_once(api, n):
     ("503", {"backoff_base": 30, "backoff_max": 60}),
     ("429:retry_after_date=30", {}),
 ], ids=["retry-after", "backoff", "retry-after-date"])
-async def test_cancel_during_the_retry_wait(fault, cfg):
-    async with Emulator(token=TOKEN) as emu:
-        emu.add_faults(fault)
-        client = ImageClient(ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"),
-                                         token=TOKEN, **cfg))
-        rec = Recorder()
-        task = asyncio.ensure_future(client.generate(ImageRequest("rate limited"), on_event=rec))
-        await wait_for(lambda: rec.of("api_retry"))
-        assert rec.of("api_retry")[0]["delay"] >= 14       # it really meant to wait
-        took = await cancel_and_time(task)
-        assert took < 1.0
-        await asyncio.sleep(0.3)
-        assert emu.request_count == 1, "a retry was sent after the cancel"
-        assert rec.events[-1].type == "generation_failed" and rec.events[-1]["cancelled"]
-        assert not generate_tasks()
-        await assert_next_call_works(client, emu)
-        assert emu.request_count == 2
-        await client.close()
+async def test_cancel_during_the_retry_wait(emulator, fault, cfg):
+    emulator.add_faults(fault)
+    client = ImageClient(ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"),
+                                     token=TOKEN, **cfg))
+    rec = Recorder()
+    task = asyncio.ensure_future(client.generate(ImageRequest("rate limited"), on_event=rec))
+    await wait_for(lambda: rec.of("api_retry"))
+    assert rec.of("api_retry")[0]["delay"] >= 14       # it really meant to wait
+    took = await cancel_and_time(task)
+    assert took < 1.0
+    # the cancelled call has ended (cleanup included); once no other task is left on this loop
+    # either, nothing can send a retry any more
+    await wait_for(lambda: not client_tasks(), timeout=1.0)
+    assert emulator.request_count == 1, "a retry was sent after the cancel"
+    assert rec.events[-1].type == "generation_failed" and rec.events[-1]["cancelled"]
+    assert not generate_tasks()
+    await assert_next_call_works(client, emulator)
+    assert emulator.request_count == 2
+    await client.close()
 
 
 async def test_cancel_during_a_url_download():
@@ -144,62 +162,13 @@ async def test_closing_the_client_mid_request_is_clean():
 # ---------------------------------------------------------------------------------------------
 # the magic (SIGINT, as the kernel's "interrupt" sends it)
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emu_thread():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
-@pytest.fixture
-def ip(emu_thread, monkeypatch, tmp_path):
-    from IPython.testing import globalipapp
-    from _magic_helpers import recording_display
-    from jupyter_imagegen.runtime import runtime
-    shell = globalipapp.get_ipython()
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu_thread.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE", "0")
-    for name in ("IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    shell.extension_manager.load_extension("jupyter_imagegen")
-    runtime.close()            # a fresh session: its only connection is the one under test
-    emu_thread.clear_faults()
-    try:
-        with recording_display(shell) as rec:
-            yield shell, rec
-    finally:
-        runtime.close()
-
-
-def interrupt_when(condition, delay: float = 0.2):
-    """Interrupt the main thread (SIGINT) `delay` s after `condition()` holds; returns the thread
-    and a list that receives the moment of the interrupt."""
-    fired = []
-
-    def main():
-        deadline = time.monotonic() + 10
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if condition():
-            time.sleep(delay)
-            fired.append(time.monotonic())
-            _thread.interrupt_main()
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    return t, fired
-
-
 @pytest.mark.parametrize("fault, marker, in_flight", [
     ("slow_headers:delay=10", "attempt 1/", True),
     ("429:retry_after=30", "retrying in", False),
 ], ids=["in-flight", "retry-wait"])
-def test_interrupting_the_magic(ip, emu_thread, fault, marker, in_flight):
-    from _magic_helpers import background_tasks
-    from jupyter_imagegen.errors import GenerationCancelled
+def test_interrupting_the_magic(ip, emulator_thread, fault, marker, in_flight):
     shell, rec = ip
-    before = emu_thread.request_count
+    before = emulator_thread.request_count
     seen = lambda: any(marker in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
     t, fired = interrupt_when(seen)
     try:
@@ -210,12 +179,13 @@ def test_interrupting_the_magic(ip, emu_thread, fault, marker, in_flight):
     assert fired, "the interrupt was never sent"
     assert isinstance(res.error_in_exec, GenerationCancelled), res.error_in_exec
     assert ended - fired[0] < 1.0, f"stopped {ended - fired[0]:.2f} s after the interrupt"
-    assert not background_tasks()
+    assert not background_tasks()      # the cancelled call has ended: nothing can send any more
     assert "cancelled" in rec.messages[-1]["data"]["text/plain"]
-    time.sleep(0.3)
-    assert emu_thread.request_count == before + 1, "a retry was sent after the interrupt"
+    if in_flight:                      # and its connection is closed (the session was fresh: its only one)
+        wait_until(lambda: client_connections_to(emulator_thread.port) == 0, timeout=1.0)
+    assert emulator_thread.request_count == before + 1, "a retry was sent after the interrupt"
     if in_flight:
-        assert client_connections_to(emu_thread.port) == 0, "the in-flight connection is still open"
+        assert client_connections_to(emulator_thread.port) == 0, "the in-flight connection is still open"
     res = shell.run_cell("%imagegen the next lighthouse", store_history=False)
     assert res.success and res.result.success
 
@@ -223,72 +193,41 @@ def test_interrupting_the_magic(ip, emu_thread, fault, marker, in_flight):
 # ---------------------------------------------------------------------------------------------
 # the form's Cancel button
 # ---------------------------------------------------------------------------------------------
-async def test_form_cancel_hangs_up_and_the_form_works_again():
+async def test_form_cancel_hangs_up_and_the_form_works_again(emulator):
     widget = pytest.importorskip("jupyter_imagegen.widget")
-    async with Emulator(token=TOKEN) as emu:
-        cfg = ImageConfig(api_type="openai_images", base_url=emu.base_url_for("openai_images"), token=TOKEN)
-        form = widget.ImageGenForm(config=cfg, prompt="a slow sunrise",
-                                   request_options={"headers": {"X-Emulator-Fault": "slow_headers:delay=10"}})
-        form.generate_button.click()
-        await wait_for(lambda: emu.request_count == 1)
-        await wait_for(lambda: client_connections_to(emu.port) == 1)
-        t0 = time.monotonic()
-        form.cancel_button.click()
-        await asyncio.wait([form.task], timeout=1.0)
-        assert form.task.cancelled() and time.monotonic() - t0 < 1.0
-        await wait_for(lambda: client_connections_to(emu.port) == 0, timeout=1.0)
-        assert not form.running and not form.generate_button.disabled
-        assert not generate_tasks()
-        form.request_options = {}
-        form.generate_button.click()
-        resp = await asyncio.wait_for(form.task, 10)
-        assert resp.success and emu.request_count == 2
-        form.close()
-        await asyncio.sleep(0.05)
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator.base_url_for("openai_images"), token=TOKEN)
+    form = widget.ImageGenForm(config=cfg, prompt="a slow sunrise",
+                               request_options={"headers": {"X-Emulator-Fault": "slow_headers:delay=10"}})
+    form.generate_button.click()
+    await wait_for(lambda: emulator.request_count == 1)
+    await wait_for(lambda: client_connections_to(emulator.port) == 1)
+    t0 = time.monotonic()
+    form.cancel_button.click()
+    await asyncio.wait([form.task], timeout=1.0)
+    assert form.task.cancelled() and time.monotonic() - t0 < 1.0
+    await wait_for(lambda: client_connections_to(emulator.port) == 0, timeout=1.0)
+    assert not form.running and not form.generate_button.disabled
+    assert not generate_tasks()
+    form.request_options = {}
+    form.generate_button.click()
+    resp = await asyncio.wait_for(form.task, 10)
+    assert resp.success and emulator.request_count == 2
+    form.close()
+    await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------
 # a real kernel: shutdown closes the session without warnings
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def kernel_factory(emu_thread, tmp_path):
+def kernel(emulator_thread, tmp_path):
+    """A kernel of this interpreter (tests/kernels.py) whose IMAGE_* point at the emulator."""
     pytest.importorskip("ipykernel")
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    spec = tmp_path / "kernels" / "imagegen-cancel"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "imagegen cancel test", "language": "python"}))
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    started = []
-
-    def start():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE")}
-        env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE="openai_images",
-                   IMAGE_BASE_URL=emu_thread.base_url_for("openai_images"), IMAGE_CACHE="0",
-                   PYTHONWARNINGS="default", PYTHONTRACEMALLOC="0")
-        km = KernelManager(kernel_name="imagegen-cancel", kernel_spec_manager=ksm)
-        err_path = tmp_path / f"kernel-stderr-{len(started)}.txt"
-        err = open(err_path, "w")
-        km.start_kernel(env=env, cwd=str(tmp_path), stderr=err)
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        started.append((km, kc, err))
-        return km, kc, err_path
-
-    yield start
-    for km, kc, err in started:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel(now=True)
-        err.close()
-
-
-def execute(kc, code, timeout=30):
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=lambda msg: None)
-    return reply["content"]
+    env = kernel_env(sys.executable, IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE="openai_images",
+                     IMAGE_BASE_URL=emulator_thread.base_url_for("openai_images"), IMAGE_CACHE="0",
+                     PYTHONTRACEMALLOC="0")
+    with running_kernel(sys.executable, env=env, cwd=tmp_path, workdir=tmp_path) as k:
+        yield k
 
 
 #: registered first in the kernel, so its atexit handler runs last (LIFO): after the runtime's own
@@ -311,28 +250,26 @@ atexit.register(_imagegen_exit_probe)
 """
 
 
-def shutdown_and_probe(km, kc, err_path, probe_path):
+def shutdown_and_probe(kernel, probe_path):
     t0 = time.monotonic()
-    kc.stop_channels()
-    km.shutdown_kernel(now=False)
+    kernel.shutdown()
     took = time.monotonic() - t0
     assert probe_path.exists(), "the kernel did not run its exit handlers"
-    return json.loads(probe_path.read_text()), err_path.read_text(), took
+    return json.loads(probe_path.read_text()), kernel.stderr_text(), took
 
 
 @pytest.mark.kernel
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("scenario", ["after-a-magic", "form-request-in-flight", "submitted-generate-in-flight"])
-def test_kernel_shutdown_closes_the_session_quietly(kernel_factory, emu_thread, tmp_path, scenario):
-    km, kc, err_path = kernel_factory()
+def test_kernel_shutdown_closes_the_session_quietly(kernel, emulator_thread, tmp_path, scenario):
     probe_path = tmp_path / "exit-probe.json"
-    assert execute(kc, EXIT_PROBE.format(path=str(probe_path)))["status"] == "ok"
-    assert execute(kc, "%load_ext jupyter_imagegen")["status"] == "ok"
-    assert execute(kc, "%imagegen a lighthouse before shutdown\n"
-                       "from jupyter_imagegen.runtime import runtime\n"
-                       "assert not runtime.current_client._session.closed")["status"] == "ok"
+    assert kernel.execute(EXIT_PROBE.format(path=str(probe_path)))[0]["status"] == "ok"
+    assert kernel.execute("%load_ext jupyter_imagegen")[0]["status"] == "ok"
+    assert kernel.execute("%imagegen a lighthouse before shutdown\n"
+                          "from jupyter_imagegen.runtime import runtime\n"
+                          "assert not runtime.current_client._session.closed")[0]["status"] == "ok"
     if scenario != "after-a-magic":
-        before = emu_thread.request_count
+        before = emulator_thread.request_count
         if scenario == "form-request-in-flight":
             code = ("from jupyter_imagegen.widget import ImageGenForm\n"
                     "form = ImageGenForm(prompt='a slow one', request_options={'headers': "
@@ -344,27 +281,24 @@ def test_kernel_shutdown_closes_the_session_quietly(kernel_factory, emu_thread, 
                     "from jupyter_imagegen.runtime import runtime\n"
                     "job = runtime.submit(runtime.client().generate(ImageRequest('submitted', "
                     "headers={'X-Emulator-Fault': 'slow_headers:delay=20'})))")
-        assert execute(kc, code)["status"] == "ok"
-        deadline = time.monotonic() + 10
-        while emu_thread.request_count == before and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert emu_thread.request_count > before, "the request never arrived"
-    probe, log, took = shutdown_and_probe(km, kc, err_path, probe_path)
+        assert kernel.execute(code)[0]["status"] == "ok"
+        wait_until(lambda: emulator_thread.request_count > before, timeout=10)
+        assert emulator_thread.request_count > before, "the request never arrived"
+    probe, log, took = shutdown_and_probe(kernel, probe_path)
     assert probe == {"sessions": [], "connectors": [], "tasks": []}, probe
     for bad in ("Unclosed", "Task was destroyed", "Traceback", "Exception ignored", "never retrieved"):
         assert bad not in log, f"{bad!r} on the kernel's stderr:\n{log}"
     assert took < 10, f"shutdown took {took:.1f} s"
-    assert client_connections_to(emu_thread.port) == 0, "the kernel left a connection open"
+    assert client_connections_to(emulator_thread.port) == 0, "the kernel left a connection open"
 
 
 @pytest.mark.kernel
 @pytest.mark.timeout(60)
-def test_the_exit_probe_sees_an_unclosed_session(kernel_factory, tmp_path):
+def test_the_exit_probe_sees_an_unclosed_session(kernel, tmp_path):
     """The control for the test above: a session nobody closes is reported by the probe."""
-    km, kc, err_path = kernel_factory()
     probe_path = tmp_path / "exit-probe.json"
-    assert execute(kc, EXIT_PROBE.format(path=str(probe_path)))["status"] == "ok"
-    assert execute(kc, "import aiohttp\nasync def make():\n    return aiohttp.ClientSession()\n"
-                       "leaked = await make()")["status"] == "ok"
-    probe, log, took = shutdown_and_probe(km, kc, err_path, probe_path)
+    assert kernel.execute(EXIT_PROBE.format(path=str(probe_path)))[0]["status"] == "ok"
+    assert kernel.execute("import aiohttp\nasync def make():\n    return aiohttp.ClientSession()\n"
+                          "leaked = await make()")[0]["status"] == "ok"
+    probe, log, took = shutdown_and_probe(kernel, probe_path)
     assert len(probe["sessions"]) == 1 and len(probe["connectors"]) == 1, probe

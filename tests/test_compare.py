@@ -1,8 +1,6 @@
 """compare(): every combination concurrently, one labelled grid, per-cell errors (real HTTP to the emulator)."""
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ from _magic_helpers import recording_display
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, history, load
 from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.compare import CompareResult, acompare, compare, parse_compare_spec, split_prompts
+from kernels import kernel_env, run_notebook, running_kernel
 
 TOKEN = "sk-COMPARE-LEAKCHECK-5e6f7a8b9c0d1e2f3a4b"
 MODELS = ["gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"]
@@ -211,13 +210,8 @@ async def test_live_grid_is_one_display_updated_in_place(emulator):
 # ---------------------------------------------------------------------------------------------
 # the synchronous entry point, with the kernel's client from IMAGE_*
 # ---------------------------------------------------------------------------------------------
-def test_sync_compare_uses_the_kernel_client_and_its_cache(emulator_thread, monkeypatch, tmp_path):
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("IMAGE_CACHE", raising=False)
-    monkeypatch.delenv("IMAGE_MODEL", raising=False)
+def test_sync_compare_uses_the_kernel_client_and_its_cache(emulator_thread, emulator_env):
+    emulator_env(emulator_thread, cache=True)
     import jupyter_imagegen
     try:
         before = emulator_thread.request_count
@@ -244,27 +238,14 @@ def test_helpers():
 # notebook level: a real kernel runs the notebook twice; the second run costs no HTTP call
 # ---------------------------------------------------------------------------------------------
 def _run_notebook(cells, workdir: Path, env_updates, kernel_dir: Path):
+    """`cells` as a notebook run by nbclient in a new kernel of this interpreter (tests/kernels.py)
+    working in `workdir`, with `env_updates` in its environment; returns the executed notebook."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    spec_dir = kernel_dir / "kernels" / "imagegen-compare-test"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "imagegen compare test", "language": "python"}))
+    pytest.importorskip("nbclient")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    ksm = KernelSpecManager(kernel_dirs=[str(kernel_dir / "kernels")])
-    km = KernelManager(kernel_name="imagegen-compare-test", kernel_spec_manager=ksm)
-    old = dict(os.environ)
-    os.environ.update(env_updates)
-    try:
-        client = nbclient.NotebookClient(nb, km=km, timeout=90, resources={"metadata": {"path": str(workdir)}})
-        client.execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    return nb
+    env = kernel_env(sys.executable, **env_updates)
+    with running_kernel(sys.executable, env=env, cwd=workdir, workdir=kernel_dir) as kernel:
+        return run_notebook(kernel, nb, timeout=90)
 
 
 @pytest.mark.kernel

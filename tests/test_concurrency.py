@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import time
 
 import pytest
 
 from _reliab_helpers import Recorder
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.display import GenerationView
-from jupyter_imagegen.emulator import Emulator, EmulatorThread
+from kernels import kernel_env, running_kernel
 
 TOKEN = "sk-concurrency-token-0123456789abcdef"
 
@@ -39,121 +37,108 @@ def img_count(output) -> int:
     return sum(o["data"].get("text/html", "").count("<img ") for o in output.outputs)
 
 
-async def test_three_calls_with_views_and_a_form_at_once():
+async def test_three_calls_with_views_and_a_form_at_once(emulator):
     ipywidgets = pytest.importorskip("ipywidgets")
     from jupyter_imagegen.widget import ImageGenForm
 
-    async with Emulator(token=TOKEN, latency=0.4) as emu:
-        cfg = ImageConfig(api_type="openrouter_chat", base_url=emu.base_url_for("openrouter_chat"), token=TOKEN,
-                          backoff_base=0.01)
-        client = ImageClient(cfg)
-        runs = {
-            "A": ImageRequest("a red fox in the snow (run A)", aspect_ratio="16:9", seed=11),
-            "B": ImageRequest("a blue whale at sea (run B)", api_type="openai_images", size="1024x1536", n=2,
-                              base_url=emu.base_url_for("openai_images")),
-            "C": ImageRequest("a green owl at night (run C)", api_type="openai_responses",
-                              base_url=emu.base_url_for("openai_responses"), max_attempts=3,
-                              headers={"X-Emulator-Fault": "503:retry_after=0.1"}),
-        }
-        views = {k: GenerationView(output=ipywidgets.Output(), title=f"view {k}") for k in runs}
-        recs = {k: Recorder() for k in runs}
+    emulator.latency = 0.4          # every answer takes that long: the calls overlap
+    cfg = ImageConfig(api_type="openrouter_chat", base_url=emulator.base_url_for("openrouter_chat"), token=TOKEN,
+                      backoff_base=0.01)
+    client = ImageClient(cfg)
+    runs = {
+        "A": ImageRequest("a red fox in the snow (run A)", aspect_ratio="16:9", seed=11),
+        "B": ImageRequest("a blue whale at sea (run B)", api_type="openai_images", size="1024x1536", n=2,
+                          base_url=emulator.base_url_for("openai_images")),
+        "C": ImageRequest("a green owl at night (run C)", api_type="openai_responses",
+                          base_url=emulator.base_url_for("openai_responses"), max_attempts=3,
+                          headers={"X-Emulator-Fault": "503:retry_after=0.1"}),
+    }
+    views = {k: GenerationView(output=ipywidgets.Output(), title=f"view {k}") for k in runs}
+    recs = {k: Recorder() for k in runs}
 
-        def callback(k):
-            def on_event(event):
-                recs[k](event)
-                views[k].on_event(event)
-            return on_event
+    def callback(k):
+        def on_event(event):
+            recs[k](event)
+            views[k].on_event(event)
+        return on_event
 
-        async def one(k):
-            views[k].start(runs[k].prompt)
-            resp = await client.generate(runs[k], on_event=callback(k))
-            views[k].show_response(resp)
-            return resp
+    async def one(k):
+        views[k].start(runs[k].prompt)
+        resp = await client.generate(runs[k], on_event=callback(k))
+        views[k].show_response(resp)
+        return resp
 
-        form = ImageGenForm(client=client, prompt="a yellow kite over a beach (run F)", size="9:16",
-                            request_options={"seed": 22})
-        form.generate_button.click()
-        assert form.task is not None, form.message_text
-        results = dict(zip(runs, await asyncio.gather(*(one(k) for k in runs))))
-        results["F"] = await asyncio.wait_for(form.wait(), 20)
-        log = emu.requests
+    form = ImageGenForm(client=client, prompt="a yellow kite over a beach (run F)", size="9:16",
+                        request_options={"seed": 22})
+    form.generate_button.click()
+    assert form.task is not None, form.message_text
+    results = dict(zip(runs, await asyncio.gather(*(one(k) for k in runs))))
+    results["F"] = await asyncio.wait_for(form.wait(), 20)
+    log = emulator.requests
 
-        # they really ran at the same time: the first attempt of each overlapped
-        firsts = {}
-        for e in log:
-            firsts.setdefault(e["prompt"], e)
-        assert len(firsts) == 4 and overlapping(list(firsts.values())), [(e["time"], e["elapsed"]) for e in log]
+    # they really ran at the same time: the first attempt of each overlapped
+    firsts = {}
+    for e in log:
+        firsts.setdefault(e["prompt"], e)
+    assert len(firsts) == 4 and overlapping(list(firsts.values())), [(e["time"], e["elapsed"]) for e in log]
 
-        # one request id each; every callback got only its own events
-        rids = {k: r.request_id for k, r in results.items()}
-        assert len(set(rids.values())) == 4
-        for k, rec in recs.items():
-            assert rec.events and {e.request_id for e in rec.events} == {rids[k]}, k
-        form_lines = form.view.log.to_text()
+    # one request id each; every callback got only its own events
+    rids = {k: r.request_id for k, r in results.items()}
+    assert len(set(rids.values())) == 4
+    for k, rec in recs.items():
+        assert rec.events and {e.request_id for e in rec.events} == {rids[k]}, k
+    form_lines = form.view.log.to_text()
 
-        # each view shows only its own story
-        texts = {k: v.log.to_text() for k, v in views.items()}
-        texts["F"] = form_lines
-        assert texts["C"].count("503 — retrying") == 2 and "failed" in texts["C"]
-        for k in ("A", "B", "F"):
-            assert "503" not in texts[k] and "retrying" not in texts[k], (k, texts[k])
-            assert texts[k].count("attempt ") == 1, (k, texts[k])
-        assert "done: 1 image" in texts["A"] and "done: 2 images" in texts["B"] and "done: 1 image" in texts["F"]
-        assert img_count(views["A"]._surface.output) == 1
-        assert img_count(views["B"]._surface.output) == 2
-        assert img_count(views["C"]._surface.output) == 0 and "503" in json.dumps(views["C"]._surface.output.outputs)
-        assert img_count(form.output) == 1
+    # each view shows only its own story
+    texts = {k: v.log.to_text() for k, v in views.items()}
+    texts["F"] = form_lines
+    assert texts["C"].count("503 — retrying") == 2 and "failed" in texts["C"]
+    for k in ("A", "B", "F"):
+        assert "503" not in texts[k] and "retrying" not in texts[k], (k, texts[k])
+        assert texts[k].count("attempt ") == 1, (k, texts[k])
+    assert "done: 1 image" in texts["A"] and "done: 2 images" in texts["B"] and "done: 1 image" in texts["F"]
+    assert img_count(views["A"]._surface.output) == 1
+    assert img_count(views["B"]._surface.output) == 2
+    assert img_count(views["C"]._surface.output) == 0 and "503" in json.dumps(views["C"]._surface.output.outputs)
+    assert img_count(form.output) == 1
 
-        # each response answers its own prompt
-        a, b, c, f = (results[k] for k in "ABCF")
-        assert a.success and b.success and f.success and not c.success
-        assert a.request.prompt in a.text and "run F" not in a.text
-        assert f.request.prompt in f.text and "run A" not in f.text
-        assert "HTTP 503" in c.error and c.attempts == 3
-        assert [x.size for x in a.artifacts] == [(1344, 768)]
-        assert [x.size for x in b.artifacts] == [(1024, 1536), (1024, 1536)]
-        assert [x.size for x in f.artifacts] == [(768, 1344)]
-        by_prompt = {e["prompt"]: e for e in log}
-        assert set(by_prompt) == {runs["A"].prompt, runs["B"].prompt, runs["C"].prompt, f.request.prompt}
-        # seeded images are what that prompt and seed give on their own: the bytes did not cross
-        alone_a = await client.generate(runs["A"].replace())
-        alone_f = await client.generate(f.request.replace())
-        assert alone_a.artifacts[0].data == a.artifacts[0].data
-        assert alone_f.artifacts[0].data == f.artifacts[0].data
-        assert a.artifacts[0].data != f.artifacts[0].data
-        form.close()
-        await client.close()
+    # each response answers its own prompt
+    a, b, c, f = (results[k] for k in "ABCF")
+    assert a.success and b.success and f.success and not c.success
+    assert a.request.prompt in a.text and "run F" not in a.text
+    assert f.request.prompt in f.text and "run A" not in f.text
+    assert "HTTP 503" in c.error and c.attempts == 3
+    assert [x.size for x in a.artifacts] == [(1344, 768)]
+    assert [x.size for x in b.artifacts] == [(1024, 1536), (1024, 1536)]
+    assert [x.size for x in f.artifacts] == [(768, 1344)]
+    by_prompt = {e["prompt"]: e for e in log}
+    assert set(by_prompt) == {runs["A"].prompt, runs["B"].prompt, runs["C"].prompt, f.request.prompt}
+    # seeded images are what that prompt and seed give on their own: the bytes did not cross
+    alone_a = await client.generate(runs["A"].replace())
+    alone_f = await client.generate(f.request.replace())
+    assert alone_a.artifacts[0].data == a.artifacts[0].data
+    assert alone_f.artifacts[0].data == f.artifacts[0].data
+    assert a.artifacts[0].data != f.artifacts[0].data
+    form.close()
+    await client.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # a real kernel: a form in flight while two magics run
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def kernel(tmp_path):
+def kernel(emulator_thread, tmp_path):
+    """A kernel of this interpreter (tests/kernels.py) whose IMAGE_* point at the emulator, which
+    takes 0.6 s over every answer (so the requests overlap)."""
     pytest.importorskip("ipykernel")
-    from jupyter_client import KernelManager
-    from jupyter_client.kernelspec import KernelSpecManager
-    emu = EmulatorThread(token=TOKEN, latency=0.6).start()
-    spec = tmp_path / "kernels" / "imagegen-concurrency"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "imagegen concurrency test", "language": "python"}))
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE")}
-    env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE="openrouter_chat",
-               IMAGE_BASE_URL=emu.base_url_for("openrouter_chat"), IMAGE_CACHE="0")
-    km = KernelManager(kernel_name="imagegen-concurrency", kernel_spec_manager=ksm)
-    km.start_kernel(env=env, cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
+    env = kernel_env(sys.executable, IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE="openrouter_chat",
+                     IMAGE_BASE_URL=emulator_thread.base_url_for("openrouter_chat"), IMAGE_CACHE="0")
+    emulator_thread.latency = 0.6
     try:
-        kc.wait_for_ready(timeout=60)
-        yield kc, emu
+        with running_kernel(sys.executable, env=env, cwd=tmp_path, workdir=tmp_path) as k:
+            yield k.kc, emulator_thread
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        emu.stop()
+        emulator_thread.latency = 0.0
 
 
 def run_cell(kc, code, timeout=60):

@@ -14,7 +14,7 @@ import pickle
 import pytest
 from aiohttp import web
 
-from _reliab_helpers import TinyServer, png_bytes
+from _reliab_helpers import TinyServer
 from conftest import EMULATOR_TOKEN
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, ImageResponse, mask_token
 from jupyter_imagegen import errors as E

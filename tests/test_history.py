@@ -1,56 +1,38 @@
 """The kernel's history: recording, numbering, bounds, no token, thumbnails, re-running."""
 from __future__ import annotations
 
-import io
 import pickle
 
 import pytest
-from PIL import Image
 
+from _image_helpers import make_png
 import jupyter_imagegen
 from jupyter_imagegen import ImageRequest, history
 from jupyter_imagegen.runtime import runtime
-from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.history import History
 from jupyter_imagegen.model import Artifact, ImageResponse, Usage
 
 TOKEN = "sk-HISTORY-LEAKCHECK-0a1b2c3d4e5f60718293"
 
 
-@pytest.fixture(scope="module")
-def emu():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
 @pytest.fixture
-def env(emu, monkeypatch, tmp_path):
-    """IMAGE_* pointing at the emulator, the request cache in a temp folder, a clean history."""
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("IMAGE_CACHE", "IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
-        monkeypatch.delenv(name, raising=False)
-    emu.clear_faults()
+def env(emulator_thread, emulator_env):
+    """IMAGE_* pointing at the emulator (the request cache on, in a temp folder), no fault queued,
+    a clean history; yields the emulator."""
+    emulator_env(emulator_thread, cache=True)
+    emulator_thread.clear_faults()
     history.clear()
     try:
-        yield emu
+        yield emulator_thread
     finally:
         history.clear()
         runtime.close()
 
 
-def png(color=(200, 40, 40), size=(600, 400)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def fake(prompt="a fox", n=1, ok=True, **kw) -> ImageResponse:
     req = ImageRequest(prompt, model="gpt-image-1", api_type="openai_images", token=TOKEN,
                        headers={"Authorization": f"Bearer {TOKEN}", "X-Emulator-Fault": "500", "X-Title": "t"})
-    arts = [Artifact(png((i * 40, 80, 120)), index=i) for i in range(n)] if ok else []
+    arts = [Artifact(make_png((600, 400), (i * 40, 80, 120)), index=i) for i in range(n)] if ok else []
     return ImageResponse(request_id=req.request_id, success=ok, artifacts=arts, request=req, model="gpt-image-1",
                          api_type="openai_images", elapsed=1.25, attempts=2,
                          usage=Usage(10, 20, 30, 0.0123), error=None if ok else "HTTP 400: no", **kw)

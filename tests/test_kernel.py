@@ -14,18 +14,11 @@ import pytest
 pytest.importorskip("ipykernel")
 jupyter_client = pytest.importorskip("jupyter_client")
 
-from jupyter_imagegen.emulator import EmulatorThread  # noqa: E402
 from kernels import execute, kernel_env, outputs, running_kernel  # noqa: E402
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 
 TOKEN = "sk-kernel-test-token-0123456789"
-
-
-@pytest.fixture(scope="module")
-def emulator_thread():
-    with EmulatorThread(token=TOKEN) as emu:
-        yield emu
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +101,26 @@ def test_bad_option_is_one_line_in_the_kernel(kernel):
     assert stderr.strip().count("\n") == 0 and "unrecognized arguments: --sizee" in stderr
 
 
-def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel):
+#: run in the kernel: wait (5 s at most) until the background loop has no task left, i.e. the
+#: interrupted call's job has ended (cleanup included) and nothing can send any more; then print
+#: the generate tasks left on the kernel's own loop
+NO_TASK_LEFT = """\
+import asyncio, time
+from jupyter_imagegen import loop_thread
+async def _background_tasks():
+    return len(asyncio.all_tasks()) - 1
+_deadline = time.monotonic() + 5
+while loop_thread.shared().call(_background_tasks(), timeout=5) and time.monotonic() < _deadline:
+    time.sleep(0.01)
+print(sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() if 'generate' in t.get_coro().__qualname__))
+print('background tasks:', loop_thread.shared().call(_background_tasks(), timeout=5))
+"""
+
+
+def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel, emulator_thread):
     km, kc, workdir = kernel
     execute(kc, "%load_ext jupyter_imagegen")
+    before = emulator_thread.request_count
     msg_id = kc.execute("%%imagegen --fault 429:retry_after=5\na slow lighthouse")
     # wait until the retry wait has begun (the log shows "retrying"), then interrupt
     deadline = time.monotonic() + 15
@@ -137,13 +147,14 @@ def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel):
         if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
                 and msg["content"]["execution_state"] == "idle"):
             break
-    time.sleep(0.3)
 
-    # no task left behind on the kernel loop, and the next cell works
-    reply, msgs = execute(kc, "import asyncio\nprint(sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks() "
-                              "if 'generate' in t.get_coro().__qualname__))")
+    # no task left behind on the kernel loop nor on the background loop, no retry was sent, and
+    # the next cell works
+    reply, msgs = execute(kc, NO_TASK_LEFT)
     assert reply["status"] == "ok", reply
-    assert "[]" in "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
+    printed = "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
+    assert "[]" in printed and "background tasks: 0" in printed, printed
+    assert emulator_thread.request_count == before + 1, "a retry was sent after the interrupt"
     reply, msgs = execute(kc, "%imagegen a quick lighthouse")
     assert reply["status"] == "ok", reply
     assert any("<img" in m["content"]["data"].get("text/html", "") for m in outputs(msgs, "display_data"))

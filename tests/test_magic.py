@@ -2,7 +2,6 @@
 127.0.0.1), plus what it relies on in the runtime (interrupts, the shared client)."""
 from __future__ import annotations
 
-import _thread
 import asyncio
 import gc
 import json
@@ -11,19 +10,17 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
-from _magic_helpers import background_tasks, recording_display, make_png
+from _image_helpers import make_png
+from _magic_helpers import background_tasks, interrupt_when
 from jupyter_imagegen.errors import GenerationCancelled
 from jupyter_imagegen.runtime import runtime
-from jupyter_imagegen.emulator import EmulatorThread
 from jupyter_imagegen.magic import ImageGenMagics
 from jupyter_imagegen.magic_options import expand_variables, split_options
 from jupyter_imagegen.saving import slugify
@@ -32,48 +29,20 @@ from jupyter_imagegen.model import Artifact, ImageResponse
 TOKEN = "sk-magic-test-token-0123456789"
 
 
-@pytest.fixture(scope="module")
-def emu():
-    with EmulatorThread(token=TOKEN) as e:
-        yield e
-
-
-@pytest.fixture
-def ip(emu, monkeypatch, tmp_path):
-    """The test IPython shell with the extension loaded, the emulator configured through IMAGE_*,
-    the cache off, and a display publisher that records every display message."""
-    shell = globalipapp.get_ipython()
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emu.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE", "0")
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("IMAGE_MODEL", "IMAGE_TIMEOUT", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    shell.extension_manager.load_extension("jupyter_imagegen")
-    emu.clear_faults()
-    try:
-        with recording_display(shell) as rec:
-            yield shell, rec
-    finally:
-        runtime.close()
-
-
 def run(shell, code: str):
     return shell.run_cell(code, store_history=False)
 
 
-def last_request(emu):
-    return emu.requests[-1]
+def last_request(emulator_thread):
+    return emulator_thread.requests[-1]
 
 
 # ---------------------------------------------------------------------------------------------
 # option parsing: good
 # ---------------------------------------------------------------------------------------------
-def test_options_reach_the_request(ip, emu):
+def test_options_reach_the_request(ip, emulator_thread):
     shell, rec = ip
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, "%%imagegen -n 2 --size 1024x1536 --quality low --format jpeg --background opaque "
                      "--retries 1 --timeout 9 --model gpt-image-1-mini --api openai --out r\n"
                      "  a red fox in fresh snow  \n")
@@ -81,8 +50,8 @@ def test_options_reach_the_request(ip, emu):
     resp = shell.user_ns["r"]
     assert isinstance(resp, ImageResponse) and resp.success
     assert res.result is resp
-    assert emu.request_count == before + 1
-    sent = last_request(emu)
+    assert emulator_thread.request_count == before + 1
+    sent = last_request(emulator_thread)
     assert sent["prompt"] == "a red fox in fresh snow"
     assert sent["model"] == "gpt-image-1-mini"
     assert (sent["n"], sent["size"], sent["quality"], sent["output_format"], sent["background"]) == \
@@ -93,14 +62,14 @@ def test_options_reach_the_request(ip, emu):
     assert (req.max_attempts, req.timeout, req.api_type) == (2, 9.0, "openai_images")
 
 
-def test_size_and_aspect_are_checked_by_the_chosen_api(ip, emu):
+def test_size_and_aspect_are_checked_by_the_chosen_api(ip, emulator_thread):
     shell, rec = ip
-    shell.user_ns["or_url"] = emu.base_url_for("openrouter_chat")
+    shell.user_ns["or_url"] = emulator_thread.base_url_for("openrouter_chat")
     res = run(shell, "%imagegen --api openrouter --base-url {or_url} --size 2k --model google/gemini-2.5-flash-image a fox")
     assert res.success and res.result.success, res.error_in_exec or res.result.error
-    assert last_request(emu)["image_size"] == "2K"
+    assert last_request(emulator_thread)["image_size"] == "2K"
     res = run(shell, "%imagegen --size 1024X1024 a fox")
-    assert res.result.success and last_request(emu)["size"] == "1024x1024"
+    assert res.result.success and last_request(emulator_thread)["size"] == "1024x1024"
 
 
 @pytest.mark.parametrize("line, prompt", [
@@ -110,11 +79,11 @@ def test_size_and_aspect_are_checked_by_the_chosen_api(ip, emu):
     ("%imagegen --quiet -- --a prompt that starts with dashes", "--a prompt that starts with dashes"),
     ("%imagegen --aspect 16:9 a wide valley", "a wide valley"),
 ])
-def test_line_form_keeps_the_prompt_as_typed(ip, emu, line, prompt):
+def test_line_form_keeps_the_prompt_as_typed(ip, emulator_thread, line, prompt):
     shell, rec = ip
     res = run(shell, line)
     assert res.success, res.error_in_exec
-    assert last_request(emu)["prompt"] == prompt
+    assert last_request(emulator_thread)["prompt"] == prompt
 
 
 def test_split_options_stops_at_the_prompt():
@@ -167,31 +136,31 @@ BAD = [
 
 
 @pytest.mark.parametrize("code, message", BAD, ids=[b[1][:30] for b in BAD])
-def test_bad_input_is_one_line_and_nothing_is_sent(ip, emu, capsys, code, message):
+def test_bad_input_is_one_line_and_nothing_is_sent(ip, emulator_thread, capsys, code, message):
     shell, rec = ip
     shell.user_ns["not_an_image"] = {"a": 1}
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, code)
     assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
     err = capsys.readouterr().err
     assert message in str(res.error_in_exec)
     assert err.startswith("UsageError: ") and err.strip().count("\n") == 0, err
     assert "Traceback" not in err
-    assert emu.request_count == before
+    assert emulator_thread.request_count == before
     assert rec.messages == []
 
 
-def test_missing_token_names_the_variable_and_sends_nothing(ip, emu, monkeypatch):
+def test_missing_token_names_the_variable_and_sends_nothing(ip, emulator_thread, monkeypatch):
     shell, rec = ip
     monkeypatch.delenv("IMAGE_AUTH_TOKEN")
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, "%imagegen a lighthouse")
     assert isinstance(res.error_in_exec, UsageError)
     assert "IMAGE_AUTH_TOKEN" in str(res.error_in_exec) and "nothing was sent" in str(res.error_in_exec)
-    assert emu.request_count == before and rec.messages == []
+    assert emulator_thread.request_count == before and rec.messages == []
 
 
-def test_bad_environment_is_one_line(ip, emu, monkeypatch):
+def test_bad_environment_is_one_line(ip, emulator_thread, monkeypatch):
     shell, rec = ip
     monkeypatch.setenv("IMAGE_API_TYPE", "dalle")
     res = run(shell, "%imagegen a lighthouse")
@@ -201,15 +170,15 @@ def test_bad_environment_is_one_line(ip, emu, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # interpolation
 # ---------------------------------------------------------------------------------------------
-def test_interpolation_of_variables_and_expressions(ip, emu):
+def test_interpolation_of_variables_and_expressions(ip, emulator_thread):
     shell, rec = ip
     shell.user_ns.update(animal="fox", n_legs=4, size="1536x1024")
     res = run(shell, "%%imagegen --size {size}\na {animal.upper()} with {n_legs} legs, {{literal}} braces")
     assert res.success, res.error_in_exec
-    assert last_request(emu)["prompt"] == "a FOX with 4 legs, {literal} braces"
-    assert last_request(emu)["size"] == "1536x1024"
+    assert last_request(emulator_thread)["prompt"] == "a FOX with 4 legs, {literal} braces"
+    assert last_request(emulator_thread)["size"] == "1536x1024"
     res = run(shell, "%imagegen a {animal} on the line")
-    assert res.success and last_request(emu)["prompt"] == "a fox on the line"
+    assert res.success and last_request(emulator_thread)["prompt"] == "a fox on the line"
 
 
 def test_expand_variables_directly():
@@ -232,7 +201,7 @@ def test_slugify():
 # ---------------------------------------------------------------------------------------------
 # --out, --save, the return value
 # ---------------------------------------------------------------------------------------------
-def test_out_stores_the_response_and_underscore_works(ip, emu, capsys):
+def test_out_stores_the_response_and_underscore_works(ip, emulator_thread, capsys):
     shell, rec = ip
     res = run(shell, "%%imagegen --out pic\na lighthouse at dusk")
     assert res.success
@@ -252,14 +221,14 @@ def test_out_stores_the_response_and_underscore_works(ip, emu, capsys):
     assert "shown above" not in capsys.readouterr().out
 
 
-def test_failed_response_is_stored_too(ip, emu):
+def test_failed_response_is_stored_too(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --fault 400 --out bad\na lighthouse")
     assert res.success  # the cell ran; the API said no
     assert shell.user_ns["bad"].success is False
 
 
-def test_save_writes_files_before_display(ip, emu, tmp_path):
+def test_save_writes_files_before_display(ip, emulator_thread, tmp_path):
     shell, rec = ip
     out_dir = tmp_path / "renders"
     rec.probe = lambda: sorted(p.name for p in out_dir.glob("*.png")) if out_dir.exists() else []
@@ -283,20 +252,20 @@ def test_save_writes_files_before_display(ip, emu, tmp_path):
     assert len(list(out_dir.glob("*.png"))) == 4
 
 
-def test_save_into_an_impossible_directory_is_one_line(ip, emu, tmp_path):
+def test_save_into_an_impossible_directory_is_one_line(ip, emulator_thread, tmp_path):
     shell, rec = ip
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, f"%imagegen --save {blocker}/sub a fox")
     assert isinstance(res.error_in_exec, UsageError) and "--save" in str(res.error_in_exec)
-    assert emu.request_count == before
+    assert emulator_thread.request_count == before
 
 
 # ---------------------------------------------------------------------------------------------
 # --image from files and notebook variables
 # ---------------------------------------------------------------------------------------------
-def test_image_from_file_and_variables(ip, emu, tmp_path):
+def test_image_from_file_and_variables(ip, emulator_thread, tmp_path):
     from PIL import Image
     shell, rec = ip
     path = tmp_path / "sketch.png"
@@ -310,11 +279,11 @@ def test_image_from_file_and_variables(ip, emu, tmp_path):
     res = run(shell, f"%%imagegen --image {path} --image pil_img --image art --image raw --image prev "
                      "--image prev.artifacts[0]\nput them together")
     assert res.success, res.error_in_exec
-    sent = last_request(emu)
+    sent = last_request(emulator_thread)
     assert sent["path"].endswith("/images/edits") and sent["input_images"] == 6
 
 
-def test_image_from_an_empty_response_is_one_line(ip, emu):
+def test_image_from_an_empty_response_is_one_line(ip, emulator_thread):
     shell, rec = ip
     shell.user_ns["empty"] = ImageResponse(request_id="x", success=False, error="HTTP 500")
     res = run(shell, "%imagegen --image empty edit it")
@@ -324,7 +293,7 @@ def test_image_from_an_empty_response_is_one_line(ip, emu):
 # ---------------------------------------------------------------------------------------------
 # the live event log: one handle, updated in place
 # ---------------------------------------------------------------------------------------------
-def test_event_log_updates_in_place(ip, emu):
+def test_event_log_updates_in_place(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --fault 429:retry_after=0.2 --fault 503:retry_after=0.1\na lighthouse")
     assert res.success and res.result.success, res.result
@@ -344,11 +313,11 @@ def test_event_log_updates_in_place(ip, emu):
                    "503 — retrying in 0.1 s", "attempt 3/3", "done: 1 image in"):
         assert needle in final, (needle, final)
     assert 'data-state="done"' in updates[-1]["data"]["text/html"]
-    sent = emu.requests[-3:]
+    sent = emulator_thread.requests[-3:]
     assert [r["status"] for r in sent] == [429, 503, 200]
 
 
-def test_quiet_shows_only_the_images(ip, emu):
+def test_quiet_shows_only_the_images(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --quiet --fault 429:retry_after=0.1\na lighthouse")
     assert res.success
@@ -356,7 +325,7 @@ def test_quiet_shows_only_the_images(ip, emu):
     assert len(rec.messages) == 1 and "<img " in rec.messages[0]["data"]["text/html"]
 
 
-def test_api_error_renders_a_box_with_suggestions_and_masked_key(ip, emu):
+def test_api_error_renders_a_box_with_suggestions_and_masked_key(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --fault 401 --out r\na lighthouse")
     resp = shell.user_ns["r"]
@@ -370,56 +339,39 @@ def test_api_error_renders_a_box_with_suggestions_and_masked_key(ip, emu):
     assert "failed (HTTP 401)" in rec.of_type("update_display_data")[-1]["data"]["text/plain"]
 
 
-def test_cache_hit_is_shown_in_the_log(ip, emu, monkeypatch):
+def test_cache_hit_is_shown_in_the_log(ip, emulator_thread, monkeypatch):
     shell, rec = ip
     monkeypatch.delenv("IMAGE_CACHE")        # the magic's default: cache on
-    before = emu.request_count
+    before = emulator_thread.request_count
     assert run(shell, "%imagegen a cached lighthouse").success
     assert run(shell, "%imagegen a cached lighthouse").success
-    assert emu.request_count == before + 1
+    assert emulator_thread.request_count == before + 1
     assert "from cache" in rec.of_type("update_display_data")[-1]["data"]["text/plain"]
     assert run(shell, "%imagegen --fresh a cached lighthouse").success
-    assert emu.request_count == before + 2
+    assert emulator_thread.request_count == before + 2
 
 
 # ---------------------------------------------------------------------------------------------
 # interrupt mid-retry
 # ---------------------------------------------------------------------------------------------
-def _interrupt_when(condition, delay: float):
-    """A thread that waits for `condition` then interrupts the main thread after `delay` s."""
-    fired = threading.Event()
-
-    def main():
-        deadline = time.monotonic() + 10
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if condition():
-            time.sleep(delay)
-            fired.set()
-            _thread.interrupt_main()
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    return t, fired
-
-
-def test_interrupt_mid_retry_cancels_cleanly(ip, emu, capsys):
+def test_interrupt_mid_retry_cancels_cleanly(ip, emulator_thread, capsys):
     shell, rec = ip
     retrying = lambda: any("retrying in" in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
-    t, fired = _interrupt_when(retrying, 0.3)
+    t, fired = interrupt_when(retrying, 0.3)
     t0 = time.monotonic()
     try:
         res = run(shell, "%%imagegen --fault 429:retry_after=5\na slow lighthouse")
     finally:
         t.join(5)
     took = time.monotonic() - t0
-    assert fired.is_set()
+    assert fired
     assert isinstance(res.error_in_exec, KeyboardInterrupt)
     assert isinstance(res.error_in_exec, GenerationCancelled)
     assert took < 1.5, f"took {took:.2f} s"       # 0.3 s + the first attempt; the 5 s wait was cut
     assert not background_tasks()   # no orphan task
     final = rec.messages[-1]
     assert final["msg_type"] == "update_display_data" and "cancelled after" in final["data"]["text/plain"]
-    assert emu.request_count and emu.requests[-1]["status"] == 429   # no second attempt was sent
+    assert emulator_thread.request_count and last_request(emulator_thread)["status"] == 429  # no second attempt sent
     capsys.readouterr()
     # the session stays usable: the next cell works
     rec.messages.clear()
@@ -428,16 +380,16 @@ def test_interrupt_mid_retry_cancels_cleanly(ip, emu, capsys):
     assert len(rec.galleries()) == 1
 
 
-def test_interrupt_during_a_request_in_flight(ip, emu):
+def test_interrupt_during_a_request_in_flight(ip, emulator_thread):
     shell, rec = ip
     calling = lambda: any("attempt 1/" in m["data"].get("text/plain", "") for m in rec.messages)  # noqa: E731
-    t, fired = _interrupt_when(calling, 0.3)
+    t, fired = interrupt_when(calling, 0.3)
     t0 = time.monotonic()
     try:
         res = run(shell, "%%imagegen --fault slow_headers:delay=5\na lighthouse that takes long")
     finally:
         t.join(5)
-    assert fired.is_set() and isinstance(res.error_in_exec, GenerationCancelled)
+    assert fired and isinstance(res.error_in_exec, GenerationCancelled)
     assert time.monotonic() - t0 < 1.5
     assert not background_tasks()
     assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
@@ -447,7 +399,7 @@ def test_interrupt_during_a_request_in_flight(ip, emu):
 # ---------------------------------------------------------------------------------------------
 # the per-kernel client
 # ---------------------------------------------------------------------------------------------
-def test_one_client_reused_and_closed_without_warnings(ip, emu):
+def test_one_client_reused_and_closed_without_warnings(ip, emulator_thread):
     shell, rec = ip
     assert run(shell, "%imagegen one").success
     client = runtime.current_client
@@ -466,7 +418,7 @@ def test_one_client_reused_and_closed_without_warnings(ip, emu):
     assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]
 
 
-def test_unload_removes_the_magics_and_closes_the_client(ip, emu):
+def test_unload_removes_the_magics_and_closes_the_client(ip, emulator_thread):
     shell, rec = ip
     assert run(shell, "%imagegen one").success
     session = runtime.current_client._session
@@ -486,10 +438,10 @@ def test_unload_removes_the_magics_and_closes_the_client(ip, emu):
 COMPARE_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
 
 
-def test_compare_models_and_prompts_renders_one_grid(ip, emu, capsys):
+def test_compare_models_and_prompts_renders_one_grid(ip, emulator_thread, capsys):
     from jupyter_imagegen.compare import CompareResult
     shell, rec = ip
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, f"%%imagegen --compare model={','.join(COMPARE_MODELS)} --quality low --out g\n"
                      "a red fox in snow\n---\na lighthouse at {{dusk}}\n")
     assert res.success, res.error_in_exec
@@ -497,8 +449,8 @@ def test_compare_models_and_prompts_renders_one_grid(ip, emu, capsys):
     assert isinstance(grid, CompareResult) and res.result is grid
     assert grid.shape == (2, 3) and grid.row_labels == ["a red fox in snow", "a lighthouse at {dusk}"]
     assert grid.col_labels == list(COMPARE_MODELS) and grid.ok == 6
-    assert emu.request_count == before + 6
-    sent = emu.requests[-6:]
+    assert emulator_thread.request_count == before + 6
+    sent = emulator_thread.requests[-6:]
     assert sorted((r["prompt"], r["model"]) for r in sent) == \
         sorted((p, m) for p in ("a red fox in snow", "a lighthouse at {dusk}") for m in COMPARE_MODELS)
     assert all(r["quality"] == "low" for r in sent)
@@ -516,7 +468,7 @@ def test_compare_models_and_prompts_renders_one_grid(ip, emu, capsys):
     assert [e.source for e in history[-6:]] == ["compare"] * 6
 
 
-def test_compare_keeps_a_failing_cell_in_place_and_saves_the_rest(ip, emu, tmp_path):
+def test_compare_keeps_a_failing_cell_in_place_and_saves_the_rest(ip, emulator_thread, tmp_path):
     from jupyter_imagegen import load
     shell, rec = ip
     out = tmp_path / "grid"
@@ -544,16 +496,16 @@ def test_compare_keeps_a_failing_cell_in_place_and_saves_the_rest(ip, emu, tmp_p
     ("%imagegen --rerun 99999", "--rerun 99999: no history entry #99999"),
     ("%imagegen --rerun 0", "numbered from 1"),
 ])
-def test_bad_compare_and_rerun_input_is_one_line(ip, emu, capsys, code, message):
+def test_bad_compare_and_rerun_input_is_one_line(ip, emulator_thread, capsys, code, message):
     shell, rec = ip
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, code)
     assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
     assert message in str(res.error_in_exec)
-    assert emu.request_count == before and rec.messages == []
+    assert emulator_thread.request_count == before and rec.messages == []
 
 
-def test_from_reruns_exactly_the_saved_request(ip, emu, tmp_path):
+def test_from_reruns_exactly_the_saved_request(ip, emulator_thread, tmp_path):
     shell, rec = ip
     sketch = tmp_path / "sketch.png"
     sketch.write_bytes(make_png())
@@ -562,7 +514,7 @@ def test_from_reruns_exactly_the_saved_request(ip, emu, tmp_path):
                      f"--quality low --format webp --background transparent --seed 7 --out first\n"
                      "a red fox wearing a hat")
     assert res.success, res.error_in_exec
-    original = last_request(emu)
+    original = last_request(emulator_thread)
     saved = shell.user_ns["first"].paths[0]
     assert saved.endswith(".webp")
     keys = ("path", "model", "prompt", "n", "size", "quality", "output_format", "background", "input_images",
@@ -570,16 +522,16 @@ def test_from_reruns_exactly_the_saved_request(ip, emu, tmp_path):
     assert original["content_type"].startswith("multipart/form-data")
 
     assert run(shell, f"%imagegen --from {saved} --out again").success
-    again = last_request(emu)
+    again = last_request(emulator_thread)
     assert {k: again.get(k) for k in keys} == {k: original.get(k) for k in keys}
     assert shell.user_ns["again"].request.seed == 7
     # without the sidecar: from the metadata embedded in the WebP file
     Path(saved).with_suffix(".json").unlink()
     assert run(shell, f"%imagegen --from {saved}").success
-    assert {k: last_request(emu).get(k) for k in keys} == {k: original.get(k) for k in keys}
+    assert {k: last_request(emulator_thread).get(k) for k in keys} == {k: original.get(k) for k in keys}
     # options on the line override, a cell body replaces the prompt
     assert run(shell, f"%%imagegen --from {saved} --size 1536x1024 -n 2\na red fox wearing a crown").success
-    changed = last_request(emu)
+    changed = last_request(emulator_thread)
     assert (changed["size"], str(changed["n"]), changed["prompt"], changed["model"], changed["input_images"]) == \
         ("1536x1024", "2", "a red fox wearing a crown", "gpt-image-1-mini", 1)
     # an image without metadata says so
@@ -589,7 +541,7 @@ def test_from_reruns_exactly_the_saved_request(ip, emu, tmp_path):
     assert isinstance(res.error_in_exec, UsageError) and "no jupyter-imagegen metadata" in str(res.error_in_exec)
 
 
-def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emu, capsys):
+def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emulator_thread, capsys):
     from jupyter_imagegen import history
     shell, rec = ip
     history.clear()
@@ -597,16 +549,16 @@ def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emu, capsys):
     entry = history[-1]
     assert entry.source == "magic" and entry.prompt == "a lighthouse at dusk" and entry.success
     assert entry.attempts == 1 and entry.usage is not None and entry.request.token is None
-    original = last_request(emu)
+    original = last_request(emulator_thread)
     n = entry.number
     assert run(shell, f"%imagegen --rerun {n}").success
     keys = ("path", "model", "prompt", "n", "size", "quality", "output_format")
-    assert {k: last_request(emu).get(k) for k in keys} == {k: original.get(k) for k in keys}
+    assert {k: last_request(emulator_thread).get(k) for k in keys} == {k: original.get(k) for k in keys}
     assert run(shell, f"%imagegen --rerun {n} --size 1536x1024").success
-    assert last_request(emu)["size"] == "1536x1024"
+    assert last_request(emulator_thread)["size"] == "1536x1024"
     # an entry's image as an input, without importing anything
     assert run(shell, f"%imagegen --image history[{n}] --image history[-1].artifacts[0] add a moon").success
-    assert last_request(emu)["input_images"] == 2
+    assert last_request(emulator_thread)["input_images"] == 2
     # failures are recorded too
     run(shell, "%imagegen --fault 400 a failing one")
     assert not history[-1].success and history[-1].status_code == 400
@@ -627,7 +579,7 @@ def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emu, capsys):
     assert len(history) == 0 and "5 entries forgotten" in capsys.readouterr().out
 
 
-def test_unload_removes_the_history_magic(ip, emu):
+def test_unload_removes_the_history_magic(ip, emulator_thread):
     shell, rec = ip
     assert "imagegen_history" in shell.magics_manager.magics["line"]
     shell.extension_manager.unload_extension("jupyter_imagegen")
@@ -637,20 +589,20 @@ def test_unload_removes_the_history_magic(ip, emu):
         shell.extension_manager.load_extension("jupyter_imagegen")
 
 
-def test_interrupting_a_compare_cancels_every_cell(ip, emu):
+def test_interrupting_a_compare_cancels_every_cell(ip, emulator_thread):
     shell, rec = ip
-    before = emu.request_count
-    t, fired = _interrupt_when(lambda: emu.request_count >= before + 3, 0.3)
+    before = emulator_thread.request_count
+    t, fired = interrupt_when(lambda: emulator_thread.request_count >= before + 3, 0.3)
     t0 = time.monotonic()
     try:
         res = run(shell, f"%%imagegen --compare model={','.join(COMPARE_MODELS)} --fault 429:retry_after=5\na fox")
     finally:
         t.join(5)
-    assert fired.is_set()
+    assert fired
     assert isinstance(res.error_in_exec, GenerationCancelled)
     assert time.monotonic() - t0 < 2.0
     assert not background_tasks()
-    assert emu.request_count == before + 3                      # no retry was sent
+    assert emulator_thread.request_count == before + 3                      # no retry was sent
     final = rec.messages[-1]["data"]
     assert final["text/plain"].count("cancelled") == 3
     assert run(shell, "%imagegen a quick lighthouse").success  # the next cell works
@@ -664,11 +616,11 @@ def _result_messages(rec):
     return [m for m in rec.messages if m["display_id"] != log_id]
 
 
-def test_stream_partials_update_one_output_in_place(ip, emu):
+def test_stream_partials_update_one_output_in_place(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --partials 3 --out r\na fox forming")
     assert res.success and shell.user_ns["r"].success, res.error_in_exec
-    sent = last_request(emu)
+    sent = last_request(emulator_thread)
     assert sent["stream"] is True and "partial_images" in sent["body_keys"]
     assert [k for k, _ in sent["stream_images"]] == ["partial"] * 3 + ["final"]
     assert len(rec.of_type("display_data")) == 2, "the log and one image output, not one per partial"
@@ -683,30 +635,31 @@ def test_stream_partials_update_one_output_in_place(ip, emu):
     assert (req.stream, req.partial_images) == (True, 3)
 
 
-def test_stream_default_and_zero_partials(ip, emu):
+def test_stream_default_and_zero_partials(ip, emulator_thread):
     shell, rec = ip
     assert run(shell, "%imagegen --stream a fox").result.success
-    assert [k for k, _ in last_request(emu)["stream_images"]] == ["partial", "partial", "final"]
+    assert [k for k, _ in last_request(emulator_thread)["stream_images"]] == ["partial", "partial", "final"]
     rec.messages.clear()
     assert run(shell, "%imagegen --partials 0 a fox").result.success
-    assert last_request(emu)["stream"] is True and [k for k, _ in last_request(emu)["stream_images"]] == ["final"]
+    sent = last_request(emulator_thread)
+    assert sent["stream"] is True and [k for k, _ in sent["stream_images"]] == ["final"]
     assert [m["msg_type"] for m in _result_messages(rec)] == ["display_data"]
     assert run(shell, "%imagegen a fox").result.request.stream is False
 
 
-def test_stream_works_for_the_other_formats(ip, emu):
+def test_stream_works_for_the_other_formats(ip, emulator_thread):
     shell, rec = ip
     for api in ("openai_responses", "openrouter_chat"):
-        shell.user_ns["url"] = emu.base_url_for(api)
+        shell.user_ns["url"] = emulator_thread.base_url_for(api)
         rec.messages.clear()
         res = run(shell, f"%imagegen --api {api} --base-url {{url}} --partials 2 a fox")
         assert res.success and res.result.success, res.error_in_exec or res.result.error
-        assert last_request(emu)["stream"] is True
+        assert last_request(emulator_thread)["stream"] is True
         parts = 0 if api == "openrouter_chat" else 2
         assert [m["msg_type"] for m in _result_messages(rec)] == ["display_data"] + ["update_display_data"] * parts
 
 
-def test_stream_retries_a_broken_stream_in_the_same_output(ip, emu):
+def test_stream_retries_a_broken_stream_in_the_same_output(ip, emulator_thread):
     shell, rec = ip
     res = run(shell, "%%imagegen --partials 2 --fault stream_break\na fox")
     assert res.success and res.result.success and res.result.attempts == 2
@@ -725,41 +678,41 @@ def test_help_lists_the_stream_options():
     ("%imagegen --partials x a fox", "expected 0 to 3 partial images"),
     ("%imagegen --stream --model dall-e-3 a fox", "cannot stream"),
 ])
-def test_bad_stream_options_are_one_line(ip, emu, capsys, code, message):
+def test_bad_stream_options_are_one_line(ip, emulator_thread, capsys, code, message):
     shell, rec = ip
-    before = emu.request_count
+    before = emulator_thread.request_count
     res = run(shell, code)
     assert isinstance(res.error_in_exec, UsageError) and message in str(res.error_in_exec)
-    assert emu.request_count == before and rec.messages == []
+    assert emulator_thread.request_count == before and rec.messages == []
     capsys.readouterr()
 
 
-def test_rerun_with_partials(ip, emu):
+def test_rerun_with_partials(ip, emulator_thread):
     from jupyter_imagegen import history
     shell, rec = ip
     assert run(shell, "%imagegen a lighthouse").success
     n = history[-1].number
     assert run(shell, f"%imagegen --rerun {n} --partials 1").result.success
-    assert last_request(emu)["stream"] is True and len(last_request(emu)["stream_images"]) == 2
+    assert last_request(emulator_thread)["stream"] is True and len(last_request(emulator_thread)["stream_images"]) == 2
 
 
-def test_interrupt_mid_stream_drops_the_connection(ip, emu):
+def test_interrupt_mid_stream_drops_the_connection(ip, emulator_thread):
     shell, rec = ip
     partial = lambda: any(m["data"].get("text/plain") == "partial image 1" for m in rec.messages)  # noqa: E731
-    t, fired = _interrupt_when(partial, 0.1)
+    t, fired = interrupt_when(partial, 0.1)
     t0 = time.monotonic()
     try:
         res = run(shell, "%%imagegen --partials 3 --fault stream_slow:delay=1\na slowly drawn fox")
     finally:
         t.join(5)
     done = time.monotonic()
-    assert fired.is_set() and isinstance(res.error_in_exec, GenerationCancelled)
+    assert fired and isinstance(res.error_in_exec, GenerationCancelled)
     assert done - t0 < 1.8, f"took {done - t0:.2f} s"   # first partial at 1 s, +0.1 s; the full stream is 4 s
     assert not background_tasks()
     assert "cancelled after" in rec.messages[-1]["data"]["text/plain"]
     # the emulator sees the client go away during its next 1 s "drawing" pause
-    while last_request(emu).get("outcome") != "client_disconnected" and time.monotonic() - done < 0.5:
+    while last_request(emulator_thread).get("outcome") != "client_disconnected" and time.monotonic() - done < 0.5:
         time.sleep(0.01)
-    entry = last_request(emu)
+    entry = last_request(emulator_thread)
     assert entry["outcome"] == "client_disconnected" and [k for k, _ in entry["stream_images"]] == ["partial"]
     assert run(shell, "%imagegen the next one").result.success

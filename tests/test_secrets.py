@@ -15,7 +15,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,10 +22,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from _magic_helpers import RecordingPublisher
 from _image_helpers import make_png
 from _reliab_helpers import Recorder, TinyServer
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
+from kernels import kernel_env, run_notebook, running_kernel
 
 TOKEN = "sk-FAKE-imagegen-SECRET-TOKEN-5e1f2a3b4c5d6e7f"
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,22 +208,13 @@ async def test_echoed_headers_are_scrubbed(api, kind, ok):
 # ---------------------------------------------------------------------------------------------
 # the magic: display messages, printed output, history, saved files
 # ---------------------------------------------------------------------------------------------
-def test_magic_output_never_holds_the_key(emulator_thread, monkeypatch, tmp_path, capsys, caplog):
-    from IPython.testing import globalipapp
+def test_magic_output_never_holds_the_key(ip, emulator_thread, emulator_env, monkeypatch, tmp_path, capsys,
+                                          caplog):
     from jupyter_imagegen import history
     from jupyter_imagegen.runtime import runtime
     caplog.set_level(logging.DEBUG)
-    shell = globalipapp.get_ipython()
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emulator_thread.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("IMAGE_CACHE", raising=False)     # the magic's default: cache on
-    monkeypatch.setenv("IMAGE_MAX_ATTEMPTS", "2")
-    monkeypatch.chdir(tmp_path)
-    shell.extension_manager.load_extension("jupyter_imagegen")
-    rec = RecordingPublisher(shell)
-    old_pub, shell.display_pub = shell.display_pub, rec
+    shell, rec = ip
+    emulator_env(emulator_thread, cache=True, max_attempts=2)     # the magic's default: cache on
     history.clear()
 
     loop = asyncio.new_event_loop()
@@ -259,7 +249,6 @@ def test_magic_output_never_holds_the_key(emulator_thread, monkeypatch, tmp_path
         for kind in ("400-json", "400-long", "502-html", "500-headers", "200-revised"):
             shell.run_cell(f"%%imagegen --save out --out echoed\n{kind}", store_history=False)
     finally:
-        shell.display_pub = old_pub
         runtime.close()
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
@@ -282,29 +271,14 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NOTEBOOK_KEY = re.compile(r"emulator-[0-9a-f]{16}")
 
 
-@pytest.fixture(scope="module")
-def kernelspecs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kernelspec")
-    spec = root / "kernels" / "imagegen-secrets"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "imagegen secrets test", "language": "python"}))
-    from jupyter_client.kernelspec import KernelSpecManager
-    return KernelSpecManager(kernel_dirs=[str(root / "kernels")])
-
-
 @pytest.mark.kernel
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspecs, emulator_thread):
+def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, tmp_path_factory, emulator_thread):
     """IMAGE_AUTH_TOKEN holds the fake key and IMAGE_BASE_URL points at an emulator that
     accepts only it, so the notebook takes its "your API" branch and really uses the key."""
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("nbclient")
-    from jupyter_client import KernelManager
-    from nbclient import NotebookClient
-
     nb = nbformat.read(path, as_version=4)
     setup = nb.cells[[c.cell_type for c in nb.cells].index("code")].source
     uses_env_key = "IMAGE_AUTH_TOKEN" in setup and "if " in setup
@@ -314,16 +288,14 @@ def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, kernelspec
     home = tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE")}
-    env.pop("IMAGEGEN_EMULATOR", None)
-    env.update(IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE=api, IMAGE_BASE_URL=emulator_thread.base_url_for(api),
-               IMAGE_CACHE_DIR=str(tmp_path / "cache"), IMAGEGEN_OUT=str(tmp_path / "out"), HOME=str(home),
-               PYTHONWARNINGS="default")
+    # (kernel_env drops every IMAGE* setting of the developer, IMAGEGEN_EMULATOR included)
+    env = kernel_env(sys.executable, IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE=api,
+                     IMAGE_BASE_URL=emulator_thread.base_url_for(api), IMAGE_CACHE_DIR=str(tmp_path / "cache"),
+                     IMAGEGEN_OUT=str(tmp_path / "out"), HOME=str(home))
     before = emulator_thread.request_count
-    km = KernelManager(kernel_name="imagegen-secrets", kernel_spec_manager=kernelspecs)
-    client = NotebookClient(nb, km=km, timeout=120, allow_errors=False,
-                            resources={"metadata": {"path": str(work)}})
-    client.execute(env=env)
+    # the kernel's own files (kernelspec, stderr) outside tmp_path, which is searched for the key
+    with running_kernel(sys.executable, env=env, cwd=work, workdir=tmp_path_factory.mktemp("kernel")) as kernel:
+        run_notebook(kernel, nb, timeout=120)
     executed = work / f"executed-{path.name}"
     nbformat.write(nb, executed)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import io
 import time
 from pathlib import Path
 
@@ -17,16 +16,14 @@ from jupyter_imagegen.errors import RequestError
 from jupyter_imagegen.model import ImageRequest, ImageResponse, InputImage
 from jupyter_imagegen.widget import MAX_N, FormSettings, ImageGenForm, split_size
 
+from _image_helpers import make_png
+from _magic_helpers import background_tasks
 from conftest import EMULATOR_TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def png(size=(64, 48), color=(30, 120, 200), fmt="PNG") -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format=fmt)
-    return buf.getvalue()
+#: the colour of the input pictures the form tests upload
+BLUE = (30, 120, 200)
 
 
 def make_form(emulator, *, cache=False, cache_dir=None, **fields) -> ImageGenForm:
@@ -67,7 +64,7 @@ async def _close_forms():
 # --------------------------------------------------------------------------------------------
 def test_request_reflects_the_fields():
     form = ImageGenForm(config=ImageConfig(api_type="openai_images", token="t" * 20), prompt="a fox",
-                        size="1536x1024", n=2, quality="high", images=[png()],
+                        size="1536x1024", n=2, quality="high", images=[make_png(color=BLUE)],
                         request_options={"timeout": 30, "max_attempts": 2})
     req = form.request
     assert isinstance(req, ImageRequest)
@@ -245,7 +242,9 @@ async def test_cancel_during_a_retry_wait(emulator):
     assert form.cancel() is True
     await asyncio.wait([task], timeout=1.0)
     assert task.cancelled() and time.monotonic() - t0 < 1.0
-    await asyncio.sleep(0.3)
+    # the form's task is done only once its job's coroutine has ended (cleanup included); with no
+    # task left on the background loop either, nothing can send a retry any more
+    await wait_for(lambda: form.job.done() and background_tasks() == 0)
     assert emulator.request_count == 1              # no retry was sent after Cancel
     assert form.cancel() is False                   # nothing left to cancel
 
@@ -290,7 +289,7 @@ async def test_cancel_closes_the_http_connection():
 # --------------------------------------------------------------------------------------------
 async def test_reuse_settings_restores_that_runs_fields(emulator):
     form = make_form(emulator, prompt="a blue bird", n=2, size="1536x1024", quality="high",
-                     images=[png()], model="gpt-image-1")
+                     images=[make_png(color=BLUE)], model="gpt-image-1")
     await run(form)
     form.prompt_text.value = "something else"
     form.n_input.value = 1
@@ -301,7 +300,7 @@ async def test_reuse_settings_restores_that_runs_fields(emulator):
     form.history[0].reuse_button.click()
     s = form.settings
     assert (s.prompt, s.n, s.size, s.quality, s.model) == ("a blue bird", 2, "1536x1024", "high", "gpt-image-1")
-    assert len(form.inputs) == 1 and form.input_images[0].data == png()
+    assert len(form.inputs) == 1 and form.input_images[0].data == make_png(color=BLUE)
     assert "restored" in form.message_text
 
 
@@ -334,16 +333,16 @@ async def test_use_as_input_feeds_a_result_back(emulator):
 
 
 async def test_remove_an_input_image(emulator):
-    form = make_form(emulator, prompt="x", images=[png(), png(color=(1, 2, 3))])
+    form = make_form(emulator, prompt="x", images=[make_png(color=BLUE), make_png(color=(1, 2, 3))])
     assert len(form.inputs_box.children) == 2
     form.inputs[0].remove_button.click()
-    assert len(form.inputs) == 1 and form.input_images[0].data == png(color=(1, 2, 3))
+    assert len(form.inputs) == 1 and form.input_images[0].data == make_png(color=(1, 2, 3))
     assert len(form.inputs_box.children) == 1
 
 
 def test_upload_through_the_file_upload_widget():
     form = ImageGenForm(config=ImageConfig(api_type="openai_images"), prompt="x")
-    data = png(fmt="JPEG")
+    data = make_png(color=BLUE, fmt="JPEG")
     form.upload.value = ({"name": "photo.jpg", "type": "image/jpeg", "size": len(data),
                           "content": memoryview(data), "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
     assert form.upload.value == ()                 # cleared: the same file can be chosen again
@@ -369,8 +368,8 @@ def _upload(form, name, data):
     (lambda f: setattr(f.n_input, "value", MAX_N + 1), "ask for 1 to"),
     (lambda f: setattr(f.size_input, "value", "huge"), "size 'huge'"),
     (lambda f: _upload(f, "notes.txt", b"just some text, not an image"), "not a PNG, JPEG"),
-    (lambda f: _upload(f, "broken.png", png()[:60]), "damaged"),
-    (lambda f: _upload(f, "big.png", png(size=(600, 600)) + b"\0" * 5000), "limit"),
+    (lambda f: _upload(f, "broken.png", make_png(color=BLUE)[:60]), "damaged"),
+    (lambda f: _upload(f, "big.png", make_png((600, 600), BLUE) + b"\0" * 5000), "limit"),
     (lambda f: _upload(f, "empty.png", b""), "empty"),
     (lambda f: setattr(f.size_input, "value", "333x333"), "not available"),        # the provider's check
     (lambda f: setattr(f.n_input, "value", 12), "n=12"),                           # gpt-image-1: 1 to 10
@@ -384,7 +383,9 @@ async def test_bad_fields_show_a_message_and_send_nothing(emulator, setup, messa
     assert message in form.message_text, form.message_text
     assert 'data-kind="error"' in form.message.value
     assert not form.generate_button.disabled
-    await asyncio.sleep(0.1)
+    # nothing was submitted, and nothing runs on the background loop that could still send
+    assert form.job is None
+    await wait_for(lambda: background_tasks() == 0)
     assert emulator.request_count == 0
     if message not in ("not available", "n=12"):
         with pytest.raises(RequestError):
@@ -429,13 +430,9 @@ async def test_cache_answers_a_repeat_and_fresh_asks_again(emulator, tmp_path):
     assert not r3.from_cache and emulator.request_count == 2
 
 
-async def test_default_configuration_comes_from_the_environment_with_the_cache_on(emulator, monkeypatch, tmp_path):
-    monkeypatch.setenv("IMAGE_AUTH_TOKEN", EMULATOR_TOKEN)
-    monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
-    monkeypatch.setenv("IMAGE_BASE_URL", emulator.base_url_for("openai_images"))
-    monkeypatch.setenv("IMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("IMAGE_CACHE", "IMAGE_MODEL", "IMAGE_MAX_ATTEMPTS", "IMAGE_MAX_RETRIES"):
-        monkeypatch.delenv(name, raising=False)
+async def test_default_configuration_comes_from_the_environment_with_the_cache_on(emulator, emulator_env,
+                                                                                 monkeypatch):
+    emulator_env(emulator, cache=True)
     form = ImageGenForm(prompt="from env")
     assert form.api_select.value == "openai_images"
     r1 = await run(form)
