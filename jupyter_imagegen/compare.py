@@ -31,7 +31,7 @@ from . import events as ev
 from . import history
 from .cache import request_key
 from .display import OutputSurface, rich_frontend
-from .render import error_html, esc, gallery_html, mark_shown, redactor, truncate
+from .render import error_html, esc, gallery_html, is_shown, mark_shown, redactor, select_mimetypes, truncate
 from .errors import ConfigError, RequestError
 from .model import ImageRequest, ImageResponse
 from .runtime import runtime
@@ -332,19 +332,14 @@ class CompareResult:
         return f"<CompareResult {rows}x{cols}: {self.ok} ok, {self.failed} failed>"
 
     def _repr_html_(self) -> Optional[str]:
-        if getattr(self, "_imagegen_shown", False):
+        if is_shown(self):
             return None  # on screen already (see _repr_mimebundle_)
         return self.html()
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        if getattr(self, "_imagegen_shown", False):
+        if is_shown(self):
             return {"text/plain": f"<{self._summary()}; shown above>"}
-        bundle = {"text/plain": self.text(), "text/html": self.html()}
-        if include:
-            bundle = {k: v for k, v in bundle.items() if k in include}
-        if exclude:
-            bundle = {k: v for k, v in bundle.items() if k not in exclude}
-        return bundle
+        return select_mimetypes({"text/plain": self.text(), "text/html": self.html()}, include, exclude)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .errors import MissingTokenError
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "EventLog", "preview", "gallery_html", "response_html", "response_text",
     "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
-    "esc", "truncate", "human_bytes", "redactor",
+    "esc", "truncate", "human_bytes", "redactor", "is_shown", "select_mimetypes",
 ]
 
 #: previews embedded in the notebook are at most this many pixels on their longer side
@@ -314,9 +314,19 @@ def clear_shown(resp) -> None:
 def response_mimebundle(resp, include=None, exclude=None, *,
                         max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> Dict[str, str]:
     """What `ImageResponse._repr_mimebundle_` returns: text/html gallery + text/plain summary."""
-    if getattr(resp, _SHOWN_ATTR, False):
+    if is_shown(resp):
         return {"text/plain": response_text(resp, compact=True)}
-    bundle = {"text/plain": response_text(resp), "text/html": response_html(resp, max_side=max_side)}
+    return select_mimetypes({"text/plain": response_text(resp), "text/html": response_html(resp, max_side=max_side)},
+                            include, exclude)
+
+
+def is_shown(obj: Any) -> bool:
+    """True while `obj` is marked as already rendered in this cell (see `mark_shown`)."""
+    return bool(getattr(obj, _SHOWN_ATTR, False))
+
+
+def select_mimetypes(bundle: Dict[str, str], include=None, exclude=None) -> Dict[str, str]:
+    """A `_repr_mimebundle_` answer with IPython's `include` / `exclude` applied."""
     if include:
         bundle = {k: v for k, v in bundle.items() if k in include}
     if exclude:
