@@ -17,7 +17,7 @@ from aiohttp import web
 from .faults import Fault
 from .images import MIME_BY_FORMAT, RenderSpec, open_image, parse_data_url, placeholder_image, render, stamp_text
 from .state import EmulatorState
-from .validate import OPENROUTER, ApiError, ImageRef
+from .validate import OPENROUTER, ApiError, RequestImage
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Call:
         datas = await asyncio.gather(*(loop.run_in_executor(None, render, s) for s in specs))
         return [Generated(d, MIME_BY_FORMAT[s.fmt], s.fmt, s.width, s.height) for d, s in zip(datas, specs)]
 
-    async def resolve_image(self, ref: ImageRef) -> bytes:
+    async def resolve_image(self, ref: RequestImage) -> bytes:
         """The bytes of an input image reference, validated as a decodable image."""
         data = ref.data
         if ref.file_id is not None and data is None and ref.url is None:
@@ -93,7 +93,7 @@ class Call:
                      "'image/png', 'image/gif', 'image/webp'].", code="invalid_image_format") from None
         return data
 
-    async def _fetch(self, ref: ImageRef, url: str) -> bytes:
+    async def _fetch(self, ref: RequestImage, url: str) -> bytes:
         parts = urlsplit(url)
         if parts.path.startswith("/files/") and (parts.netloc == self.request.host or _is_loopback(parts.hostname)):
             got = self.state.get_file(parts.path[len("/files/"):])
@@ -111,7 +111,7 @@ class Call:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             raise self._image_error(ref, f"Error while downloading {url}.", code="invalid_image_url") from None
 
-    def _image_error(self, ref: ImageRef, message: str, *, code: Optional[str], status: int = 400) -> ApiError:
+    def _image_error(self, ref: RequestImage, message: str, *, code: Optional[str], status: int = 400) -> ApiError:
         if self.vendor == OPENROUTER:
             return ApiError(400, "Provider returned error",
                             metadata={"raw": "Unable to process input image. Please retry or report in "

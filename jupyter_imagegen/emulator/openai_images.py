@@ -13,7 +13,7 @@ from .body import Body
 from .call import Call, Generated
 from .images import RenderSpec, open_image, sniff_mime
 from .stream_hook import answer_stream
-from .validate import (ApiError, ImageRef, image_usage, invalid_type, missing_parameter, resolve_size,
+from .validate import (ApiError, RequestImage, image_usage, invalid_type, missing_parameter, resolve_size,
                        unknown_parameter, validate_edit, validate_generation)
 
 
@@ -70,15 +70,15 @@ _EDIT_MIMES = ("image/png", "image/jpeg", "image/webp")
 
 
 async def handle_edits(call: Call, body: Body) -> web.StreamResponse:
-    refs: List[ImageRef] = []
-    mask_ref: Optional[ImageRef] = None
+    refs: List[RequestImage] = []
+    mask_ref: Optional[RequestImage] = None
     if body.form:
         fields: Dict[str, Any] = dict(body.fields)
         for name, data, ctype, filename in body.files:
             if name in ("image", "image[]"):
-                refs.append(ImageRef(name, data=data, declared_mime=ctype, filename=filename))
+                refs.append(RequestImage(name, data=data, declared_mime=ctype, filename=filename))
             elif name == "mask":
-                mask_ref = ImageRef("mask", data=data, declared_mime=ctype, filename=filename)
+                mask_ref = RequestImage("mask", data=data, declared_mime=ctype, filename=filename)
             else:
                 raise unknown_parameter(name)
     else:
@@ -127,20 +127,20 @@ async def handle_edits(call: Call, body: Body) -> web.StreamResponse:
     return await _answer_images(call, p, inputs, mask)
 
 
-def _json_image_ref(r: Any, param: str) -> ImageRef:
+def _json_image_ref(r: Any, param: str) -> RequestImage:
     if not isinstance(r, dict):
         raise invalid_type(param, "an object", r)
     for key in r:
         if key not in ("image_url", "file_id"):
             raise unknown_parameter(f"{param}.{key}")
     if isinstance(r.get("image_url"), str):
-        return ImageRef(f"{param}.image_url", url=r["image_url"])
+        return RequestImage(f"{param}.image_url", url=r["image_url"])
     if isinstance(r.get("file_id"), str):
-        return ImageRef(f"{param}.file_id", file_id=r["file_id"])
+        return RequestImage(f"{param}.file_id", file_id=r["file_id"])
     raise missing_parameter(f"{param}.image_url")
 
 
-def _check_upload(ref: ImageRef, k: int, model: str) -> None:
+def _check_upload(ref: RequestImage, k: int, model: str) -> None:
     """What OpenAI checks on an uploaded file: its declared type, then its content."""
     label = ref.param if ref.param == "image" else "image[]"
     declared = (ref.declared_mime or "application/octet-stream").split(";")[0].strip().lower()

@@ -2,7 +2,7 @@
 
 Each ``validate_*`` function takes the parsed body and returns a plain dict of resolved
 parameters, or raises :class:`ApiError` carrying what the real API would answer. Input images
-are returned as raw references (``ImageRef``) that the app resolves (data URLs decoded, http
+are returned as raw references (``RequestImage``) that the app resolves (data URLs decoded, http
 URLs fetched) before drawing.
 """
 from __future__ import annotations
@@ -293,7 +293,7 @@ def _choose_model(body: Mapping[str, Any], allowed: Sequence[str], default_plain
 
 
 @dataclass
-class ImageRef:
+class RequestImage:
     """An input image as referenced in a request: raw bytes (multipart) or a URL."""
     param: str
     data: Optional[bytes] = None
@@ -381,7 +381,7 @@ MAX_EDIT_BYTES = 50 * 1024 * 1024
 DALLE2_MAX_BYTES = 4 * 1024 * 1024
 
 
-def validate_edit(fields: Mapping[str, Any], images: List[ImageRef], mask: Optional[ImageRef], *,
+def validate_edit(fields: Mapping[str, Any], images: List[RequestImage], mask: Optional[RequestImage], *,
                   form: bool) -> Dict[str, Any]:
     """``fields``: the text fields (multipart) or the JSON body (minus images/mask handled here)."""
     p = validate_image_params(fields, edit=True, form=form)
@@ -452,7 +452,7 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
     stream = check_bool(body, "stream") or False
 
     texts: List[str] = []
-    images: List[ImageRef] = []
+    images: List[RequestImage] = []
     inp = body.get("input")
     if inp is None:
         if prev is None and body.get("conversation") is None:
@@ -528,9 +528,9 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
                 if key not in ("image_url", "file_id"):
                     raise unknown_parameter(f"{pre}.input_image_mask.{key}")
             if isinstance(mask.get("image_url"), str):
-                mask_ref = ImageRef(lab("input_image_mask"), url=mask["image_url"])
+                mask_ref = RequestImage(lab("input_image_mask"), url=mask["image_url"])
             elif isinstance(mask.get("file_id"), str):
-                mask_ref = ImageRef(lab("input_image_mask"), file_id=mask["file_id"])
+                mask_ref = RequestImage(lab("input_image_mask"), file_id=mask["file_id"])
         if background == "transparent" and output_format == "jpeg":
             raise ApiError(400, "Transparent background is not supported for the jpeg output format; "
                                 "use png or webp.", param=lab("background"), code="invalid_value")
@@ -546,7 +546,7 @@ def validate_responses(body: Mapping[str, Any]) -> Dict[str, Any]:
     return p
 
 
-def _collect_input_item(item: Any, where: str, texts: List[str], images: List[ImageRef]) -> None:
+def _collect_input_item(item: Any, where: str, texts: List[str], images: List[RequestImage]) -> None:
     if not isinstance(item, dict):
         raise invalid_type(where, "an object", item)
     typ = item.get("type", "message")
@@ -590,7 +590,7 @@ def _collect_input_item(item: Any, where: str, texts: List[str], images: List[Im
                 raise invalid_type(f"{at}.image_url", "a string", url)
             if part.get("detail") is not None and part["detail"] not in ("low", "high", "auto"):
                 raise invalid_value(f"{at}.detail", part["detail"], ("low", "high", "auto"))
-            images.append(ImageRef(f"{at}.image_url" if url else f"{at}.file_id", url=url, file_id=fid))
+            images.append(RequestImage(f"{at}.image_url" if url else f"{at}.file_id", url=url, file_id=fid))
         elif ptype in ("input_file", "refusal"):
             continue
         else:
@@ -655,7 +655,7 @@ def validate_chat(body: Mapping[str, Any]) -> Dict[str, Any]:
         raise or_error(400, "Invalid input: 'stream' must be a boolean")
 
     texts: List[str] = []
-    images: List[ImageRef] = []
+    images: List[RequestImage] = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise or_error(400, f"Invalid input: messages[{i}] must be an object")
@@ -695,7 +695,7 @@ def validate_chat(body: Mapping[str, Any]) -> Dict[str, Any]:
                 if iu.get("detail") is not None and iu["detail"] not in ("auto", "low", "high"):
                     raise or_error(400, f"Invalid input: {at}.image_url.detail must be \"auto\", \"low\" or \"high\"")
                 if role == "user":
-                    images.append(ImageRef(f"{at}.image_url.url", url=url))
+                    images.append(RequestImage(f"{at}.image_url.url", url=url))
             elif ptype in ("input_audio", "file", "input_video", "video_url"):
                 continue
             else:
