@@ -306,7 +306,6 @@ def _check_decodable(data: bytes, label: str) -> None:
         raise InputImageError(label, f"{problem} — fix or resize it first")
 
 
-
 @dataclass
 class ImageRequest:
     """What to generate. Fields left as None take the client's configuration."""

@@ -105,10 +105,7 @@ class ImageGenForm(W.VBox):
         self.value: Optional[ImageResponse] = None
         self.history: List[FormRun] = []
         self.inputs: List[InputSlot] = []
-        self._cancel_requested = False
         self._input_problem_shown = False   # the message names a refused input image
-        self._t0 = 0.0
-        self._running = False
 
         base = self._base_config()
         start_api = validate_api_type(api_type, "api_type") if api_type else base.api_type
@@ -430,7 +427,6 @@ class ImageGenForm(W.VBox):
 
     # -- generate / cancel --------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
-        self._running = running
         self.generate_button.disabled = running
         self.generate_button.description = "Generating…" if running else "Generate"
         self.cancel_button.disabled = not running
@@ -475,8 +471,6 @@ class ImageGenForm(W.VBox):
                               redact=[t for t in (getattr(client.config, "token", None), request.token) if t])
         self.view = view
         view.start(settings.prompt)
-        self._cancel_requested = False
-        self._t0 = time.monotonic()
         self._set_running(True)
         done: "asyncio.Future[Any]" = loop.create_future()
         self.task = done
@@ -502,23 +496,27 @@ class ImageGenForm(W.VBox):
         job = self.job
         if job is None or not self.running:
             return False
-        self._cancel_requested = True
         job.cancel()
         return True
 
-    def _cancel_text(self) -> str:
-        return (f"cancelled with the Cancel button after {time.monotonic() - self._t0:.1f} s: "
+    def _cancel_text(self, job: Job) -> Optional[str]:
+        """What the log says when the Cancel button stopped `job` (None when something else did)."""
+        if not job.cancel_requested:
+            return None
+        return (f"cancelled with the Cancel button after {time.monotonic() - job.started:.1f} s: "
                 "the HTTP call was closed; nothing more will be sent")
 
     def _on_event(self, view: GenerationView, event) -> None:
-        if event.type == ev.GENERATION_FAILED and event.data.get("cancelled") and self._cancel_requested:
-            view.log.cancel(self._cancel_text())
+        if event.type == ev.GENERATION_FAILED and event.data.get("cancelled") and self.job is not None:
+            text = self._cancel_text(self.job)
+            if text:
+                view.log.cancel(text)
         view.on_event(event)
 
     def _outcome(self, job: Job, view: GenerationView) -> Any:
         """The run's result, or None after showing why there is none (cancelled, refused, a bug)."""
         if job.cancelled():
-            view.cancelled(self._cancel_text() if self._cancel_requested else None)
+            view.cancelled(self._cancel_text(job))
             return None
         try:
             return job.result()
