@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,7 +27,7 @@ from .providers import get_provider
 from .providers.base import HttpCall, Parsed, Provider, Resolved, StreamBroken, error_message_from_body
 from .sse import SSEError, SSEParser
 from .retry import is_retryable_status, next_delay, parse_retry_after
-from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage, image_problem, sniff_mime
+from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sniff_mime
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -94,7 +94,9 @@ class ImageClient:
                 if other.is_closed():   # a finished loop: nothing can run there; let go quietly
                     del self._sessions[other]
                     old.detach()
-            connector = aiohttp.TCPConnector(limit=max(8, self.config.max_concurrency * 2),
+            # the pool is not the fan-out limit: independent requests (compare grids, a user's
+            # gather) each get a connection up to max_connections per host
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.config.max_connections,
                                              enable_cleanup_closed=False)
             session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT},
                                             trust_env=False)
@@ -326,7 +328,7 @@ class _CallContext:
                                     fanout=self.fanout)
             try:
                 out.parsed = self._scrub_parsed(await self._attempt(call, index))
-                out.artifacts = await self._materialise(out.parsed, call.url)
+                out.artifacts = await self._materialise(out.parsed, call.url, index)
                 return out
             except ImageRetryableError as e:
                 self._scrub_error(e)
@@ -373,6 +375,27 @@ class _CallContext:
         return headers
 
     async def _attempt(self, call: HttpCall, index: int) -> Parsed:
+        got = await self._receive(call, index)
+        if isinstance(got, Parsed):   # a stream, folded as it came
+            return got
+        status, ctype, retry_after, body = got
+        del got   # from here on `body` is the only reference: dropped once parsed (a 4096 px answer is 30 MB)
+        if status >= 400 or not (200 <= status < 300):
+            clean = self.scrub.bytes(body)   # before anything cuts it
+            message, code = error_message_from_body(status, clean, ctype)
+            raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
+                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
+            raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
+        del body
+        return self.provider.parse(payload, call.url)
+
+    async def _receive(self, call: HttpCall, index: int) -> Union[Parsed, Tuple[int, str, Optional[float], bytes]]:
+        """Send `call` once: (status, content type, Retry-After, body), or the Parsed result of a
+        stream. Transport failures raise typed errors."""
         session = self.client._get_session()
         timeout = aiohttp.ClientTimeout(total=self.timeout, connect=self.cfg.connect_timeout)
         kwargs: Dict[str, Any] = {"headers": self._headers(call), "timeout": timeout}
@@ -418,18 +441,7 @@ class _CallContext:
             raise cls(None, f"the stream broke: {e}", call.url) from None
         except aiohttp.ClientError as e:
             raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
-
-        if status >= 400 or not (200 <= status < 300):
-            clean = self.scrub.bytes(body)   # before anything cuts it
-            message, code = error_message_from_body(status, clean, ctype)
-            raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
-                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
-            raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
-        return self.provider.parse(payload, call.url)
+        return status, ctype, retry_after, body
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, call: HttpCall, index: int) -> Parsed:
         """Fold a server-sent-event stream into partial-image events and the final Parsed result."""
@@ -455,19 +467,29 @@ class _CallContext:
                                f"({type(e).__name__})", connection_lost=True) from None
         return state.finish()
 
-    async def _materialise(self, parsed: Parsed, api_url: str) -> List[Artifact]:
+    async def _materialise(self, parsed: Parsed, api_url: str, index: int) -> List[Artifact]:
+        """The parsed images as checked Artifacts (downloaded first when the answer gave URLs);
+        an `image_received` event for each."""
         arts = []
         for ref in parsed.images:
             if ref.data is None and ref.url:
+                shown = redact_url(ref.url)
                 data, mime = await self._download(ref.url)
-                arts.append(Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=redact_url(ref.url)))
+                art = Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=shown)
+                problem = await _decode_problem(art)
+                if problem:
+                    raise ImageAPIError(None, f"the image at {shown} is unusable: {problem}", ref.url)
             else:
                 if sniff_mime(ref.data or b"") is None:
                     raise NoImageError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
-                problem = received_image_problem(ref.data)
+                art = Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt)
+                ref.data = None    # the artifact holds the bytes now: no second reference
+                problem = await _decode_problem(art)
                 if problem:
                     raise NoImageError(200, f"the API sent an unusable image: {problem}", api_url)
-                arts.append(Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt))
+            arts.append(art)
+        for art in arts:
+            await self.client._emit(self.callbacks, ev.IMAGE_RECEIVED, self.rid, index=index, artifact=art)
         return arts
 
     async def _download(self, url: str) -> Tuple[bytes, str]:
@@ -504,9 +526,6 @@ class _CallContext:
                     mime = sniff_mime(data)
                     if mime is None:
                         raise ImageAPIError(None, f"the file at {shown} is not a PNG, JPEG, WebP or GIF image", url)
-                    problem = received_image_problem(data)
-                    if problem:
-                        raise ImageAPIError(None, f"the image at {shown} is unusable: {problem}", url)
                     return data, mime
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
@@ -552,8 +571,32 @@ MAX_RECEIVED_PIXELS = 16384 * 16384
 
 
 def received_image_problem(data: bytes) -> Optional[str]:
-    """Why received image bytes must not be shown (None when they are fine)."""
-    return image_problem(data, MAX_RECEIVED_PIXELS)
+    """Why received image bytes must not be shown (None when they are fine): a possible
+    decompression bomb, or bytes that do not decode completely (damaged or truncated)."""
+    return _decoded(Artifact(data))
+
+
+#: images up to this size are decoded on the loop's thread (a thread hop costs more than that)
+INLINE_DECODE_BYTES = 256 * 1024
+
+
+async def _decode_problem(art: Artifact) -> Optional[str]:
+    """Decode `art` completely (keeping its pixels for the preview), in a worker thread when it
+    is large (Pillow releases the GIL: the other calls of a fan-out go on meanwhile)."""
+    if art.nbytes <= INLINE_DECODE_BYTES:
+        return _decoded(art)
+    return await asyncio.get_running_loop().run_in_executor(None, _decoded, art)
+
+
+def _decoded(art: Artifact) -> Optional[str]:
+    try:
+        art.decode(keep=True, max_pixels=MAX_RECEIVED_PIXELS)
+    except Exception as e:
+        text = str(e)
+        if "decompression bomb" in text:
+            return text if text.startswith("refused") else f"refused as a possible decompression bomb ({text})"
+        return f"the image data is damaged and cannot be decoded ({type(e).__name__}: {text})"
+    return None
 
 
 def _bytes_text(n: int) -> str:

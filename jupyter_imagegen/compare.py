@@ -591,7 +591,8 @@ async def acompare(prompts: Union[None, str, Sequence[str]] = None, models: Unio
             cell.status = "sending…"
             try:
                 outcome = await runtime.execute(cell.request, client=client, on_event=cb, save=save,
-                                                source="compare", record=record, redact=redact)
+                                                source="compare", record=record, redact=redact,
+                                                preview=GRID_PREVIEW_MAX_SIDE)
                 resp = outcome.response
                 cell.save_errors = outcome.save_errors
             except (RequestError, ConfigError) as e:

@@ -21,6 +21,7 @@ ENV_CONNECT_TIMEOUT = "IMAGE_CONNECT_TIMEOUT"
 ENV_MAX_ATTEMPTS = "IMAGE_MAX_ATTEMPTS"
 ENV_MAX_RETRIES = "IMAGE_MAX_RETRIES"
 ENV_CONCURRENCY = "IMAGE_MAX_CONCURRENCY"
+ENV_CONNECTIONS = "IMAGE_MAX_CONNECTIONS"
 ENV_CACHE = "IMAGE_CACHE"
 ENV_CACHE_DIR = "IMAGE_CACHE_DIR"
 ENV_CACHE_MAX_MB = "IMAGE_CACHE_MAX_MB"
@@ -110,7 +111,8 @@ class ImageConfig:
     backoff_base: float = 1.0         # first backoff delay, doubled each attempt, with jitter
     backoff_max: float = 30.0
     retry_after_max: float = 60.0     # a server's Retry-After is honoured up to this
-    max_concurrency: int = 4          # fan-out calls in flight at once
+    max_concurrency: int = 8          # calls of one n>1 fan-out in flight at once
+    max_connections: int = 64         # the connection pool, per host (shared by all requests)
     max_download_bytes: int = 64 * 1024 * 1024
     max_response_bytes: int = 256 * 1024 * 1024
     download_timeout: float = 60.0
@@ -128,6 +130,7 @@ class ImageConfig:
         object.__setattr__(self, "backoff_base", _number(self.backoff_base, "backoff_base", allow_zero=True))
         object.__setattr__(self, "max_attempts", _number(self.max_attempts, "max_attempts", kind=int, minimum=1, allow_zero=True))
         object.__setattr__(self, "max_concurrency", _number(self.max_concurrency, "max_concurrency", kind=int, minimum=1, allow_zero=True))
+        object.__setattr__(self, "max_connections", _number(self.max_connections, "max_connections", kind=int, minimum=1, allow_zero=True))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -158,6 +161,8 @@ class ImageConfig:
             kw["max_attempts"] = _number(get(ENV_MAX_RETRIES), ENV_MAX_RETRIES, kind=int, minimum=0, allow_zero=True) + 1
         if get(ENV_CONCURRENCY):
             kw["max_concurrency"] = _number(get(ENV_CONCURRENCY), ENV_CONCURRENCY, kind=int, minimum=1, allow_zero=True)
+        if get(ENV_CONNECTIONS):
+            kw["max_connections"] = _number(get(ENV_CONNECTIONS), ENV_CONNECTIONS, kind=int, minimum=1, allow_zero=True)
         if get(ENV_CACHE):
             kw["cache"] = _boolean(get(ENV_CACHE), ENV_CACHE)
         if get(ENV_CACHE_DIR):

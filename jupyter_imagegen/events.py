@@ -13,12 +13,13 @@ GENERATION_STARTED = "generation_started"      # api_type, model, api_url, n, pr
 API_CALL = "api_call"                          # attempt, max_attempts, api_url, index
 API_RETRY = "api_retry"                        # attempt, status_code, delay, reason, index
 PARTIAL_IMAGE = "partial_image"                # index, partial_index, artifact
+IMAGE_RECEIVED = "image_received"              # index, artifact (checked: it decodes completely)
 CACHE_HIT = "cache_hit"                        # artifact_count, key
 GENERATION_COMPLETED = "generation_completed"  # artifact_count, elapsed, attempts
 GENERATION_FAILED = "generation_failed"        # error, api_url, auth_hint, status_code
 
 EVENT_NAMES = (
-    GENERATION_STARTED, API_CALL, API_RETRY, PARTIAL_IMAGE, CACHE_HIT,
+    GENERATION_STARTED, API_CALL, API_RETRY, PARTIAL_IMAGE, IMAGE_RECEIVED, CACHE_HIT,
     GENERATION_COMPLETED, GENERATION_FAILED,
 )
 
@@ -70,6 +71,10 @@ class Event:
             return f"{what} — retrying in {d.get('delay', 0):.1f} s (attempt {d.get('attempt')} failed)"
         if self.type == PARTIAL_IMAGE:
             return f"partial image {d.get('partial_index', 0) + 1}"
+        if self.type == IMAGE_RECEIVED:
+            art = d.get("artifact")
+            what = f" ({art.width}x{art.height} {art.format}, {art.nbytes:,} bytes)" if art is not None else ""
+            return f"image {d.get('index', 0) + 1} received{what}"
         if self.type == CACHE_HIT:
             return f"from cache: {d.get('artifact_count')} image(s)"
         if self.type == GENERATION_COMPLETED:

@@ -11,8 +11,9 @@ This module *is* the history: ``jupyter_imagegen.history`` supports ``len()``, i
 and rich display. Entries keep the prompt, the settings, timing, attempts, usage/cost, saved
 paths, ``from_cache`` and the error -- never the token (requests are copied without it and
 without credential headers). Memory is bounded: the last `MAX_ENTRIES` entries are kept, and
-the full-size images of only the most recent ones (`MAX_BYTES` in total); older entries keep a
-small thumbnail and reload their images from the saved files when asked.
+their images live within the kernel's one image-memory budget (`jupyter_imagegen.memory`,
+``IMAGE_MEMORY_BUDGET_MB``): beyond it the least recently used images move to a spool file and
+are read back when used. `History.bytes_in_memory` says what the entries really hold.
 
 Plain `ImageClient` calls are not recorded (a library call has no side effects); call
 `record(resp)` to add one.
@@ -30,12 +31,10 @@ from .model import Artifact, ImageRequest, ImageResponse
 from .render import esc, preview, response_mimebundle
 
 __all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
-           "MAX_ENTRIES", "MAX_BYTES", "THUMB_SIDE"]
+           "MAX_ENTRIES", "THUMB_SIDE"]
 
 #: entries kept in memory
 MAX_ENTRIES = 500
-#: full-size image bytes kept in memory across entries (older entries keep thumbnails only)
-MAX_BYTES = 256 * 1024 * 1024
 #: longest side of the thumbnails in the history table
 THUMB_SIDE = 96
 
@@ -73,8 +72,8 @@ def _the_runner() -> Any:
 
 
 class HistoryEntry:
-    """One request and its outcome. `response` is the full ImageResponse while it is kept in
-    memory; `artifacts` falls back to the saved files after that."""
+    """One request and its outcome: `response` is the full ImageResponse (its images within the
+    kernel's memory budget)."""
 
     def __init__(self, number: int, resp: ImageResponse, *, source: str, request: Optional[ImageRequest],
                  rerun_of: Optional[int] = None):
@@ -99,10 +98,10 @@ class HistoryEntry:
         self.revised_prompt = resp.revised_prompt
         self.text = resp.text
         self.artifact_count = len(resp.artifacts)
-        self.bytes = sum(len(a.data) for a in resp.artifacts)
+        #: the size of the entry's images (encoded bytes; in memory or spooled)
+        self.bytes = sum(a.nbytes for a in resp.artifacts)
         self._paths = resp.paths          # the same list: paths saved after recording show up too
-        self._response: Optional[ImageResponse] = resp
-        self._thumbs: Optional[List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]] = None
+        self._response = resp
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -118,23 +117,18 @@ class HistoryEntry:
         return self.usage.cost if self.usage is not None else None
 
     @property
-    def response(self) -> Optional[ImageResponse]:
-        """The full response, while it is kept in memory (None after it was let go)."""
+    def response(self) -> ImageResponse:
+        """The full response."""
         return self._response
 
     @property
     def artifacts(self) -> List[Artifact]:
-        """The full-size images: from memory, else read back from the saved files."""
-        if self._response is not None:
-            return list(self._response.artifacts)
-        out = []
-        for i, p in enumerate(self._paths):
-            try:
-                with open(p, "rb") as f:
-                    out.append(Artifact(f.read(), index=i, path=p, revised_prompt=self.revised_prompt))
-            except OSError:
-                continue
-        return out
+        """The full-size images (read back from the spool when the memory budget moved them out)."""
+        return list(self._response.artifacts)
+
+    def memory_cost(self) -> int:
+        """Bytes this entry's images hold in memory now (bytes, previews, kept pixels)."""
+        return sum(a.memory_cost() for a in self._response.artifacts)
 
     @property
     def images(self) -> list:
@@ -146,16 +140,9 @@ class HistoryEntry:
         return arts[0].image if arts else None
 
     def thumbnails(self) -> List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]:
-        if self._thumbs is None:
-            arts = self._response.artifacts if self._response is not None else self.artifacts
-            self._thumbs = [preview(a, THUMB_SIDE) for a in arts]
-        return self._thumbs
-
-    def _release(self) -> None:
-        """Let go of the full-size images (thumbnails are made first)."""
-        if self._response is not None:
-            self.thumbnails()
-            self._response = None
+        """(mime, bytes, (w, h)) of each image at most `THUMB_SIDE` px (made from the preview
+        already shown when there is one; kept by the artifact, within the memory budget)."""
+        return [preview(a, THUMB_SIDE) for a in self._response.artifacts]
 
     # -- actions --------------------------------------------------------------------------------
     def to_request(self, **overrides: Any) -> ImageRequest:
@@ -283,9 +270,8 @@ def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str
 class History:
     """A bounded list of `HistoryEntry`, numbered from 1 in recording order."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_entries: int = MAX_ENTRIES):
         self.max_entries = int(max_entries)
-        self.max_bytes = int(max_bytes)
         self._entries: Deque[HistoryEntry] = deque()
         self._next = 1
         self._lock = threading.RLock()
@@ -305,18 +291,20 @@ class History:
             self._entries.append(entry)
             while len(self._entries) > self.max_entries:
                 self._entries.popleft()
-            self._trim()
             return entry
 
-    def _trim(self) -> None:
-        total = 0
-        for e in reversed(self._entries):   # newest first keep their images
-            if e._response is None:
-                continue
-            if total + e.bytes > self.max_bytes and e is not self._entries[-1]:
-                e._release()
-            else:
-                total += e.bytes
+    @property
+    def bytes_in_memory(self) -> int:
+        """Bytes the entries' images hold in memory now (the rest is spooled to disk)."""
+        with self._lock:
+            entries = list(self._entries)
+        seen, total = set(), 0
+        for e in entries:
+            for a in e._response.artifacts:
+                if id(a) not in seen:
+                    seen.add(id(a))
+                    total += a.memory_cost()
+        return total
 
     def clear(self) -> None:
         """Forget every entry (numbering continues)."""

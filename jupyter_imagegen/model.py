@@ -13,12 +13,14 @@ import os
 import re
 import uuid
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import ImageAPIError, InputImageError
-from .render import response_mimebundle
+from .memory import memory
+from .render import BROWSER_MIMES, DEFAULT_PREVIEW_MAX_SIDE, downscale, response_mimebundle
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
                   "gif": "image/gif"}
@@ -103,18 +105,27 @@ class Usage:
 
 
 class Artifact:
-    """One image: the bytes received, their mime type, and a lazily decoded PIL view."""
+    """One image: the bytes received, their mime type, and a PIL view decoded on demand.
 
-    __slots__ = ("data", "mime_type", "index", "revised_prompt", "source_url", "metadata",
-                 "path", "_size", "_image")
+    Memory: the bytes count against the process's image budget (`jupyter_imagegen.memory`);
+    beyond it the least recently used artifacts move their bytes to a spool file and `data`
+    reads them back when used. Decoded pixels are not kept: `image` decodes again once nobody
+    holds the last decoded image (the client keeps the pixels it decoded to check an answer
+    only until the preview is made from them)."""
+
+    __slots__ = ("_data", "nbytes", "mime_type", "index", "revised_prompt", "source_url", "metadata",
+                 "path", "_size", "_pixels", "_pixels_ref", "_previews", "_spooled", "__weakref__")
 
     def __init__(self, data: bytes, mime_type: Optional[str] = None, *, index: int = 0,
                  revised_prompt: Optional[str] = None, source_url: Optional[str] = None,
                  metadata: Optional[Dict[str, Any]] = None, path: Optional[str] = None):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"Artifact data must be bytes, not {type(data).__name__}")
-        self.data = bytes(data)
-        sniffed = sniff_mime(self.data)
+        data = bytes(data)
+        self._data: Optional[bytes] = data
+        #: the length of `data` (known without reading spooled bytes back)
+        self.nbytes = len(data)
+        sniffed = sniff_mime(data)
         self.mime_type = sniffed or mime_type or "application/octet-stream"
         self.index = index
         self.revised_prompt = revised_prompt
@@ -122,7 +133,65 @@ class Artifact:
         self.metadata: Dict[str, Any] = dict(metadata or {})
         self.path = path
         self._size: Optional[Tuple[Optional[int], Optional[int]]] = None
-        self._image = None
+        self._pixels = None        # decoded pixels kept until a preview is made from them
+        self._pixels_ref = None    # weak: the last decoded image, while anyone holds it
+        self._previews: Dict[int, Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]] = {}
+        self._spooled = False      # the bytes are also in this artifact's spool file
+        memory.track(self, self.nbytes)
+
+    def __reduce__(self):
+        return (_artifact, (self.data, self.mime_type, self.index, self.revised_prompt, self.source_url,
+                            self.metadata, self.path))
+
+    # -- bytes, in memory or spooled ------------------------------------------------------------
+    @property
+    def data(self) -> bytes:
+        """The image bytes exactly as received (read back from the spool file if they moved out)."""
+        data = self._data
+        if data is not None:
+            memory.touch(self)
+            return data
+        path = memory.spool_path(self, self.extension)
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) != self.nbytes:
+            raise OSError(f"the spooled copy of this image ({path}) was changed: {len(data):,} bytes, "
+                          f"expected {self.nbytes:,}")
+        self._data = data
+        memory.note_read_back()
+        memory.track(self, self.memory_cost())
+        return data
+
+    @property
+    def in_memory(self) -> bool:
+        """False while the bytes are only in the spool file (moved out by the memory budget)."""
+        return self._data is not None
+
+    def memory_cost(self) -> int:
+        """Bytes this artifact holds in memory: its bytes, kept pixels, previews."""
+        data = self._data
+        cost = len(data) if data is not None else 0
+        im = self._pixels
+        if im is not None:
+            cost += im.width * im.height * min(4, max(1, len(im.getbands())))
+        for _, pdata, _ in list(self._previews.values()):
+            if pdata is not data:
+                cost += len(pdata)
+        return cost
+
+    def spill(self) -> None:
+        """Move the bytes to the spool file, drop kept pixels and previews (the memory budget
+        calls this; `data` reads the bytes back when they are used)."""
+        data = self._data
+        if data is not None and not self._spooled:
+            path = memory.spool_path(self, self.extension)
+            with open(path, "wb") as f:
+                f.write(data)
+            self._spooled = True
+        self._data = None
+        self._pixels = None
+        self._previews = {}
+        memory.track(self, 0, used=False)
 
     # -- geometry -------------------------------------------------------------------------------
     @property
@@ -150,12 +219,71 @@ class Artifact:
     # -- PIL view -------------------------------------------------------------------------------
     @property
     def image(self):
-        """The image as a PIL.Image (decoded on first access, then kept)."""
-        if self._image is None:
-            im = _open_checked(self.data)   # a decompression bomb raises before any pixel is decoded
-            im.load()
-            self._image = im
-        return self._image
+        """The image as a PIL.Image: decoded on access, and again once no one holds the last one
+        (so a long session does not keep every image's pixels)."""
+        im = self._pixels
+        if im is None and self._pixels_ref is not None:
+            im = self._pixels_ref()
+        if im is None:
+            im = self.decode(keep=False)
+        return im
+
+    def decode(self, *, keep: bool = True, max_pixels: Optional[int] = None):
+        """Decode every pixel now: raises on a damaged or truncated image and refuses a
+        decompression bomb (over `max_pixels`, or Pillow's limit) before decoding. `keep` holds
+        the pixels until a preview is made from them (counted in the memory budget)."""
+        data = self.data
+        im = _open_checked(data)   # a decompression bomb raises before any pixel is decoded
+        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+            im.close()
+            raise ValueError(f"refused as a possible decompression bomb ({im.size[0]}x{im.size[1]} pixels is "
+                             f"over the limit of {max_pixels:,})")
+        im.load()
+        self._size = im.size
+        self._pixels_ref = weakref.ref(im)
+        if keep:
+            self._pixels = im
+            memory.track(self, self.memory_cost())
+        return im
+
+    def preview(self, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE
+                ) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
+        """(mime, bytes, (w, h)) of a browser-friendly preview no longer than `max_side` px.
+
+        The original bytes when the image fits and browsers show its format; otherwise a
+        downscaled copy (PNG with transparency, else JPEG), made once and kept (within the memory
+        budget). The pixels the client decoded are let go once a preview is made."""
+        key = max_side or 0
+        hit = self._previews.get(key)
+        if hit is not None:
+            memory.touch(self)
+            return hit
+        w, h = self.size
+        if (not max_side or (w is not None and h is not None and max(w, h) <= max_side)) \
+                and self.mime_type in BROWSER_MIMES:
+            return (self.mime_type, self.data, (w, h))
+        try:
+            result = downscale(self._preview_source(key), max_side)
+        except Exception:  # undecodable: show nothing rather than break the gallery
+            return ("", b"", (None, None))
+        self._previews[key] = result
+        self._pixels = None
+        memory.track(self, self.memory_cost())
+        return result
+
+    def _preview_source(self, key: int):
+        """Pixels to downscale: kept pixels, a larger preview already made, else a new decode."""
+        im = self._pixels if self._pixels is not None else (self._pixels_ref() if self._pixels_ref else None)
+        if im is not None:
+            return im
+        if key:
+            larger = [p for k, p in list(self._previews.items()) if k == 0 or k >= 2 * key]
+            if larger:
+                mime, data, _ = min(larger, key=lambda p: len(p[1]))
+                src = _open_checked(data)
+                src.load()
+                return src
+        return self.image
 
     def verify(self) -> bool:
         """True when the bytes decode as an image (Pillow's verify, no full decode) and are not
@@ -201,10 +329,11 @@ class Artifact:
         return self.data if self.mime_type == "image/jpeg" else None
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self.nbytes
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Artifact) and other.data == self.data and other.mime_type == self.mime_type
+        return (isinstance(other, Artifact) and other.nbytes == self.nbytes and other.mime_type == self.mime_type
+                and other.data == self.data)
 
     def __hash__(self) -> int:
         return hash((self.mime_type, self.data))
@@ -212,7 +341,13 @@ class Artifact:
     def __repr__(self) -> str:
         w, h = self.size
         dims = f"{w}x{h}" if w else "?x?"
-        return f"<Artifact {self.format} {dims} {len(self.data):,} bytes index={self.index}>"
+        return f"<Artifact {self.format} {dims} {self.nbytes:,} bytes index={self.index}>"
+
+
+def _artifact(data, mime_type, index, revised_prompt, source_url, metadata, path) -> Artifact:
+    """Unpickle / copy an Artifact (a new one, tracked by the memory budget)."""
+    return Artifact(data, mime_type, index=index, revised_prompt=revised_prompt, source_url=source_url,
+                    metadata=metadata, path=path)
 
 
 InputImageLike = Union[str, os.PathLike, bytes, bytearray, "Artifact", Any]

@@ -12,7 +12,6 @@ import html
 import io
 import re
 import time
-from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
@@ -20,7 +19,7 @@ from .config import mask_token
 from .errors import MissingTokenError
 
 __all__ = [
-    "DEFAULT_PREVIEW_MAX_SIDE", "EventLog", "preview", "gallery_html", "response_html", "response_text",
+    "DEFAULT_PREVIEW_MAX_SIDE", "BROWSER_MIMES", "EventLog", "preview", "downscale", "gallery_html", "response_html", "response_text",
     "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
     "esc", "truncate", "human_bytes", "redactor", "is_shown", "select_mimetypes",
 ]
@@ -29,8 +28,6 @@ __all__ = [
 DEFAULT_PREVIEW_MAX_SIDE = 512
 #: JPEG quality of downscaled opaque previews
 PREVIEW_JPEG_QUALITY = 85
-
-_BROWSER_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 _FONT = "font-family: var(--jp-code-font-family, ui-monospace, SFMono-Regular, Menlo, monospace)"
 _STYLE_LOG = (f"{_FONT}; font-size: 12px; line-height: 1.45; margin: 2px 0 6px 0; padding: 4px 10px; "
@@ -64,50 +61,36 @@ def truncate(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------------------------
 # previews
 # --------------------------------------------------------------------------------------------
-_PREVIEW_CACHE: "OrderedDict[tuple, Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]" = OrderedDict()
-_PREVIEW_CACHE_SIZE = 64
+BROWSER_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 def preview(artifact, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
-    """(mime, bytes, (w, h)) of a browser-friendly preview of `artifact`.
+    """(mime, bytes, (w, h)) of a browser-friendly preview of `artifact` (`Artifact.preview`).
 
     The original bytes are used when the image already fits in `max_side` (or `max_side` is
     0/None) and browsers can show its format; otherwise a downscaled copy: PNG when the image has
-    transparency, else JPEG. Results are cached by content, so showing a response twice is cheap.
+    transparency, else JPEG. The artifact keeps what it made, so showing a response twice is cheap.
     """
-    data = artifact.data
-    key = (hash(data), len(data), max_side or 0)
-    hit = _PREVIEW_CACHE.get(key)
-    if hit is not None:
-        _PREVIEW_CACHE.move_to_end(key)
-        return hit
-    w, h = artifact.size
-    fits = not max_side or (w is not None and h is not None and max(w, h) <= max_side)
-    if fits and artifact.mime_type in _BROWSER_MIMES:
-        result = (artifact.mime_type, data, (w, h))
-    else:
-        result = _downscale(artifact, max_side)
-    _PREVIEW_CACHE[key] = result
-    while len(_PREVIEW_CACHE) > _PREVIEW_CACHE_SIZE:
-        _PREVIEW_CACHE.popitem(last=False)
-    return result
+    return artifact.preview(max_side)
 
 
-def _downscale(artifact, max_side: Optional[int]):
+def downscale(im, max_side: Optional[int]) -> Tuple[str, bytes, Tuple[int, int]]:
+    """A decoded PIL image as preview bytes no longer than `max_side`: (mime, bytes, (w, h)).
+
+    Pillow's `reduce` does the bulk of a large reduction (`reducing_gap`), then LANCZOS; the
+    result is PNG when the image has transparency, else JPEG. The source image is not changed."""
     from PIL import Image
-    try:
-        im = artifact.image
-    except Exception:  # undecodable: show nothing rather than break the gallery
-        return ("", b"", (None, None))
-    im = im.copy()
-    if max_side:
-        im.thumbnail((max_side, max_side), Image.LANCZOS)
+    w, h = im.size
+    if max_side and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        im = im.resize(size, Image.LANCZOS, reducing_gap=2.0)
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     buf = io.BytesIO()
     if has_alpha:
         if im.mode not in ("RGBA", "LA"):
             im = im.convert("RGBA")
-        im.save(buf, format="PNG", optimize=True)
+        im.save(buf, format="PNG")
         mime = "image/png"
     else:
         if im.mode not in ("RGB", "L"):
@@ -148,7 +131,7 @@ def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: st
         parts.append(f"#{number}")
     parts.append(_dims(artifact))
     parts.append(artifact.format.upper())
-    parts.append(human_bytes(len(artifact.data)))
+    parts.append(human_bytes(len(artifact)))
     caption = [" · ".join(esc(p) for p in parts)]
     if artifact.revised_prompt:
         caption.append(f"<i>revised prompt:</i> {esc(scrub(artifact.revised_prompt))}")
@@ -275,7 +258,7 @@ def response_text(resp, *, redact: Iterable[Optional[str]] = (), compact: bool =
         return f"<ImageResponse: {_summary(resp)}; shown above>"
     lines = [f"ImageResponse: {_summary(resp)}"]
     for i, a in enumerate(resp.artifacts):
-        line = f"  [{i}] {_dims(a).replace('×', 'x')} {a.format} {human_bytes(len(a.data))}"
+        line = f"  [{i}] {_dims(a).replace('×', 'x')} {a.format} {human_bytes(len(a))}"
         if a.path:
             line += f"  saved: {a.path}"
         lines.append(line)

@@ -26,7 +26,7 @@ from . import history
 from .client import ImageClient
 from .config import ENV_CACHE, ImageConfig
 from .errors import GenerationCancelled
-from .events import Event
+from .events import IMAGE_RECEIVED, Event
 from .loop_thread import Job, LoopThread, Post, at_stop, shared
 from .model import ImageRequest, ImageResponse
 from .saving import save_response
@@ -112,13 +112,17 @@ class Runtime:
     async def execute(self, request: ImageRequest, *, client: Optional[ImageClient] = None,
                       on_event: Optional[Callable[[Event], Any]] = None, save: Optional[str] = None,
                       source: str = "python", rerun_of: Optional[int] = None, record: bool = True,
-                      redact: Sequence[Optional[str]] = ()) -> Outcome:
+                      redact: Sequence[Optional[str]] = (), preview: Optional[int] = None) -> Outcome:
         """generate -> save (before anything is shown) -> history. Runs on the background loop.
 
+        `preview` (a max side in px, 0 = full size) makes each image's preview in a worker thread
+        as soon as the image arrives, so showing the response costs the kernel's thread nothing.
         Bad input raises (RequestError / ConfigError, nothing sent); API failures come back in
         the response."""
         client = client if client is not None else self.client()
-        resp = await client.generate(request, on_event=on_event)
+        previews = _Previews(preview)
+        resp = await client.generate(request, on_event=previews.watch(on_event))
+        await previews.finish(resp)
         outcome = Outcome(resp)
         if save and resp.artifacts:
             tokens = [client.config.token, request.token, *redact]
@@ -147,7 +151,7 @@ class Runtime:
                 if view is not None:
                     post(view.on_event, event)
             return self.execute(request, client=client, on_event=events, save=save, source=source,
-                                rerun_of=rerun_of)
+                                rerun_of=rerun_of, preview=getattr(view, "preview_max_side", None))
 
         try:
             outcome = self.loops.run(make)
@@ -173,6 +177,39 @@ class Runtime:
             return (await self.execute(request, **kwargs)).response
         job = self.submit(self.execute(request, **kwargs))
         return (await asyncio.wrap_future(job.future)).response
+
+
+class _Previews:
+    """Previews made in worker threads while the response is still arriving (Pillow releases
+    the GIL while it resizes and encodes): one per image as its `image_received` event comes,
+    then any the events did not cover (answers from the cache)."""
+
+    def __init__(self, max_side: Optional[int]):
+        self.max_side = max_side
+        self.pending: List["asyncio.Future[Any]"] = []
+
+    def watch(self, on_event: Optional[Callable[[Event], Any]]) -> Optional[Callable[[Event], Any]]:
+        if self.max_side is None:
+            return on_event
+
+        def events(event: Event) -> Any:
+            if event.type == IMAGE_RECEIVED:
+                self._start(event.data["artifact"])
+            return on_event(event) if on_event is not None else None
+        return events
+
+    def _start(self, artifact: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self.pending.append(loop.run_in_executor(None, artifact.preview, self.max_side))
+
+    async def finish(self, resp: ImageResponse) -> None:
+        if self.max_side is None:
+            return
+        if not self.pending:
+            for artifact in resp.artifacts:
+                self._start(artifact)
+        # a preview that fails shows as "cannot be decoded" in the gallery, not here
+        await asyncio.gather(*self.pending, return_exceptions=True)
 
 
 def show_outcome(view: Any, outcome: Outcome, save: Optional[str]) -> None:

@@ -484,7 +484,7 @@ class ImageGenForm(W.VBox):
             job.add_done_callback(lambda j: post(self._finish_compare, j, view, done))
         else:
             job = runtime.submit(runtime.execute(request, client=client, save=settings.save_dir or None,
-                                                 source="form", redact=view.redact,
+                                                 source="form", redact=view.redact, preview=view.preview_max_side,
                                                  on_event=lambda e: post(self._on_event, view, e)))
             job.add_done_callback(lambda j: post(self._finish, j, view, request, settings, done))
         self.job = job

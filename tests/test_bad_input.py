@@ -384,10 +384,10 @@ async def test_response_cap_against_the_emulator(emulator):
 def test_artifacts_decode_lazily_and_refuse_bombs_before_decoding():
     from jupyter_imagegen import display
     good = Artifact(make_png((40, 30)))
-    assert good._image is None                      # nothing decoded on construction
+    assert good._pixels_ref is None                 # nothing decoded on construction
     assert (good.width, good.height) == (40, 30)   # the size comes from the header
-    assert good._image is None
-    assert good.image.size == (40, 30) and good._image is not None
+    assert good._pixels_ref is None
+    assert good.image.size == (40, 30) and good._pixels_ref() is not None
     for bomb in (bomb_png(30000, 30000), bomb_png(12000, 12000)):
         art = Artifact(bomb)
         repr(art)                                   # no crash, no decode

@@ -55,7 +55,9 @@ async def test_text_to_image_each_format(emulator, api_type):
     im = decoded(art)
     assert im.size == (art.width, art.height) and im.size[0] > 0
     assert resp.attempts == 1 and resp.api_type == api_type
-    assert rec.types() == ["generation_started", "api_call", "generation_completed"]
+    assert rec.types() == ["generation_started", "api_call", "image_received", "generation_completed"]
+    received = rec.of("image_received")[0]
+    assert received.data["artifact"] is art and received.data["index"] == 0
     assert all(e.request_id == resp.request_id for e in rec.events)
     assert rec.of("generation_completed")[0]["artifact_count"] == 1
     assert emulator.request_count == 1
@@ -197,7 +199,8 @@ async def test_429_then_success_waits_retry_after(emulator):
     assert retry[0]["status_code"] == 429 and retry[0]["delay"] == pytest.approx(1.0)
     assert retry[0]["attempt"] == 1
     assert took >= 0.95, "the Retry-After wait was honoured"
-    assert rec.types() == ["generation_started", "api_call", "api_retry", "api_call", "generation_completed"]
+    assert rec.types() == ["generation_started", "api_call", "api_retry", "api_call", "image_received",
+                           "generation_completed"]
 
 
 async def test_retry_after_http_date_and_ms(emulator):

@@ -74,21 +74,26 @@ def test_no_token_is_kept():
     assert TOKEN.encode() not in pickle.dumps((e.request, e.settings))
 
 
-def test_bounded_entries_and_bytes(tmp_path):
-    h = History(max_entries=3, max_bytes=1)
-    saved = tmp_path / "x.png"
-    first = fake("saved one")
-    saved.write_bytes(first.artifacts[0].data)
-    first.paths.append(str(saved))
+def test_bounded_entries_and_what_they_really_hold():
+    from jupyter_imagegen.memory import memory
+    h = History(max_entries=3)
+    first = fake("first", n=2)
     e1 = h.record(first)
-    e2 = h.record(fake("second"))
-    assert e1.response is None and e2.response is not None      # only the newest keeps its images
-    assert e1.thumbnails() and e1.thumbnails()[0][1]              # a thumbnail stays
-    assert max(e1.thumbnails()[0][2]) <= 96
-    assert e1.artifacts[0].data == first.artifacts[0].data        # reloaded from the saved file
+    original = [a.data for a in first.artifacts]
+    assert e1.bytes == sum(len(d) for d in original)
+    assert h.bytes_in_memory == e1.memory_cost() >= e1.bytes   # bytes (and kept pixels, previews)
+    thumbs = e1.thumbnails()
+    assert len(thumbs) == 2 and all(t[1] and max(t[2]) <= 96 for t in thumbs)
+    assert h.bytes_in_memory > e1.bytes                        # the thumbnails are counted too
+    for a in first.artifacts:
+        a.spill()                                              # what the memory budget does
+    assert h.bytes_in_memory == 0 and not any(a.in_memory for a in first.artifacts)
+    assert [a.data for a in e1.artifacts] == original          # read back when used
+    assert h.bytes_in_memory == e1.bytes
+    assert memory.stats()["read_back"] >= 2
     for i in range(3):
         h.record(fake(f"more {i}"))
-    assert len(h) == 3 and [e.number for e in h] == [3, 4, 5]
+    assert len(h) == 3 and [e.number for e in h] == [2, 3, 4]
     with pytest.raises(IndexError, match="dropped"):
         h[1]
 

@@ -309,7 +309,8 @@ async def test_client_event_order_and_final_image(emulator, api, k):
     async with make_client(emulator, api) as c:
         resp = await c.generate(req, on_event=rec)
     assert resp.success, resp.error
-    assert rec.types() == ["generation_started", "api_call"] + ["partial_image"] * k + ["generation_completed"]
+    assert rec.types() == (["generation_started", "api_call"] + ["partial_image"] * k
+                           + ["image_received", "generation_completed"])
     partials = rec.of(PARTIAL_IMAGE)
     assert [e["partial_index"] for e in partials] == list(range(k))
     assert all(e.request_id == resp.request_id and e["index"] == 0 for e in partials)

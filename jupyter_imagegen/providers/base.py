@@ -88,11 +88,20 @@ class Parsed:
     model: Optional[str] = None
 
 
+def _strict_b64(value: str) -> bytes:
+    """Strict base64 straight from an ASCII str: binascii reads the str's own buffer (a 30 MB
+    image's base64 text is not copied first, as `base64.b64decode` does with str.encode)."""
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except TypeError:  # Python 3.10: no strict_mode
+        return base64.b64decode(value, validate=True)
+
+
 def decode_b64(value: Any, what: str, api_url: str) -> bytes:
     if not isinstance(value, str) or not value:
         raise NoImageError(200, f"{what} is not a base64 string", api_url)
     try:
-        return base64.b64decode(value, validate=True)
+        return _strict_b64(value)
     except (binascii.Error, ValueError):
         try:  # some gateways send urlsafe or unpadded base64
             return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
