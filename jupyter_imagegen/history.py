@@ -443,5 +443,10 @@ class _HistoryModule(types.ModuleType):
     def history(self) -> History:
         return _history
 
+    @property
+    def bytes_in_memory(self) -> int:
+        """Bytes the entries' images hold in memory now (`History.bytes_in_memory`)."""
+        return _history.bytes_in_memory
+
 
 sys.modules[__name__].__class__ = _HistoryModule
