@@ -7,6 +7,12 @@ latency in milliseconds):
     POST /p/NAME/MS/v1/images/generations      (and /images/edits)  honours "n"
     POST /p/NAME/MS/v1/responses
     POST /p/NAME/MS/api/v1/chat/completions
+    GET  /stats[?reset=1]      the most requests in flight at once (since the last reset)
+
+The same under /d/ instead of /p/ answers a *distinct* image every time: NAME.png with a tEXt
+chunk carrying a counter inserted before IEND (`payloads.with_counter`), so every answer (and,
+for "n", every image of it) has bytes no cache has seen. Costs the server one base64 encoding
+per image per call.
 
 `python -m benchmarks.server --dir DIR [--port 0]` prints `listening on http://127.0.0.1:PORT`.
 `ServerProcess(dir)` runs it in a child process (the other core), as the benchmarks do.
@@ -15,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import aiohttp
 from aiohttp import web
 
 try:
@@ -35,24 +43,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_app(payload_dir: Path) -> web.Application:
     cache: Dict[Tuple[str, str, int], bytes] = {}
+    templates: Dict[Tuple[str, int], List[bytes]] = {}
     pngs: Dict[str, bytes] = {}
+    counter = itertools.count(1)
+
+    def png_for(name: str) -> bytes:
+        if name not in pngs:
+            path = payload_dir / f"{name}.png"
+            if not path.is_file():
+                raise web.HTTPNotFound(text=json.dumps({"error": {"message": f"no payload {name}"}}),
+                                       content_type="application/json")
+            pngs[name] = path.read_bytes()
+        return pngs[name]
 
     def body_for(name: str, api: str, n: int) -> bytes:
         key = (name, api, n)
         if key not in cache:
-            if name not in pngs:
-                path = payload_dir / f"{name}.png"
-                if not path.is_file():
-                    raise web.HTTPNotFound(text=json.dumps({"error": {"message": f"no payload {name}"}}),
-                                           content_type="application/json")
-                pngs[name] = path.read_bytes()
-            png = pngs[name]
+            png = png_for(name)
             body = payloads.images_body(png, n) if api == "images" else payloads.BODIES[api](png)
             cache[key] = payloads.encode(body)
         return cache[key]
 
-    def route(api: str):
+    def distinct_body_for(name: str, api: str, n: int) -> bytes:
+        png = png_for(name)
+        if (api, n) not in templates:
+            templates[(api, n)] = payloads.template(api, n)
+        return payloads.fill(templates[(api, n)], [payloads.with_counter(png, next(counter)) for _ in range(n)])
+
+    stats = {"in_flight": 0, "max_in_flight": 0, "requests": 0}
+
+    def route(api: str, distinct: bool = False):
         async def handler(request: web.Request) -> web.Response:
+            stats["in_flight"] += 1
+            stats["requests"] += 1
+            stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+            try:
+                return await answer(request)
+            finally:
+                stats["in_flight"] -= 1
+
+        async def answer(request: web.Request) -> web.Response:
             raw = await request.read()
             n = 1
             if api == "images" and request.content_type == "application/json":
@@ -60,20 +90,31 @@ def make_app(payload_dir: Path) -> web.Application:
                     n = int(json.loads(raw).get("n") or 1)
                 except (ValueError, AttributeError, TypeError):
                     n = 1
-            body = body_for(request.match_info["name"], api, n)
+            body = (distinct_body_for if distinct else body_for)(request.match_info["name"], api, n)
             ms = int(request.match_info["ms"])
             if ms > 0:
                 await asyncio.sleep(ms / 1000)
             return web.Response(body=body, content_type="application/json")
         return handler
 
+    async def get_stats(request: web.Request) -> web.Response:
+        """Requests in flight at once (the most since the last reset) and requests answered;
+        `?reset=1` starts counting again."""
+        out = web.json_response(dict(stats))
+        if request.query.get("reset"):
+            stats["max_in_flight"] = stats["in_flight"]
+            stats["requests"] = 0
+        return out
+
     app = web.Application(client_max_size=256 * 1024 * 1024)
-    p = "/p/{name}/{ms:\\d+}"
-    app.router.add_post(p + "/v1/images/generations", route("images"))
-    app.router.add_post(p + "/v1/images/edits", route("images"))
-    app.router.add_post(p + "/v1/responses", route("responses"))
-    app.router.add_post(p + "/api/v1/chat/completions", route("chat"))
-    app.router.add_post(p + "/v1/chat/completions", route("chat"))
+    app.router.add_get("/stats", get_stats)
+    for kind, distinct in (("p", False), ("d", True)):
+        p = f"/{kind}/{{name}}/{{ms:\\d+}}"
+        app.router.add_post(p + "/v1/images/generations", route("images", distinct))
+        app.router.add_post(p + "/v1/images/edits", route("images", distinct))
+        app.router.add_post(p + "/v1/responses", route("responses", distinct))
+        app.router.add_post(p + "/api/v1/chat/completions", route("chat", distinct))
+        app.router.add_post(p + "/v1/chat/completions", route("chat", distinct))
     return app
 
 
@@ -110,9 +151,17 @@ class ServerProcess:
         self.url = line.split(" ", 2)[2]
         return self
 
-    def base(self, name: str, api_type: str, latency_ms: int = 0) -> str:
+    def base(self, name: str, api_type: str, latency_ms: int = 0, distinct: bool = False) -> str:
+        """The base URL (IMAGE_BASE_URL) of payload `name` in `api_type`'s wire shape; `distinct`:
+        a different image (tEXt counter) on every call."""
         prefix = "/api/v1" if api_type == "openrouter_chat" else "/v1"
-        return f"{self.url}/p/{name}/{latency_ms}{prefix}"
+        return f"{self.url}/{'d' if distinct else 'p'}/{name}/{latency_ms}{prefix}"
+
+    async def stats(self, reset: bool = False) -> dict:
+        """The server's request counters (see `/stats`)."""
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{self.url}/stats", params={"reset": "1"} if reset else {}) as r:
+                return await r.json()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -29,7 +29,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -85,6 +85,8 @@ class Row:
     plain_final: float
     stream_final: float
     partial_kb: float
+    #: per round: stream_first / plain_first (both ran in that round)
+    first_ratios: List[float] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
@@ -150,7 +152,8 @@ async def bench(apis: Sequence[str] = ALL_APIS, partials: Sequence[int] = (0, 1,
                         row = Row(api, k, delay,
                                   med([s.first for s in samples[False]]), med([s.first for s in samples[True]]),
                                   med([s.final for s in samples[False]]), med([s.final for s in samples[True]]),
-                                  med([s.partial_bytes for s in samples[True]]) / 1024)
+                                  med([s.partial_bytes for s in samples[True]]) / 1024,
+                                  [st.first / pl.first for st, pl in zip(samples[True], samples[False])])
                         rows.append(row)
                         if log:
                             log(f"  {api:17} K={k} delay={delay:g}s: first {row.plain_first:.3f} -> "
