@@ -73,7 +73,9 @@ class Event:
             return f"partial image {d.get('partial_index', 0) + 1}"
         if self.type == IMAGE_RECEIVED:
             art = d.get("artifact")
-            what = f" ({art.width}x{art.height} {art.format}, {art.nbytes:,} bytes)" if art is not None else ""
+            size = f"{art.nbytes / 1e6:.1f} MB" if art is not None and art.nbytes >= 1e6 else \
+                f"{max(1, round(art.nbytes / 1e3)) if art is not None else 0} kB"
+            what = f" ({art.width}x{art.height} {art.format}, {size})" if art is not None else ""
             return f"image {d.get('index', 0) + 1} received{what}"
         if self.type == CACHE_HIT:
             return f"from cache: {d.get('artifact_count')} image(s)"

@@ -18,10 +18,13 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
+
+from .errors import ConfigError
 
 __all__ = ["ImageMemory", "memory", "ENV_MEMORY_BUDGET", "DEFAULT_BUDGET", "budget_from_env"]
 
@@ -32,17 +35,27 @@ DEFAULT_BUDGET = 256 * 1024 * 1024
 
 def budget_from_env(env: Optional[Dict[str, str]] = None) -> int:
     """The budget in bytes from IMAGE_MEMORY_BUDGET_MB (a number of megabytes; 0 keeps nothing
-    that is not in use). A value that is not a number is refused with what to write instead."""
+    that is not in use). A value that is not a number raises ConfigError saying what to write."""
     raw = (os.environ if env is None else env).get(ENV_MEMORY_BUDGET, "").strip()
     if not raw:
         return DEFAULT_BUDGET
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_MEMORY_BUDGET}={raw!r} must be a number of megabytes, e.g. 256") from None
-    if mb < 0 or mb != mb:
-        raise ValueError(f"{ENV_MEMORY_BUDGET}={raw!r} must be 0 or more megabytes")
+        raise ConfigError(f"{ENV_MEMORY_BUDGET}={raw!r} must be a number of megabytes, e.g. 256") from None
+    if not 0 <= mb < float("inf"):
+        raise ConfigError(f"{ENV_MEMORY_BUDGET}={raw!r} must be 0 or more megabytes")
     return int(mb * 1024 * 1024)
+
+
+def _budget_at_start() -> int:
+    """The budget when the package is imported: a bad IMAGE_MEMORY_BUDGET_MB must not make the
+    import fail (nothing else could tell the user): a warning says what to fix."""
+    try:
+        return budget_from_env()
+    except ConfigError as e:
+        warnings.warn(f"{e}; using the default, {DEFAULT_BUDGET // (1024 * 1024)} MB", stacklevel=2)
+        return DEFAULT_BUDGET
 
 
 @dataclass
@@ -60,7 +73,7 @@ class ImageMemory:
     makes artifacts while the kernel's thread shows them."""
 
     def __init__(self, budget: Optional[int] = None, *, spool_parent: Optional[str] = None):
-        self._budget = budget_from_env() if budget is None else int(budget)
+        self._budget = _budget_at_start() if budget is None else int(budget)
         self._entries: "OrderedDict[int, _Entry]" = OrderedDict()
         self._resident = 0
         self._spilled = 0            # artifacts moved out (counter, for stats and tests)

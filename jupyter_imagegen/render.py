@@ -329,6 +329,8 @@ class EventLog:
         self.state = "waiting"
         self.request_id: Optional[str] = None
         self.t0: Optional[float] = None
+        self.images_expected = 1
+        self.images_received = 0
         self._scrub = redactor(redact)
 
     def _elapsed(self, now: Optional[float] = None) -> float:
@@ -346,7 +348,12 @@ class EventLog:
         t = event.type
         if t == ev.GENERATION_STARTED:
             self.state = "running"
+            self.images_expected = d.get("n") if isinstance(d.get("n"), int) else 1
             self.add("start", event.describe())
+        elif t == ev.IMAGE_RECEIVED:
+            if self.images_expected > 1:   # progress of a fan-out; with one image "done" says it
+                self.images_received += 1
+                self.add("info", f"{event.describe()} · {self.images_received} of {self.images_expected}")
         elif t == ev.API_CALL:
             self.add("call", event.describe())
         elif t == ev.API_RETRY:

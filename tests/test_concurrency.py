@@ -242,3 +242,44 @@ def test_a_blocking_call_never_runs_the_callers_loop():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "['cell done', 'next cell']", proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# limits: the fan-out limit bounds one request's calls; the pool bounds connections per host;
+# neither caps the other (the pool used to be 2x the fan-out limit: 8 in flight at most)
+# ---------------------------------------------------------------------------------------------
+def most_in_flight(entries) -> int:
+    """The largest number of logged requests in flight at one moment."""
+    spans = [(e["time"], e["time"] + e["elapsed"]) for e in entries]
+    return max(sum(1 for s, end in spans if s <= t < end) for t, _ in spans)
+
+
+async def _generate_all(emulator, requests, **config):
+    emulator.latency = 0.3
+    cfg = ImageConfig(api_type="openrouter_chat", base_url=emulator.base_url_for("openrouter_chat"), token=TOKEN,
+                      backoff_base=0, **config)
+    async with ImageClient(cfg) as client:
+        responses = await asyncio.gather(*(client.generate(r) for r in requests))
+    assert all(r.success for r in responses), [r.error for r in responses if not r.success]
+    return [e for e in emulator.requests if e["path"].endswith("/chat/completions")]
+
+
+async def test_a_fan_out_of_eight_is_in_flight_at_once_by_default(emulator):
+    assert ImageConfig().max_concurrency >= 8
+    log = await _generate_all(emulator, [ImageRequest("a fox", n=8)])
+    assert len(log) == 8 and most_in_flight(log) == 8
+
+
+async def test_max_concurrency_still_bounds_one_fan_out(emulator):
+    log = await _generate_all(emulator, [ImageRequest("a fox", n=6)], max_concurrency=2)
+    assert len(log) == 6 and most_in_flight(log) == 2
+
+
+async def test_independent_calls_are_not_capped_by_the_fan_out_limit(emulator):
+    log = await _generate_all(emulator, [ImageRequest(f"a fox {i}") for i in range(20)], max_concurrency=1)
+    assert len(log) == 20 and most_in_flight(log) == 20
+
+
+async def test_max_connections_bounds_calls_to_one_host(emulator):
+    log = await _generate_all(emulator, [ImageRequest(f"a fox {i}") for i in range(12)], max_connections=5)
+    assert len(log) == 12 and most_in_flight(log) == 5

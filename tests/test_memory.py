@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from _image_helpers import make_png
+from jupyter_imagegen.errors import ConfigError
 from jupyter_imagegen.memory import ENV_MEMORY_BUDGET, DEFAULT_BUDGET, budget_from_env, memory
 from jupyter_imagegen.model import Artifact
 
@@ -85,8 +86,8 @@ def test_the_budget_comes_from_the_environment():
     assert budget_from_env({}) == DEFAULT_BUDGET
     assert budget_from_env({ENV_MEMORY_BUDGET: "64"}) == 64 * 1024 * 1024
     assert budget_from_env({ENV_MEMORY_BUDGET: "0"}) == 0
-    for bad in ("lots", "-1"):
-        with pytest.raises(ValueError, match=ENV_MEMORY_BUDGET):
+    for bad in ("lots", "-1", "inf", "nan"):
+        with pytest.raises(ConfigError, match=ENV_MEMORY_BUDGET):
             budget_from_env({ENV_MEMORY_BUDGET: bad})
     with pytest.raises(ValueError, match="whole number of bytes"):
         memory.set_budget(-5)
@@ -148,3 +149,14 @@ def test_pickling_and_copying_keep_the_bytes(budget):
     Artifact(noisy_png(40, 8))
     for twin in (pickle.loads(pickle.dumps(art)), copy.copy(art)):
         assert twin.data == payload and twin.index == 3 and twin is not art
+
+
+def test_a_bad_budget_in_the_environment_warns_and_the_package_still_imports():
+    import subprocess
+    import sys
+    env = dict(os.environ, IMAGE_MEMORY_BUDGET_MB="lots")
+    out = subprocess.run([sys.executable, "-c", "import jupyter_imagegen.memory as m; print(m.memory.budget)"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(DEFAULT_BUDGET)
+    assert "IMAGE_MEMORY_BUDGET_MB='lots' must be a number of megabytes" in out.stderr
