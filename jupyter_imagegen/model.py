@@ -12,7 +12,6 @@ import io
 import os
 import re
 import uuid
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,27 +48,46 @@ def sniff_mime(data: bytes) -> Optional[str]:
     return None
 
 
-def _image_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
+_PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
+
+
+def _open(data: bytes, *, check: bool = True):
+    """A PIL image of `data` (header read, no pixel decoded), opened by the plugin of its sniffed
+    format. `check` refuses a decompression bomb: more pixels than Pillow's MAX_IMAGE_PIXELS
+    (Pillow itself only warns up to twice its limit; set PIL.Image.MAX_IMAGE_PIXELS to allow
+    bigger images). No warnings filter is touched: `warnings.catch_warnings` is process-wide
+    state, and images are decoded in worker threads."""
     from PIL import Image
+    fmt = _PIL_FORMAT.get(sniff_mime(data) or "")
+    Image.preinit()
+    if fmt == "WEBP" and "WEBP" not in Image.OPEN:
+        try:
+            from PIL import WebPImagePlugin  # noqa: F401  (registers itself)
+        except ImportError:
+            pass
+    if fmt not in Image.OPEN:
+        raise Image.UnidentifiedImageError("not a PNG, JPEG, WebP or GIF image this Pillow can read")
+    factory, _accept = Image.OPEN[fmt]
+    im = factory(io.BytesIO(data), None)
+    limit = Image.MAX_IMAGE_PIXELS
+    if check and limit and im.size[0] * im.size[1] > limit:
+        im.close()
+        raise Image.DecompressionBombError(f"Image size ({im.size[0] * im.size[1]} pixels) exceeds limit of "
+                                           f"{limit} pixels, could be decompression bomb DOS attack.")
+    return im
+
+
+def _image_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the header is safe to read
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                return im.size
+        with _open(data, check=False) as im:  # reads the header only
+            return im.size
     except Exception:
         return None, None
 
 
 def _open_checked(data: bytes):
-    """Image.open that refuses a decompression bomb (Pillow only warns between its limit and
-    twice its limit; set PIL.Image.MAX_IMAGE_PIXELS to allow bigger images)."""
-    from PIL import Image
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(io.BytesIO(data))
-        except Image.DecompressionBombWarning as e:
-            raise Image.DecompressionBombError(str(e)) from None
+    """`_open` that refuses a decompression bomb before any pixel is decoded."""
+    return _open(data, check=True)
 
 
 @dataclass
@@ -420,15 +438,13 @@ def image_problem(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Optional[s
     the images the API sends back."""
     from PIL import Image
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    return (f"refused as a possible decompression bomb ({w}x{h} pixels is over the limit "
-                            f"of {max_pixels:,})")
-                im.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with _open_checked(data) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                return (f"refused as a possible decompression bomb ({w}x{h} pixels is over the limit "
+                        f"of {max_pixels:,})")
+            im.verify()
+    except Image.DecompressionBombError as e:
         return f"refused as a possible decompression bomb ({e})"
     except Exception as e:
         return f"the image data is damaged and cannot be decoded ({type(e).__name__}: {e})"
