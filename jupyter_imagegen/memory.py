@@ -6,7 +6,8 @@ memory (its encoded bytes, decoded pixels it keeps, its previews). When the tota
 budget, the least recently used artifacts move their bytes to a spool folder of this process and
 drop their pixels and previews; `Artifact.data` reads the bytes back when they are used again
 (and that artifact becomes the most recently used). The spool folder is private (0700, files
-0600) and removed at exit; an artifact's spool file is removed when the artifact is collected.
+0600) and removed at exit; an artifact's spool file is removed when the artifact is collected,
+and the folders of killed processes are removed when the next one is made.
 
 The budget is ``IMAGE_MEMORY_BUDGET_MB`` (default 256 MB), or ``memory.set_budget(bytes)``.
 ``memory.stats()`` says what is held where.
@@ -22,11 +23,12 @@ import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
 
-__all__ = ["ImageMemory", "memory", "ENV_MEMORY_BUDGET", "DEFAULT_BUDGET", "budget_from_env"]
+__all__ = ["ImageMemory", "memory", "ENV_MEMORY_BUDGET", "DEFAULT_BUDGET", "budget_from_env",
+           "remove_orphaned_spools"]
 
 ENV_MEMORY_BUDGET = "IMAGE_MEMORY_BUDGET_MB"
 #: image bytes kept in memory per process before older ones move to the spool folder
@@ -194,10 +196,48 @@ class ImageMemory:
 
     def _spool(self) -> str:
         if self._spool_dir is None or not os.path.isdir(self._spool_dir):
-            self._spool_dir = tempfile.mkdtemp(prefix=f"jupyter-imagegen-spool-{os.getpid()}-",
-                                               dir=self._spool_parent)   # 0700
+            parent = self._spool_parent or tempfile.gettempdir()
+            remove_orphaned_spools(parent)
+            self._spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=parent)   # 0700
             atexit.register(shutil.rmtree, self._spool_dir, True)
         return self._spool_dir
+
+
+SPOOL_PREFIX = "jupyter-imagegen-spool-"
+
+
+def remove_orphaned_spools(parent: str) -> List[str]:
+    """Remove the spool folders (of this user) whose process is gone: a kernel that was killed
+    had no chance to remove its own. Returns what was removed."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(SPOOL_PREFIX):
+            continue
+        pid_text = name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        path = os.path.join(parent, name)
+        try:
+            pid = int(pid_text)
+            if os.lstat(path).st_uid != os.getuid() or pid == os.getpid() or _alive(pid):
+                continue
+        except (ValueError, OSError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 #: the process's image memory

@@ -160,3 +160,21 @@ def test_a_bad_budget_in_the_environment_warns_and_the_package_still_imports():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(DEFAULT_BUDGET)
     assert "IMAGE_MEMORY_BUDGET_MB='lots' must be a number of megabytes" in out.stderr
+
+
+def test_the_spool_folders_of_killed_kernels_are_removed(tmp_path):
+    import subprocess
+    import sys
+    from jupyter_imagegen.memory import ImageMemory, SPOOL_PREFIX
+    # a process that made a spool folder and was killed before its exit handlers ran
+    code = ("import os, sys; from jupyter_imagegen.memory import ImageMemory; "
+            f"m = ImageMemory(0, spool_parent={str(tmp_path)!r}); print(m._spool(), flush=True); "
+            "os.kill(os.getpid(), 9)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    orphan = out.stdout.strip()
+    assert os.path.isdir(orphan) and os.path.basename(orphan).startswith(SPOOL_PREFIX), out
+    alive = tmp_path / f"{SPOOL_PREFIX}{os.getppid()}-keep"   # a running process's folder stays
+    alive.mkdir()
+    mine = ImageMemory(0, spool_parent=str(tmp_path))
+    spool = mine._spool()
+    assert not os.path.exists(orphan) and alive.is_dir() and os.path.isdir(spool)
