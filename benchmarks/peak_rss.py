@@ -11,8 +11,9 @@ paths, the connection, the session), collects garbage and hands freed heap back 
 `ru_maxrss` where the reset is refused). The result is held until the peak is read.
 
 client: `ImageClient(ImageConfig(api_type, base_url, token))` (defaults otherwise),
-`await client.generate(ImageRequest(prompt))`; no pixel decode (generate() does not decode).
-bare: one aiohttp session, `await r.read()`, `json.loads`, `base64.b64decode` of the image field.
+`resp = await client.generate(ImageRequest(prompt))`, then `resp.artifacts[0].image`.
+bare: one aiohttp session, `await r.read()`, `json.loads`, `base64.b64decode` of the image field,
+`Image.open(BytesIO(png)).load()`. Both end holding a loaded PIL image (and its PNG bytes).
 
 Prints one JSON line: before, peak, after (RSS with the result still held), how.
 """
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import ctypes
 import gc
+import io
 import json
 import resource
 import sys
@@ -33,6 +35,7 @@ if __package__ in (None, ""):
     __package__ = "benchmarks"
 
 import aiohttp
+from PIL import Image
 
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 
@@ -88,6 +91,7 @@ async def main_async(args) -> dict:
         async def call(base: str):
             resp = await client.generate(ImageRequest(PROMPT, base_url=base))
             assert resp.success, resp.error
+            resp.artifacts[0].image
             return resp
         close = client.close
     else:
@@ -98,7 +102,10 @@ async def main_async(args) -> dict:
             async with session.post(base + PATHS[args.api], json=BODIES[args.api], headers=headers) as r:
                 raw = await r.read()
                 assert r.status == 200, r.status
-            return extract(args.api, json.loads(raw))
+            png = extract(args.api, json.loads(raw))
+            im = Image.open(io.BytesIO(png))
+            im.load()
+            return png, im
         close = session.close
     try:
         warm = await call(args.warm_url)
