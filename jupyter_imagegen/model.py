@@ -279,14 +279,17 @@ class Artifact:
         w, h = self.size
         if (not max_side or (w is not None and h is not None and max(w, h) <= max_side)) \
                 and self.mime_type in BROWSER_MIMES:
-            return (self.mime_type, self.data, (w, h))
-        try:
-            result = downscale(self._preview_source(key), max_side)
-        except Exception:  # undecodable: show nothing rather than break the gallery
-            return ("", b"", (None, None))
-        self._previews[key] = result
+            result = (self.mime_type, self.data, (w, h))   # the bytes themselves: nothing to keep
+        else:
+            try:
+                result = downscale(self._preview_source(key), max_side)
+            except Exception:  # undecodable: show nothing rather than break the gallery
+                return ("", b"", (None, None))
+            self._previews[key] = result
+        had_pixels = self._pixels is not None
         self._pixels = None
-        memory.track(self, self.memory_cost())
+        if had_pixels or key in self._previews:
+            memory.track(self, self.memory_cost())
         return result
 
     def _preview_source(self, key: int):

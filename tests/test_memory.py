@@ -178,3 +178,11 @@ def test_the_spool_folders_of_killed_kernels_are_removed(tmp_path):
     mine = ImageMemory(0, spool_parent=str(tmp_path))
     spool = mine._spool()
     assert not os.path.exists(orphan) and alive.is_dir() and os.path.isdir(spool)
+
+
+def test_an_image_that_fits_the_preview_lets_its_pixels_go_too():
+    art = Artifact(noisy_png(200, 3))
+    art.decode(keep=True)
+    mime, data, size = art.preview(512)        # shown as it is: no downscaled copy
+    assert data is art.data and size == (200, 200)
+    assert art._pixels is None and art.memory_cost() == art.nbytes
