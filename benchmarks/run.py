@@ -310,6 +310,30 @@ async def count_pillow_work(coro_fn: Callable[[], Awaitable[Any]]) -> Tuple[int,
     return counts["opens"], counts["decodes"]
 
 
+async def _in_process(server: ServerProcess, payload: str, api: str, rounds: int, warmup: int
+                      ) -> Dict[str, List[float]]:
+    """From an answer's bytes to a loaded PIL image without HTTP: the client's own generate() on
+    a stub session vs json.loads + base64 decode + Pillow; interleaved rounds."""
+    png = (server.payload_dir / f"{payload}.png").read_bytes()
+    body = payloads.encode({"openai_images": payloads.images_body, "openai_responses": payloads.responses_body,
+                            "openrouter_chat": payloads.chat_body}[api](png))
+    stub = ImageClient(ImageConfig(api_type=api, base_url=server.base(payload, api), token=TOKEN),
+                       session=StubSession(body))
+
+    async def client():
+        resp = await stub.generate(ImageRequest(PROMPT))
+        assert resp.success, resp.error
+        return resp.artifacts[0].image
+
+    async def floor():
+        return _pillow(_extract(api, json.loads(body)))
+
+    try:
+        return await interleaved({"client": client, "floor": floor}, rounds, warmup, seed=21)
+    finally:
+        await stub.close()
+
+
 # -- 1. per request -------------------------------------------------------------------------------
 async def bench_overhead(report: Report, server: ServerProcess, payload: str, label: str, detail: str, rounds: int,
                          warmup: int, goal: float, ends: Sequence[str], sdk_end: str,
@@ -378,10 +402,15 @@ async def bench_overhead(report: Report, server: ServerProcess, payload: str, la
             for api in apis:
                 opens[api] = await count_pillow_work(variants[f"{api}/client"])
             bare_opens = await count_pillow_work(variants[f"{apis[0]}/bare"])
+            inproc = await _in_process(server, payload, apis[0], rounds, warmup)
     finally:
         for close in reversed(closers):
             await close()
     to_bytes = {k: v[warmup:warmup + rounds] for k, v in splits.items()}
+    inproc_note = "" if "pil" not in ends else (
+        f"; without HTTP, from the {apis[0]} answer's bytes in process (the client on a stub session): client "
+        f"{median(inproc['client']) * 1e6:.0f} us vs json.loads + b64decode + Pillow "
+        f"{median(inproc['floor']) * 1e6:.0f} us")
     how = {"pil": ("-> PIL image", "both sides end with a loaded PIL image (ours: generate() + .artifacts[0].image; "
                                    "bare: POST + json.loads + b64decode + Image.open().load())"),
            "bytes": ("-> bytes", "ours: generate() returned; bare: POST + json.loads + b64decode (no pixel decode)")}
@@ -394,7 +423,8 @@ async def bench_overhead(report: Report, server: ServerProcess, payload: str, la
                                  ("<=", goal),
                                  note="" if not first else
                                  f"{detail}; {rounds} interleaved rounds, server latency 0; {how[end][1]}; "
-                                 f"client - bare = {(median(ours_t) - median(bare_t)) * 1e6:+.0f} us per request"))
+                                 f"client - bare = {(median(ours_t) - median(bare_t)) * 1e6:+.0f} us per request"
+                                 + (inproc_note if end == "pil" else "")))
         if f"{api}/sdk" in times:
             sdk_name = "images.generate" if api == "openai_images" else "responses.create"
             ours_t = times[f"{api}/client"] if sdk_end == "pil" else to_bytes[f"{api}/client"]
@@ -935,34 +965,42 @@ def bench_kernel_cell(report: Report, server: ServerProcess, workdir: Path, png:
                       rounds: int, warmup: int, n: int = 4, goal: float = 1.30) -> None:
     """In one kernel per format: a `%%imagegen -n N --no-cache` cell vs a cell that awaits the
     same request on a plain ImageClient (made from the same IMAGE_* environment), each timed from
-    its execute_request to the kernel's idle status; interleaved rounds."""
+    its execute_request to the kernel's idle status; interleaved rounds. Two more cells in the same
+    rounds say where the difference goes (the note): the magic with --quiet (no live event log),
+    and the plain call followed by the N notebook previews made one after another on the kernel's
+    thread (`Artifact.preview()`, what the gallery shows; skipped if the package has no such method)."""
     magic = f"%%imagegen -n {n} --no-cache\n{PROMPT}"
     plain = (f"resp = await client.generate(ImageRequest({PROMPT!r}, n={n}))\n"
              f"assert resp.success and len(resp.artifacts) == {n}, resp.error")
+    cells = {"magic": magic, "plain": plain, "magic --quiet": magic.replace("--no-cache", "--no-cache --quiet")}
+    if hasattr(Artifact, "preview"):
+        cells["plain + previews"] = plain + "\n_previews = [a.preview() for a in resp.artifacts]"
     for api in apis:
         with _kernel(workdir / api, server, "medium", api) as k:
             k.run("%load_ext jupyter_imagegen\nfrom jupyter_imagegen import ImageClient, ImageConfig, ImageRequest\n"
                   "client = ImageClient(ImageConfig.from_env())")
-            times: Dict[str, List[float]] = {"magic": [], "plain": []}
+            times: Dict[str, List[float]] = {name: [] for name in cells}
             rng = random.Random(17)
             for i in range(warmup + rounds):
-                order = ["magic", "plain"]
+                order = list(cells)
                 rng.shuffle(order)
                 for name in order:
-                    dt = k.run(magic if name == "magic" else plain)
+                    dt = k.run(cells[name])
                     if i >= warmup:
                         times[name].append(dt)
             calls = k.value("client.resolve(ImageRequest('x', n=%d))[1].calls_needed("
                             "client.resolve(ImageRequest('x', n=%d))[0])" % (n, n))
             k.run("await client.close()")
+        where = "; in the same rounds: " + ", ".join(
+            f"{name} {median(times[name]) * 1e3:.0f} ms" for name in cells if name not in ("magic", "plain"))
         report.add(ratio_row(f"6. %%imagegen -n {n} cell vs awaited generate(n={n}) cell, {api}, "
                              f"{png_label(png)} distinct", times["magic"], times["plain"], "s", ("<=", goal),
-                             note=f"`%%imagegen -n {n} --no-cache` vs `resp = await client.generate(ImageRequest("
-                                  f"prompt, n={n}))` in the same kernel, each cell timed from execute_request to its "
-                                  f"idle status; {rounds} interleaved rounds after {warmup} warm-up; {calls} HTTP "
-                                  "call(s) per cell; the plain cell's client: `ImageClient(ImageConfig.from_env())` "
-                                  "made once, awaited on the kernel's own loop" if api == apis[0] else
-                             f"{calls} HTTP call(s) per cell"))
+                             note=(f"`%%imagegen -n {n} --no-cache` vs `resp = await client.generate(ImageRequest("
+                                   f"prompt, n={n}))` in the same kernel, each cell timed from execute_request to its "
+                                   f"idle status; {rounds} interleaved rounds after {warmup} warm-up; {calls} HTTP "
+                                   "call(s) per cell; the plain cell's client: `ImageClient(ImageConfig.from_env())` "
+                                   "made once, awaited on the kernel's own loop" if api == apis[0] else
+                                   f"{calls} HTTP call(s) per cell") + where))
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -995,7 +1033,7 @@ class Settings:
     kmem_marks: tuple = (50, 200, 600)
     kmem_enforce: bool = True
     kcell_apis: tuple = ("openai_images", "openrouter_chat")
-    kcell_rounds: int = 10
+    kcell_rounds: int = 8
     kcell_warmup: int = 2
 
 
