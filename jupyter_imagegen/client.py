@@ -468,29 +468,37 @@ class _CallContext:
         return state.finish()
 
     async def _materialise(self, parsed: Parsed, api_url: str, index: int) -> List[Artifact]:
-        """The parsed images as checked Artifacts (downloaded first when the answer gave URLs);
-        an `image_received` event for each."""
-        arts = []
+        """The parsed images as checked Artifacts (downloaded first when the answer gave URLs).
+        The images of one answer are decoded at once (worker threads for large ones), and each
+        has its `image_received` event as soon as it decoded, so its preview can start while
+        the others still decode."""
+        pending = []   # (artifact, what to raise when it does not decode)
         for ref in parsed.images:
             if ref.data is None and ref.url:
                 shown = redact_url(ref.url)
                 data, mime = await self._download(ref.url)
                 art = Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=shown)
-                problem = await _decode_problem(art)
-                if problem:
-                    raise ImageAPIError(None, f"the image at {shown} is unusable: {problem}", ref.url)
+                pending.append((art, lambda problem, shown=shown, url=ref.url: ImageAPIError(
+                    None, f"the image at {shown} is unusable: {problem}", url)))
             else:
                 if sniff_mime(ref.data or b"") is None:
                     raise NoImageError(200, "the API sent image data that is not a PNG, JPEG, WebP or GIF", api_url)
                 art = Artifact(ref.data, ref.mime_type, revised_prompt=ref.revised_prompt)
                 ref.data = None    # the artifact holds the bytes now: no second reference
-                problem = await _decode_problem(art)
-                if problem:
-                    raise NoImageError(200, f"the API sent an unusable image: {problem}", api_url)
-            arts.append(art)
-        for art in arts:
-            await self.client._emit(self.callbacks, ev.IMAGE_RECEIVED, self.rid, index=index, artifact=art)
-        return arts
+                pending.append((art, lambda problem: NoImageError(
+                    200, f"the API sent an unusable image: {problem}", api_url)))
+
+        async def check(art: Artifact) -> Optional[str]:
+            problem = await _decode_problem(art)
+            if problem is None:
+                await self.client._emit(self.callbacks, ev.IMAGE_RECEIVED, self.rid, index=index, artifact=art)
+            return problem
+
+        problems = await asyncio.gather(*(check(art) for art, _ in pending))
+        for (_, error), problem in zip(pending, problems):
+            if problem:
+                raise error(problem)
+        return [art for art, _ in pending]
 
     async def _download(self, url: str) -> Tuple[bytes, str]:
         """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only."""
