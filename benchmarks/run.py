@@ -1010,13 +1010,13 @@ class Settings:
     small: int = 64            # the fan-out rows' small payload
     medium: int = 1024         # typical model output (about 2 MB)
     large: int = 4096
-    rounds_tiny: int = 300
+    rounds_tiny: int = 200
     rounds_medium: int = 30
     rounds_large: int = 5
     mem_reps: int = 2
     fanout_n: int = 16
     fanout_latency_ms: int = 300
-    fanout_reps: int = 5
+    fanout_reps: int = 4
     default_fanout_n: int = 8
     concurrent_calls: int = 64
     concurrent_latency_ms: int = 50
@@ -1033,8 +1033,8 @@ class Settings:
     kmem_marks: tuple = (50, 200, 600)
     kmem_enforce: bool = True
     kcell_apis: tuple = ("openai_images", "openrouter_chat")
-    kcell_rounds: int = 8
-    kcell_warmup: int = 2
+    kcell_rounds: int = 6
+    kcell_warmup: int = 1
 
 
 QUICK = Settings(small=32, medium=128, large=256, rounds_tiny=5, rounds_medium=3, rounds_large=2, mem_reps=1,
@@ -1131,7 +1131,7 @@ def run_all(s: Settings, workdir: Path, log=print) -> Report:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (seconds; for smoke tests)")
-    ap.add_argument("--rounds", type=int, help="rounds for the 8 kB per-request rows (default 300)")
+    ap.add_argument("--rounds", type=int, help="rounds for the 8 kB per-request rows (default 200)")
     ap.add_argument("--no-emulator", action="store_true", help="skip the fan-out row against the emulator")
     ap.add_argument("--no-kernel", action="store_true", help="skip the rows that run a Jupyter kernel (6.)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
