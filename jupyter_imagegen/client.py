@@ -397,7 +397,9 @@ class _CallContext:
         """Send `call` once: (status, content type, Retry-After, body), or the Parsed result of a
         stream. Transport failures raise typed errors."""
         session = self.client._get_session()
-        timeout = aiohttp.ClientTimeout(total=self.timeout, connect=self.cfg.connect_timeout)
+        # sock_connect, not connect: `connect` wraps every pool checkout in a timeout context (a
+        # cost on each request, even on a kept-alive connection); the socket connect is what we bound
+        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.cfg.connect_timeout)
         kwargs: Dict[str, Any] = {"headers": self._headers(call), "timeout": timeout}
         if call.form is not None:
             kwargs["data"] = call.form_data()
