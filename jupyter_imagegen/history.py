@@ -102,6 +102,9 @@ class HistoryEntry:
         self.bytes = sum(a.nbytes for a in resp.artifacts)
         self._paths = resp.paths          # the same list: paths saved after recording show up too
         self._response = resp
+        #: the table's thumbnails once made (a few kB each: kept, so showing the table later does
+        #: not read spooled images back)
+        self._thumbs: Optional[List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]] = None
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -127,8 +130,12 @@ class HistoryEntry:
         return list(self._response.artifacts)
 
     def memory_cost(self) -> int:
-        """Bytes this entry's images hold in memory now (bytes, previews, kept pixels)."""
-        return sum(a.memory_cost() for a in self._response.artifacts)
+        """Bytes this entry's images hold in memory now (bytes, previews, kept pixels) and its
+        thumbnails."""
+        return sum(a.memory_cost() for a in self._response.artifacts) + self._thumb_bytes()
+
+    def _thumb_bytes(self) -> int:
+        return sum(len(t[1]) for t in self._thumbs or ())
 
     @property
     def images(self) -> list:
@@ -140,9 +147,11 @@ class HistoryEntry:
         return arts[0].image if arts else None
 
     def thumbnails(self) -> List[Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]]:
-        """(mime, bytes, (w, h)) of each image at most `THUMB_SIDE` px (made from the preview
-        already shown when there is one; kept by the artifact, within the memory budget)."""
-        return [preview(a, THUMB_SIDE) for a in self._response.artifacts]
+        """(mime, bytes, (w, h)) of each image at most `THUMB_SIDE` px, made once (from the
+        preview already shown when there is one) and kept by the entry."""
+        if self._thumbs is None:
+            self._thumbs = [preview(a, THUMB_SIDE) for a in self._response.artifacts]
+        return self._thumbs
 
     # -- actions --------------------------------------------------------------------------------
     def to_request(self, **overrides: Any) -> ImageRequest:
@@ -300,6 +309,7 @@ class History:
             entries = list(self._entries)
         seen, total = set(), 0
         for e in entries:
+            total += e._thumb_bytes()
             for a in e._response.artifacts:
                 if id(a) not in seen:
                     seen.add(id(a))

@@ -85,11 +85,14 @@ def test_bounded_entries_and_what_they_really_hold():
     thumbs = e1.thumbnails()
     assert len(thumbs) == 2 and all(t[1] and max(t[2]) <= 96 for t in thumbs)
     assert h.bytes_in_memory > e1.bytes                        # the thumbnails are counted too
+    thumb_bytes = sum(len(t[1]) for t in thumbs)
     for a in first.artifacts:
         a.spill()                                              # what the memory budget does
-    assert h.bytes_in_memory == 0 and not any(a.in_memory for a in first.artifacts)
+    assert h.bytes_in_memory == thumb_bytes and not any(a.in_memory for a in first.artifacts)
+    assert e1.thumbnails() == thumbs                           # kept: showing the table reads nothing back
+    assert not any(a.in_memory for a in first.artifacts)
     assert [a.data for a in e1.artifacts] == original          # read back when used
-    assert h.bytes_in_memory == e1.bytes
+    assert h.bytes_in_memory == e1.bytes + thumb_bytes
     assert memory.stats()["read_back"] >= 2
     for i in range(3):
         h.record(fake(f"more {i}"))
