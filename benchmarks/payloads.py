@@ -124,3 +124,14 @@ def fill(parts: List[bytes], pngs: Sequence[bytes]) -> bytes:
         out.append(base64.b64encode(png))
         out.append(tail)
     return b"".join(out)
+
+
+def extract(api: str, payload: Dict[str, Any]) -> bytes:
+    """The bare baseline's parse: the minimum to get the image bytes out of each wire shape."""
+    if api == "openai_images":
+        return base64.b64decode(payload["data"][0]["b64_json"])
+    if api == "openai_responses":
+        item = next(o for o in payload["output"] if o["type"] == "image_generation_call")
+        return base64.b64decode(item["result"])
+    url = payload["choices"][0]["message"]["images"][0]["image_url"]["url"]
+    return base64.b64decode(url[url.index(",") + 1:])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import ctypes
 import gc
 import io
@@ -38,6 +37,8 @@ import aiohttp
 from PIL import Image
 
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
+
+from benchmarks import payloads
 
 TOKEN = "sk-bench-0123456789abcdef"
 PROMPT = "a lighthouse at dusk, watercolour"
@@ -74,16 +75,6 @@ def trim() -> None:
         pass
 
 
-def extract(api: str, payload) -> bytes:
-    if api == "openai_images":
-        return base64.b64decode(payload["data"][0]["b64_json"])
-    if api == "openai_responses":
-        item = next(o for o in payload["output"] if o["type"] == "image_generation_call")
-        return base64.b64decode(item["result"])
-    url = payload["choices"][0]["message"]["images"][0]["image_url"]["url"]
-    return base64.b64decode(url[url.index(",") + 1:])
-
-
 async def main_async(args) -> dict:
     if args.side == "client":
         client = ImageClient(ImageConfig(api_type=args.api, base_url=args.url, token=TOKEN))
@@ -102,7 +93,7 @@ async def main_async(args) -> dict:
             async with session.post(base + PATHS[args.api], json=BODIES[args.api], headers=headers) as r:
                 raw = await r.read()
                 assert r.status == 200, r.status
-            png = extract(args.api, json.loads(raw))
+            png = payloads.extract(args.api, json.loads(raw))
             im = Image.open(io.BytesIO(png))
             im.load()
             return png, im

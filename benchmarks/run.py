@@ -253,17 +253,6 @@ def _sdk(base_url: str):
     return AsyncOpenAI(base_url=base_url, api_key=TOKEN, max_retries=0)
 
 
-def _extract(api: str, payload: Dict[str, Any]) -> bytes:
-    """The bare baseline's parse: the minimum to get the image bytes out of each wire shape."""
-    if api == "openai_images":
-        return base64.b64decode(payload["data"][0]["b64_json"])
-    if api == "openai_responses":
-        item = next(o for o in payload["output"] if o["type"] == "image_generation_call")
-        return base64.b64decode(item["result"])
-    url = payload["choices"][0]["message"]["images"][0]["image_url"]["url"]
-    return base64.b64decode(url[url.index(",") + 1:])
-
-
 def png_label(png: bytes) -> str:
     """'1024px 2.05 MB PNG'"""
     side = Image.open(io.BytesIO(png)).size[0]
@@ -326,7 +315,7 @@ async def _in_process(server: ServerProcess, payload: str, api: str, rounds: int
         return resp.artifacts[0].image
 
     async def floor():
-        return _pillow(_extract(api, json.loads(body)))
+        return _pillow(payloads.extract(api, json.loads(body)))
 
     try:
         return await interleaved({"client": client, "floor": floor}, rounds, warmup, seed=21)
@@ -371,7 +360,7 @@ async def bench_overhead(report: Report, server: ServerProcess, payload: str, la
             async with session.post(url, json=body, headers=headers) as r:
                 raw = await r.read()
                 assert r.status == 200
-            data = _extract(api, json.loads(raw))
+            data = payloads.extract(api, json.loads(raw))
             split.append(time.perf_counter() - t0)
             return _pillow(data)
 
@@ -461,7 +450,7 @@ def _bare_fanout(session: aiohttp.ClientSession, api: str, url: str, body: Dict[
         async with session.post(url, json=body, headers=headers) as r:
             raw = await r.read()
             assert r.status == 200
-        return _pillow(_extract(api, json.loads(raw)))
+        return _pillow(payloads.extract(api, json.loads(raw)))
 
     async def fanout() -> float:
         t0 = time.perf_counter()
@@ -574,7 +563,7 @@ async def bench_concurrent(report: Report, server: ServerProcess, label: str, ca
         async with session.post(url, json=body, headers=headers) as r:
             raw = await r.read()
             assert r.status == 200
-        return _pillow(_extract(api, json.loads(raw)))
+        return _pillow(payloads.extract(api, json.loads(raw)))
 
     async def ours():
         await asyncio.gather(*(one_ours() for _ in range(calls)))
@@ -715,7 +704,7 @@ async def bench_large(report: Report, server: ServerProcess, payload: str, png: 
         return resp.artifacts[0].image
 
     async def floor():
-        return _pillow(_extract("openai_images", json.loads(body)))
+        return _pillow(payloads.extract("openai_images", json.loads(body)))
 
     async def pillow():
         return _pillow(png)
@@ -760,7 +749,7 @@ async def bench_large(report: Report, server: ServerProcess, payload: str, png: 
         async def bare():
             async with session.post(url, json=req_json, headers=headers) as r:
                 raw = await r.read()
-            data = _extract("openai_images", json.loads(raw))
+            data = payloads.extract("openai_images", json.loads(raw))
             return _pillow(data)
 
         await bare()  # the server builds and caches its 47 MB answer on the first request
