@@ -372,3 +372,21 @@ def test_generate_sync_from_a_script(emulator_thread):
     client.close_sync()
     assert first.success and second.success
     assert first.artifacts[0].data != second.artifacts[0].data
+
+
+@pytest.mark.parametrize("api_type, fmt", [("openai_images", "png"), ("openai_images", "jpeg"),
+                                           ("openai_images", "webp"), ("openai_responses", "png"),
+                                           ("openrouter_chat", None)])
+async def test_an_image_cut_short_is_a_failure_not_a_success(emulator, api_type, fmt):
+    """A PNG whose chunks are intact but whose pixel stream stops half-way (or a JPEG / WebP
+    ending half-way) passes a structural check; the client decodes every answer completely, so
+    it is a failed call with the reason instead of a success whose `.image` raises later."""
+    rec = Recorder()
+    async with make_client(emulator, api_type, max_attempts=1) as client:
+        resp = await client.generate(ImageRequest("a red fox in snow", output_format=fmt,
+                                                  headers={"X-Emulator-Fault": "cut_image"}), on_event=rec)
+        assert not resp.success and not resp.artifacts
+        assert "unusable image" in resp.error and "cannot be decoded" in resp.error, resp.error
+        assert rec.of("image_received") == []
+        good = await client.generate(ImageRequest("a red fox in snow", output_format=fmt))
+    assert good.success and good.artifacts[0].image.size[0] > 0

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from .faults import Fault
-from .images import MIME_BY_FORMAT, RenderSpec, open_image, parse_data_url, placeholder_image, render, stamp_text
+from .images import MIME_BY_FORMAT, RenderSpec, cut_image, open_image, parse_data_url, placeholder_image, render, stamp_text
 from .state import EmulatorState
 from .validate import OPENROUTER, ApiError, RequestImage
 
@@ -61,6 +61,8 @@ class Call:
         loop = asyncio.get_running_loop()
         self.entry["stamps"] = [stamp_text(s) for s in specs]   # what each picture says in its corner
         datas = await asyncio.gather(*(loop.run_in_executor(None, render, s) for s in specs))
+        if self.fault_name == "cut_image":
+            datas = [cut_image(d) for d in datas]
         return [Generated(d, MIME_BY_FORMAT[s.fmt], s.fmt, s.width, s.height) for d, s in zip(datas, specs)]
 
     async def resolve_image(self, ref: RequestImage) -> bytes:

@@ -17,6 +17,9 @@ A fault spec is ``name[:k=v[,k=v...]]``, for example ``429:retry_after=2``,
                        Content-Length matches what is sent).
 ``invalid_json``       200 ``application/json`` with a body that is not JSON.
 ``no_image``           200 in the right shape but without any image.
+``cut_image``          200 in the right shape whose images are cut short: a PNG with every
+                       chunk intact (lengths, CRCs, IEND) but half its pixel stream, a JPEG
+                       or WebP ending half-way (only a full decode notices).
 ``slow_headers``       sleep ``delay`` seconds (default 2) before answering normally.
 ``slow_body``          send the headers and half the body, stall ``delay`` seconds
                        (default 2), then send the rest.
@@ -51,7 +54,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 #: faults that answer (or hang up) before the request is looked at
 PRE_FAULTS = ("html", "reset", "slow_headers")
 #: faults that change a successful answer
-POST_FAULTS = ("reset_after_headers", "truncate", "invalid_json", "no_image", "slow_body", "url")
+POST_FAULTS = ("reset_after_headers", "truncate", "invalid_json", "no_image", "slow_body", "url", "cut_image")
 #: faults that change a ``"stream": true`` answer (ignored otherwise)
 STREAM_FAULTS = ("stream_break", "stream_error", "stream_slow")
 NOOP_FAULTS = ("ok", "none")

@@ -268,3 +268,26 @@ def placeholder_image(text: str, size: Tuple[int, int] = (512, 512)) -> bytes:
         d.text((10, 10 + i * int(font.size * 1.3) if hasattr(font, "size") else 10 + i * 14), line,
                font=font, fill=(255, 255, 255))
     return encode(im, "png")
+
+
+def cut_image(data: bytes) -> bytes:
+    """`data` cut short the way a broken upstream cuts it: a PNG keeps every chunk intact (valid
+    lengths and CRCs, IEND) but its compressed pixel stream stops half-way, so only a full decode
+    notices; other formats (JPEG, WebP) simply end half-way."""
+    import struct
+    import zlib
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return data[: max(16, len(data) // 2)]
+    pos, head, idat = 8, b"", b""
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos:pos + 12 + length]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        elif kind != b"IEND" and not idat:
+            head += chunk
+        pos += 12 + length
+    body = idat[: max(1, len(idat) // 2)]
+    chunk = struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return data[:8] + head + chunk + end
