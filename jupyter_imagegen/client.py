@@ -587,12 +587,6 @@ def _detached(e: ImageAPIError) -> ImageAPIError:
 MAX_RECEIVED_PIXELS = 16384 * 16384
 
 
-def received_image_problem(data: bytes) -> Optional[str]:
-    """Why received image bytes must not be shown (None when they are fine): a possible
-    decompression bomb, or bytes that do not decode completely (damaged or truncated)."""
-    return _decoded(Artifact(data))
-
-
 #: images up to this size are decoded on the loop's thread (a thread hop costs more than that)
 INLINE_DECODE_BYTES = 256 * 1024
 

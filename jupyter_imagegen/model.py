@@ -77,6 +77,14 @@ def _open(data: bytes, *, check: bool = True):
     return im
 
 
+def _too_many_pixels(size: Tuple[int, int], max_pixels: int) -> Optional[str]:
+    """Why an image of `size` is refused (None when it is within `max_pixels`)."""
+    w, h = size
+    if w * h > max_pixels:
+        return f"refused as a possible decompression bomb ({w}x{h} pixels is over the limit of {max_pixels:,})"
+    return None
+
+
 def _image_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
     try:
         with _open(data, check=False) as im:  # reads the header only
@@ -239,12 +247,14 @@ class Artifact:
     def image(self):
         """The image as a PIL.Image: decoded on access, and again once no one holds the last one
         (so a long session does not keep every image's pixels)."""
-        im = self._pixels
-        if im is None and self._pixels_ref is not None:
-            im = self._pixels_ref()
-        if im is None:
-            im = self.decode(keep=False)
-        return im
+        im = self._held_image()
+        return im if im is not None else self.decode(keep=False)
+
+    def _held_image(self):
+        """The decoded pixels if they are still here (kept, or held by someone), else None."""
+        if self._pixels is not None:
+            return self._pixels
+        return self._pixels_ref() if self._pixels_ref is not None else None
 
     def decode(self, *, keep: bool = True, max_pixels: Optional[int] = None):
         """Decode every pixel now: raises on a damaged or truncated image and refuses a
@@ -252,10 +262,10 @@ class Artifact:
         the pixels until a preview is made from them (counted in the memory budget)."""
         data = self.data
         im = _open_checked(data)   # a decompression bomb raises before any pixel is decoded
-        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+        refused = _too_many_pixels(im.size, max_pixels) if max_pixels is not None else None
+        if refused:
             im.close()
-            raise ValueError(f"refused as a possible decompression bomb ({im.size[0]}x{im.size[1]} pixels is "
-                             f"over the limit of {max_pixels:,})")
+            raise ValueError(refused)
         im.load()
         self._size = im.size
         self._pixels_ref = weakref.ref(im)
@@ -294,7 +304,7 @@ class Artifact:
 
     def _preview_source(self, key: int):
         """Pixels to downscale: kept pixels, a larger preview already made, else a new decode."""
-        im = self._pixels if self._pixels is not None else (self._pixels_ref() if self._pixels_ref else None)
+        im = self._held_image()
         if im is not None:
             return im
         if key:
@@ -437,15 +447,14 @@ def image_problem(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Optional[s
     """Why image bytes must not be used (None when they are fine). Pillow reads the header and
     verifies the structure without decoding the pixels; a header claiming more than `max_pixels`
     or Pillow's own limit (which only warns up to twice the limit: refused too) is a possible
-    decompression bomb, and a file Pillow cannot parse is damaged. Shared by input images and
-    the images the API sends back."""
+    decompression bomb, and a file Pillow cannot parse is damaged. For input images (the images
+    the API sends back are decoded completely instead: `Artifact.decode`)."""
     from PIL import Image
     try:
         with _open_checked(data) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                return (f"refused as a possible decompression bomb ({w}x{h} pixels is over the limit "
-                        f"of {max_pixels:,})")
+            refused = _too_many_pixels(im.size, max_pixels)
+            if refused:
+                return refused
             im.verify()
     except Image.DecompressionBombError as e:
         return f"refused as a possible decompression bomb ({e})"
