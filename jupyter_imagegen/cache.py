@@ -7,21 +7,31 @@ and extra headers). Never the token: it is not part of the key and is never writ
 Layout: `<dir>/<key[:2]>/<key>/` holding `meta.json` and `0.png`, `1.png`, ...; an entry is
 written into a temporary folder and renamed into place, so two kernels writing at once never
 leave a half entry. Reads refresh the entry's mtime; `evict()` drops the least recently used
-entries above the size cap.
+entries above the size cap. Folders are 0700 and files 0600 (entries hold prompts and answers).
+
+An entry is read back as if it came from the network (the folder may be shared, or written by
+an older or hostile program): only plain file names inside the entry, no links, bounded sizes
+and nesting, checksums, and a full decode of every image. A bad entry is dropped and the
+request is sent again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .model import Artifact, ImageResponse, Usage
+from .model import Artifact, ImageResponse, Usage, sniff_mime
+
+log = logging.getLogger("jupyter_imagegen")
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 KEY_VERSION = 1
@@ -52,6 +62,108 @@ def request_key(resolved: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+#: what an entry's image file may be called: its index and extension, nothing else
+_IMAGE_FILE = re.compile(r"^\d{1,2}\.(png|jpg|webp|gif)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: the largest meta.json read back, and the deepest nesting it may have (this module writes 3-4
+#: levels; `usage` as the API sent it may add a few)
+MAX_META_BYTES = 4 * 1024 * 1024
+MAX_META_DEPTH = 32
+#: the largest image file read back (the client's download cap)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+#: the most images one entry may hold (the largest n)
+MAX_IMAGES = 16
+
+
+class _BadEntry(Exception):
+    """Why a cache entry cannot be used."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_confined(entry: Path, name: str, cap: int) -> bytes:
+    """The bytes of the regular file `name` directly inside `entry`: no link followed, at most
+    `cap` bytes."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(entry / name, flags)
+    except OSError as e:
+        raise _BadEntry(f"{name}: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _BadEntry(f"{name} is not a regular file")
+        if st.st_size > cap:
+            raise _BadEntry(f"{name} is {st.st_size:,} bytes, over the {cap:,} limit")
+        return f.read(cap + 1)
+
+
+def _nesting(value: Any, limit: int) -> bool:
+    """True when `value` (decoded JSON) is nested deeper than `limit` (an iterative walk)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _optional_str(meta: Dict[str, Any], name: str) -> None:
+    if meta.get(name) is not None and not isinstance(meta[name], str):
+        raise _BadEntry(f"meta.json: {name!r} is not a string")
+
+
+def _read_entry(entry: Path, key: str) -> Tuple[List[Artifact], Dict[str, Any]]:
+    """An entry's images and metadata, checked as if they came from the network."""
+    try:
+        meta = json.loads(_read_confined(entry, "meta.json", MAX_META_BYTES))
+    except RecursionError:
+        raise _BadEntry("meta.json is nested too deeply") from None
+    except ValueError as e:
+        raise _BadEntry(f"meta.json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _BadEntry("meta.json is not a JSON object")
+    if _nesting(meta, MAX_META_DEPTH):
+        raise _BadEntry(f"meta.json is nested deeper than {MAX_META_DEPTH} levels")
+    if meta.get("key") != key:
+        raise _BadEntry("meta.json belongs to another entry")
+    for name in ("text", "revised_prompt", "model", "api_type", "prompt"):
+        _optional_str(meta, name)
+    if meta.get("usage") is not None and not isinstance(meta["usage"], dict):
+        raise _BadEntry("meta.json: 'usage' is not an object")
+    images = meta.get("images")
+    if not isinstance(images, list) or not 1 <= len(images) <= MAX_IMAGES:
+        raise _BadEntry(f"meta.json: 'images' is not a list of 1 to {MAX_IMAGES} entries")
+    arts = []
+    for i, item in enumerate(images):
+        if not isinstance(item, dict):
+            raise _BadEntry(f"meta.json: images[{i}] is not an object")
+        name, digest = item.get("file"), item.get("sha256")
+        if not isinstance(name, str) or not _IMAGE_FILE.match(name):
+            raise _BadEntry(f"meta.json: images[{i}] names {str(name)[:60]!r}, not a file of this entry")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise _BadEntry(f"meta.json: images[{i}] has no SHA-256")
+        _optional_str(item, "revised_prompt")
+        _optional_str(item, "mime_type")
+        data = _read_confined(entry, name, MAX_IMAGE_BYTES)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _BadEntry(f"{name} does not match its checksum")
+        if sniff_mime(data) is None:
+            raise _BadEntry(f"{name} is not a PNG, JPEG, WebP or GIF image")
+        art = Artifact(data, item.get("mime_type"), index=i, revised_prompt=item.get("revised_prompt"))
+        problem = art.decode_problem()
+        if problem:
+            raise _BadEntry(f"{name}: {problem}")
+        arts.append(art)
+    return arts, meta
+
+
 class RequestCache:
     def __init__(self, directory: Optional[os.PathLike] = None, max_bytes: int = DEFAULT_MAX_BYTES):
         self.dir = Path(directory) if directory is not None else default_cache_dir()
@@ -64,17 +176,19 @@ class RequestCache:
         return self.dir / key[:2] / key
 
     def get(self, key: str) -> Optional[Tuple[List[Artifact], Dict[str, Any]]]:
+        """The entry's checked images and metadata; None on a miss. An entry is read like a
+        network answer: its files are confined to its folder (plain names, no links), its
+        metadata must have the shape this module writes, and every image must match its checksum
+        and decode completely. A bad entry is dropped (and so fetched again), never trusted."""
         entry = self._entry(key)
+        if not os.path.lexists(entry / "meta.json"):
+            return None
         try:
-            meta = json.loads((entry / "meta.json").read_text("utf-8"))
-            arts = []
-            for i, item in enumerate(meta["images"]):
-                data = (entry / item["file"]).read_bytes()
-                if hashlib.sha256(data).hexdigest() != item["sha256"]:
-                    return None  # damaged entry: treat as a miss
-                arts.append(Artifact(data, item.get("mime_type"), index=i,
-                                     revised_prompt=item.get("revised_prompt")))
-        except (OSError, ValueError, KeyError, TypeError):
+            arts, meta = _read_entry(entry, key)
+        except _BadEntry as e:
+            log.warning("the request cache entry %s is unusable (%s): dropped, the request is sent again",
+                        key[:12], e)
+            self._drop(entry)
             return None
         try:
             now = time.time()
@@ -83,27 +197,52 @@ class RequestCache:
             pass
         return arts, meta
 
+    def has(self, key: str) -> bool:
+        """Whether an entry exists (not checked: `get` checks it)."""
+        return os.path.lexists(self._entry(key) / "meta.json")
+
+    def _drop(self, entry: Path) -> None:
+        trash = entry.with_name(f".drop-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(entry, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _private_dir(self, path: Path) -> None:
+        """`path` (and the cache folder above it) created as 0700: entries hold prompts and
+        answers. An existing cache folder of an older version is tightened too."""
+        for d in (self.dir, path):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                if os.stat(d).st_mode & 0o077:
+                    os.chmod(d, 0o700)
+            except OSError:
+                pass
+
     def put(self, key: str, resp: ImageResponse) -> Optional[Path]:
-        """Store a fully successful response. Returns the entry folder (None if not stored)."""
+        """Store a fully successful response. Returns the entry folder (None if not stored).
+        Folders are 0700, files 0600."""
         if not resp.success or resp.errors or not resp.artifacts:
             return None
         final = self._entry(key)
         if final.exists():
             shutil.rmtree(final, ignore_errors=True)  # --fresh replaces the entry
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+        self._private_dir(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))   # 0700
         try:
             images = []
             for a in resp.artifacts:
                 name = f"{a.index}{a.extension}"
-                (tmp / name).write_bytes(a.data)
-                images.append({"file": name, "mime_type": a.mime_type, "sha256": hashlib.sha256(a.data).hexdigest(),
+                data = a.data
+                _write_private(tmp / name, data)
+                images.append({"file": name, "mime_type": a.mime_type, "sha256": hashlib.sha256(data).hexdigest(),
                                "revised_prompt": a.revised_prompt})
             meta = {"key": key, "created": time.time(), "images": images, "text": resp.text,
                     "revised_prompt": resp.revised_prompt, "model": resp.model, "api_type": resp.api_type,
                     "usage": resp.usage.raw if resp.usage else None,
                     "prompt": resp.request.prompt if resp.request else None}
-            (tmp / "meta.json").write_text(json.dumps(meta), "utf-8")
+            _write_private(tmp / "meta.json", json.dumps(meta).encode("utf-8"))
             try:
                 os.rename(tmp, final)
             except OSError:  # another writer got there first: theirs is as good as ours

@@ -15,16 +15,20 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from . import events as ev
 from . import loop_thread
-from .config import DEFAULT_BASE_URLS, DEFAULT_MODELS, ImageConfig, mask_token, validate_api_type, validate_base_url
+from . import netguard
+from .config import (DEFAULT_MODELS, ImageConfig, Secret, auth_header, mask_token, scrub_secrets,
+                     secret_forms, validate_api_type, validate_base_url)
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
 from .cache import RequestCache, request_key
 from .providers import get_provider
-from .providers.base import HttpCall, Parsed, Provider, Resolved, StreamBroken, error_message_from_body
+from .providers.base import (AnswerTooDeep, HttpCall, ImageRef, Parsed, Provider, Resolved, StreamBroken, StreamState,
+                             error_message_from_body, load_json_answer)
 from .sse import SSEError, SSEParser
 from .retry import is_retryable_status, next_delay, parse_retry_after
 from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sniff_mime
@@ -71,6 +75,9 @@ class ImageClient:
         #: the sessions this client made, one per event loop it was used on (a session cannot
         #: cross loops: the kernel's blocking calls run on the background loop, `await` on yours)
         self._sessions: Dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        #: the sessions for image downloads while the API is public (connections to public
+        #: addresses only: netguard), one per event loop, made by this client even with `session=`
+        self._downloads: Dict[asyncio.AbstractEventLoop, netguard.DownloadSession] = {}
 
     def __repr__(self) -> str:
         c = self.config
@@ -104,27 +111,48 @@ class ImageClient:
         self._session = session
         return session
 
+    def _get_download_session(self) -> aiohttp.ClientSession:
+        """The session that fetches image URLs while the API is public: it connects only to
+        public addresses (netguard.DownloadSession); a caller's `session=` is not used for it."""
+        loop = asyncio.get_running_loop()
+        guarded = self._downloads.get(loop)
+        if guarded is None or guarded.session.closed:
+            for other, old in list(self._downloads.items()):
+                if other.is_closed():
+                    del self._downloads[other]
+                    old.session.detach()
+            guarded = netguard.DownloadSession(limit_per_host=self.config.max_connections,
+                                               headers={"User-Agent": USER_AGENT})
+            self._downloads[loop] = guarded
+        return guarded.session
+
     async def close(self) -> None:
         """Close the HTTP sessions (idempotent), from any event loop: a session made on another
         loop that still runs (the background loop of blocking calls) is closed there."""
         sessions, self._sessions = self._sessions, {}
+        downloads, self._downloads = self._downloads, {}
         if self._own_session:
             self._session = None
         current = asyncio.get_running_loop()
-        for loop, session in sessions.items():
+        closing = [(loop, s, s.close) for loop, s in sessions.items()]
+        closing += [(loop, d.session, d.close) for loop, d in downloads.items()]
+        for loop, session, close in closing:
             if session.closed:
                 continue
             if loop is current:
-                await session.close()
+                await close()
             elif loop.is_running():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session.close(), loop))
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), loop))
             else:  # its loop is gone or stopped: nothing can be awaited there
                 session.detach()
 
     def close_sync(self) -> None:
         """Close from synchronous code (scripts, atexit)."""
-        if not any(not s.closed for s in self._sessions.values()):
+        open_ = [s for s in self._sessions.values() if not s.closed]
+        open_ += [d.session for d in self._downloads.values() if not d.session.closed]
+        if not open_:
             self._sessions.clear()
+            self._downloads.clear()
             if self._own_session:
                 self._session = None
             return
@@ -139,9 +167,7 @@ class ImageClient:
             raise RequestError("the prompt is empty: write what the image should show")
         cfg = self.config
         api_type = validate_api_type(request.api_type, "api_type") if request.api_type else cfg.api_type
-        base = validate_base_url(request.base_url, "base_url") if request.base_url else cfg.base_url
-        if base is None or (base in DEFAULT_BASE_URLS.values() and base != DEFAULT_BASE_URLS[api_type]):
-            base = DEFAULT_BASE_URLS[api_type]  # a vendor's default URL does not carry over to the other vendor
+        base = cfg.base_url_for(api_type, validate_base_url(request.base_url, "base_url") if request.base_url else None)
         model = request.model or (cfg.model if api_type == cfg.api_type and cfg.model else DEFAULT_MODELS[api_type])
         inputs = [InputImage.from_any(v, label=f"input image {i + 1}") for i, v in enumerate(request.images or [])]
         mask = InputImage.from_any(request.mask, label="mask") if request.mask is not None else None
@@ -154,7 +180,8 @@ class ImageClient:
             raise RequestError(f"max_attempts={request.max_attempts!r} must be a whole number >= 1")
         return resolved, provider
 
-    def _token(self, request: ImageRequest) -> Tuple[str, str]:
+    def _token(self, request: ImageRequest) -> Tuple[Secret, str]:
+        """The key for `request` (a Secret: masked wherever it is shown) and its hint."""
         token = request.token or self.config.token
         if not token:
             raise MissingTokenError(self.config.token_source)
@@ -186,10 +213,12 @@ class ImageClient:
         use_cache = self.cache is not None and request.cache is not False
         key = request_key(resolved) if use_cache else None
         call = provider.build(resolved)  # once: every fan-out call and retry sends the same request
-        api_url = call.url
+        api_url = scrub_secrets(call.url, (request.token, self.config.token))   # as events show it
         if use_cache and not request.fresh:
-            hit = self.cache.response(key, resolved, rid, api_url,
-                                      self.config.auth_hint if not request.token else None)
+            # read and checked in a worker thread: every cached image is decoded, as an answer is
+            hit = await asyncio.get_running_loop().run_in_executor(
+                None, self.cache.response, key, resolved, rid, api_url,
+                self.config.auth_hint if not request.token else None)
             if hit is not None:  # no token needed: nothing is sent
                 await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
                                  model=resolved.model, api_url=hit.api_url, n=request.n, calls=0,
@@ -202,7 +231,7 @@ class ImageClient:
         max_attempts = request.max_attempts or self.config.max_attempts
         timeout = float(request.timeout or self.config.timeout)
         calls = provider.calls_needed(resolved)
-        scrub = _Scrubber(token)
+        scrub = _Scrubber(token, self.config.token)
         t0 = time.monotonic()
         if callbacks:   # (each emit builds its fields: not on the hot path of scripts and benchmarks)
             await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type, model=resolved.model,
@@ -294,32 +323,68 @@ class ImageClient:
 
 
 class _Scrubber:
-    """Replaces the token wherever a server (or a library) echoes it back."""
+    """Replaces the key (as is, percent-encoded or JSON-escaped) wherever a server, or a library,
+    echoes it back: in every string of an answer before it is stored or shown."""
 
-    def __init__(self, token: str):
-        self.token = token
-        self.mask = mask_token(token)
+    def __init__(self, *tokens: Optional[Secret]):
+        self.tokens = [t for t in tokens if t]
 
     def __call__(self, text: Optional[str]) -> str:
         if not text:
             return text or ""
-        return text.replace(self.token, self.mask) if self.token else text
+        return scrub_secrets(text, self.tokens)
+
+    def value(self, value: Any) -> Any:
+        """`value` (a str, or JSON-like data such as `usage`) with the key out of every string,
+        dict keys included; anything else passes through. Iterative: answers may be deep."""
+        if isinstance(value, str):
+            return self(value)
+        if not isinstance(value, (dict, list)):
+            return value
+        root: List[Any] = [None]
+        stack = [(value, root, 0)]
+        while stack:
+            item, parent, slot = stack.pop()
+            if isinstance(item, dict):
+                copy: Any = {}
+                for k, v in item.items():
+                    k = self(k) if isinstance(k, str) else k
+                    copy[k] = None
+                    stack.append((v, copy, k))
+            elif isinstance(item, list):
+                copy = [None] * len(item)
+                for i, v in enumerate(item):
+                    stack.append((v, copy, i))
+            else:
+                copy = self(item) if isinstance(item, str) else item
+            parent[slot] = copy
+        return root[0]
 
     def bytes(self, body: bytes) -> bytes:
         """The same for a raw body, before anything cuts it (a cut key would escape replace())."""
-        return body.replace(self.token.encode(), self.mask.encode()) if self.token and body else body
+        if not body:
+            return body
+        for token in self.tokens:
+            mask = mask_token(token).encode()
+            for form in secret_forms(token):
+                body = body.replace(form.encode(), mask)
+        return body
 
 
 class _CallContext:
     """Everything one HTTP call (with its retries) needs; `run(index)` is one call of a fan-out."""
 
-    def __init__(self, client: ImageClient, provider: Provider, r: Resolved, call: HttpCall, token: str,
+    def __init__(self, client: ImageClient, provider: Provider, r: Resolved, call: HttpCall, token: Secret,
                  callbacks: List[EventCallback], rid: str, max_attempts: int, timeout: float,
                  scrub: _Scrubber, fanout: bool):
         self.client, self.provider, self.r, self.call, self.token = client, provider, r, call, token
         self.callbacks, self.rid, self.max_attempts, self.timeout = callbacks, rid, max_attempts, timeout
         self.scrub, self.fanout = scrub, fanout
         self.cfg = client.config
+        #: whether the API is on a loopback/private address (then image URLs may be too): asked once
+        self._api_private: Optional[bool] = None
+        #: the API URL as events and errors show it (a base URL may carry the key in its path)
+        self.shown_url = scrub(call.url)
         # sock_connect, not connect: `connect` wraps every pool checkout in a timeout context (a
         # cost on each request, even on a kept-alive connection); the socket connect is what we bound
         self.http_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self.cfg.connect_timeout)
@@ -331,7 +396,7 @@ class _CallContext:
             out.attempts = attempt
             if self.callbacks:
                 await self.client._emit(self.callbacks, ev.API_CALL, self.rid, attempt=attempt,
-                                        max_attempts=self.max_attempts, api_url=call.url, index=index,
+                                        max_attempts=self.max_attempts, api_url=self.shown_url, index=index,
                                         fanout=self.fanout)
             try:
                 out.parsed = self._scrub_parsed(await self._attempt(call, index))
@@ -348,7 +413,7 @@ class _CallContext:
                                    maximum=self.cfg.backoff_max, retry_after_max=self.cfg.retry_after_max)
                 await self.client._emit(self.callbacks, ev.API_RETRY, self.rid, attempt=attempt,
                                         status_code=e.status, delay=delay, reason=e.message,
-                                        retry_after=e.retry_after, index=index, api_url=call.url)
+                                        retry_after=e.retry_after, index=index, api_url=self.shown_url)
                 await asyncio.sleep(delay)
             except ImageAPIError as e:
                 self._scrub_error(e)
@@ -368,16 +433,34 @@ class _CallContext:
 
     def _scrub_parsed(self, parsed: Parsed) -> Parsed:
         """A server that echoes the request back (a debugging proxy, a chatty model) must not put
-        the key into the text or the revised prompts we show and save."""
+        the key into anything we show, store or save: the text, the revised prompts, the model
+        name, every string of `usage` (kept whole in `usage.raw` and the cache's meta.json).
+        Image URLs are scrubbed where they are shown (`_materialise`); the download needs them
+        as sent."""
         parsed.text = self.scrub(parsed.text) or None
         parsed.revised_prompt = self.scrub(parsed.revised_prompt) or None
+        if isinstance(parsed.model, str):
+            parsed.model = self.scrub(parsed.model) or None
+        if parsed.usage is not None and parsed.usage.raw:
+            parsed.usage = Usage.from_api(self.scrub.value(parsed.usage.raw))
         for ref in parsed.images:
             ref.revised_prompt = self.scrub(ref.revised_prompt) or None
         return parsed
 
+    def _scrub_json_body(self, body: bytes) -> bytes:
+        """An error body that is JSON, with the key out of every decoded string."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return body
+        try:
+            return json.dumps(self.scrub.value(doc)).encode()
+        except (ValueError, RecursionError):
+            return body
+
     def _headers(self, call: HttpCall) -> Dict[str, str]:
         accept = "text/event-stream" if call.stream else "application/json"
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
+        headers = {"Authorization": auth_header(self.token), "Accept": accept}
         headers.update(self.r.request.headers or {})
         return headers
 
@@ -389,16 +472,52 @@ class _CallContext:
         del got   # from here on `body` is the only reference: dropped once parsed (a 4096 px answer is 30 MB)
         if status >= 400 or not (200 <= status < 300):
             clean = self.scrub.bytes(body)   # before anything cuts it
+            if b"\\u" in clean:                 # JSON escapes can spell the key in other letters
+                clean = self._scrub_json_body(clean)
             message, code = error_message_from_body(status, clean, ctype)
             raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
                                 body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
         try:
-            payload = json.loads(body)
+            payload = load_json_answer(body)
+        except AnswerTooDeep as e:
+            # not retried: a body that deep is no accident of transport (a cut body is invalid
+            # JSON, and is retried); the same request would get the same answer, and cost again
+            raise NoImageError(status, f"the API's answer is JSON {e.nesting}; not an answer this client "
+                                       "understands", call.url) from None
         except ValueError:
             kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
             raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
         del body
-        return self.provider.parse(payload, call.url)
+        return self._parse(payload, call.url, status)
+
+    # -- the boundary to the providers: whatever an answer's shape, only typed errors leave --------
+    def _parse(self, payload: Any, api_url: str, status: int) -> Parsed:
+        try:
+            parsed = self.provider.parse(payload, api_url)
+        except ImageAPIError:
+            raise
+        except Exception as e:
+            raise _not_understood(e, status, f"{self.provider.api_type} parse()", api_url) from None
+        return _checked(parsed, status, f"{self.provider.api_type} parse()", api_url)
+
+    def _fold(self, state: StreamState, event: Any) -> List[Any]:
+        """`state.on_event(event)`: the partial images of one stream event."""
+        try:
+            return list(state.on_event(event))
+        except (ImageAPIError, StreamBroken):
+            raise
+        except Exception as e:
+            raise _not_understood(e, 200, f"{self.provider.api_type} stream event", self.call.url) from None
+
+    def _finish(self, state: StreamState) -> Parsed:
+        where = f"{self.provider.api_type} stream end"
+        try:
+            parsed = state.finish()
+        except (ImageAPIError, StreamBroken):
+            raise
+        except Exception as e:
+            raise _not_understood(e, 200, where, self.call.url) from None
+        return _checked(parsed, 200, where, self.call.url)
 
     async def _receive(self, call: HttpCall, index: int) -> Union[Parsed, Tuple[int, str, Optional[float], bytes]]:
         """Send `call` once: (status, content type, Retry-After, body), or the Parsed result of a
@@ -457,13 +576,13 @@ class _CallContext:
         try:
             async for chunk in resp.content.iter_any():
                 for event in parser.feed(chunk):
-                    for part in state.on_event(event):
+                    for part in self._fold(state, event):
                         partials += 1
                         await self.client._emit(
                             self.callbacks, ev.PARTIAL_IMAGE, self.rid, index=index,
                             partial_index=part.partial_index, artifact=Artifact(part.data, index=index))
             for event in parser.close():
-                state.on_event(event)
+                self._fold(state, event)
         except SSEError as e:
             raise ImageAPIError(200, str(e), call.url) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as e:
@@ -471,7 +590,7 @@ class _CallContext:
             seen = f"after {partials} partial image{'s' if partials != 1 else ''}" if partials else "before any image"
             raise StreamBroken(f"the connection dropped {seen}, before the final image "
                                f"({type(e).__name__})", connection_lost=True) from None
-        return state.finish()
+        return self._finish(state)
 
     async def _materialise(self, parsed: Parsed, api_url: str, index: int) -> List[Artifact]:
         """The parsed images as checked Artifacts (downloaded first when the answer gave URLs).
@@ -481,7 +600,7 @@ class _CallContext:
         pending = []   # (artifact, what to raise when it does not decode)
         for ref in parsed.images:
             if ref.data is None and ref.url:
-                shown = redact_url(ref.url)
+                shown = self.scrub(redact_url(ref.url))   # the key may be in the URL's path
                 data, mime = await self._download(ref.url)
                 art = Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=shown)
                 pending.append((art, lambda problem, shown=shown, url=ref.url: ImageAPIError(
@@ -510,17 +629,21 @@ class _CallContext:
         return [art for art, _ in pending]
 
     async def _download(self, url: str) -> Tuple[bytes, str]:
-        """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only."""
+        """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only,
+        and only from public addresses unless the API itself is on a loopback or private one
+        (netguard: checked on every redirect hop and every address connected to)."""
         shown = redact_url(url)
         if urlsplit(url).scheme not in ("http", "https"):
             raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs", url)
         cap = self.cfg.max_download_bytes
-        session = self.client._get_session()
-        timeout = aiohttp.ClientTimeout(total=self.cfg.download_timeout, connect=self.cfg.connect_timeout)
+        if self._api_private is None:
+            self._api_private = await netguard.api_is_private(self.r.base_url)
+        guarded = not self._api_private
+        session = self.client._get_download_session() if guarded else self.client._get_session()
         last: Optional[str] = None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                async with session.get(url, timeout=timeout, allow_redirects=True, max_redirects=5) as resp:
+                async with await self._get_following(session, url, guarded) as resp:
                     if resp.status != 200:
                         last = f"HTTP {resp.status}"
                         if is_retryable_status(resp.status):
@@ -555,20 +678,102 @@ class _CallContext:
                                             status_code=None, delay=delay, reason=f"download failed: {last}",
                                             retry_after=None, index=None, api_url=shown)
                     await asyncio.sleep(delay)
-            except aiohttp.TooManyRedirects:
-                last = "too many redirects"
-                break
             except aiohttp.ClientError as e:
-                # a redirect to file:, ftp: or a malformed URL (aiohttp names these *Redirect*Error)
-                last = ("it redirected to a URL that is not http(s); refused" if "Redirect" in type(e).__name__
-                        else _short(e))
+                last = _short(e)
                 break
         raise ImageAPIError(None, f"could not download the image from {shown}: {last}", url)
+
+    async def _get_following(self, session: aiohttp.ClientSession, url: str, guarded: bool) -> aiohttp.ClientResponse:
+        """GET `url` (no Authorization: the session has none and none is added here), following
+        up to MAX_DOWNLOAD_REDIRECTS redirects by hand so that each hop's URL is checked like the
+        first: http(s) only and, when `guarded`, an IP literal only if public (a name is checked
+        by the download session's resolver, where the connection is made). One attempt has
+        `download_timeout` for the whole chain and the body. The caller closes the response."""
+        shown = redact_url(url)
+        deadline = time.monotonic() + self.cfg.download_timeout
+        hop = url
+        for _ in range(MAX_DOWNLOAD_REDIRECTS + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError()
+            timeout = aiohttp.ClientTimeout(total=left, connect=self.cfg.connect_timeout)
+            try:
+                if guarded:
+                    netguard.check_host(URL(hop).raw_host)
+                resp = await session.get(hop, timeout=timeout, allow_redirects=False)
+            except (netguard.AddressRefused, aiohttp.ClientConnectorError) as e:
+                refused = netguard.refusal_in(e)
+                if refused is None:
+                    raise
+                raise self._refused(url, hop, refused) from None
+            if resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                return resp
+            async with resp:   # released: its connection goes back to the pool
+                location = resp.headers["Location"]
+                try:
+                    nxt = resp.url.join(URL(location))
+                except ValueError:
+                    nxt = None
+            if nxt is None or nxt.scheme not in ("http", "https") or not nxt.raw_host:
+                # a redirect to file:, ftp: or a malformed URL
+                raise ImageAPIError(None, f"could not download the image from {shown}: it redirected to a URL "
+                                    "that is not http(s); refused", url)
+            hop = str(nxt)
+        raise ImageAPIError(None, f"could not download the image from {shown}: too many redirects "
+                            f"(more than {MAX_DOWNLOAD_REDIRECTS})", url)
+
+    def _refused(self, url: str, hop: str, refused: netguard.AddressRefused) -> ImageAPIError:
+        """The error of a download the SSRF guard stopped (not retried: it would be refused again)."""
+        api = urlsplit(self.r.base_url)
+        host = f"[{api.hostname}]" if ":" in (api.hostname or "") else api.hostname
+        api_shown = f"{api.scheme}://{host}" + (f":{api.port}" if api.port else "")
+        where = refused.describe(None if hop == url else redact_url(hop))
+        return ImageAPIError(None, f"refused to download the image from {redact_url(url)}: {where}, and images are "
+                             f"fetched only from public addresses while the API ({api_shown}) is public", url,
+                             code=DOWNLOAD_REFUSED)
 
 
 class _TransientDownload(Exception):
     pass
 
+
+def _not_understood(e: Exception, status: Optional[int], where: str, api_url: str) -> NoImageError:
+    """The error for an answer whose shape made parsing fail unexpectedly (a provider bug: a shape
+    its type checks missed). The traceback goes to the debug log, never to the user."""
+    log.debug("unexpected %s in %s", type(e).__name__, where, exc_info=e)
+    return NoImageError(status, f"the API's answer has a shape this client does not understand "
+                                f"({type(e).__name__} in {where}); nothing from it was used", api_url)
+
+
+def _checked(parsed: Any, status: Optional[int], where: str, api_url: str) -> Parsed:
+    """`parsed` when every field has the type the rest of the client relies on (text a str, image
+    data bytes, usage a Usage, ...); else the same error as an unexpected exception in `where`."""
+    def problem() -> Optional[str]:
+        if not isinstance(parsed, Parsed):
+            return f"a {type(parsed).__name__} instead of a Parsed result,"
+        for name in ("text", "revised_prompt", "model"):
+            if not isinstance(getattr(parsed, name), (str, type(None))):
+                return f"{name} is of type {type(getattr(parsed, name)).__name__},"
+        if not isinstance(parsed.usage, (Usage, type(None))) or not isinstance(parsed.images, list):
+            return "usage or images of the wrong type,"
+        for ref in parsed.images:
+            if not (isinstance(ref, ImageRef) and isinstance(ref.data, (bytes, type(None)))
+                    and isinstance(ref.url, (str, type(None))) and isinstance(ref.mime_type, (str, type(None)))
+                    and isinstance(ref.revised_prompt, (str, type(None)))):
+                return "an image entry of the wrong type,"
+        return None
+
+    wrong = problem()
+    if wrong is not None:
+        raise NoImageError(status, f"the API's answer has a shape this client does not understand "
+                                   f"({wrong} from {where}); nothing from it was used", api_url)
+    return parsed
+
+
+#: the most redirects one image download follows (each hop checked)
+MAX_DOWNLOAD_REDIRECTS = 5
+#: `ImageAPIError.code` of a download the SSRF guard refused (netguard)
+DOWNLOAD_REFUSED = "download_refused"
 
 #: how much of an error body an ImageAPIError keeps in `.body` (scrubbed first)
 MAX_ERROR_BODY = 4096
@@ -583,10 +788,6 @@ def _detached(e: ImageAPIError) -> ImageAPIError:
     return e
 
 
-#: the most pixels a received image may claim (Pillow's own bomb limit is usually lower)
-MAX_RECEIVED_PIXELS = 16384 * 16384
-
-
 #: images up to this size are decoded on the loop's thread (a thread hop costs more than that)
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -595,19 +796,8 @@ async def _decode_problem(art: Artifact) -> Optional[str]:
     """Decode `art` completely (keeping its pixels for the preview), in a worker thread when it
     is large (Pillow releases the GIL: the other calls of a fan-out go on meanwhile)."""
     if art.nbytes <= INLINE_DECODE_BYTES:
-        return _decoded(art)
-    return await asyncio.get_running_loop().run_in_executor(None, _decoded, art)
-
-
-def _decoded(art: Artifact) -> Optional[str]:
-    try:
-        art.decode(keep=True, max_pixels=MAX_RECEIVED_PIXELS)
-    except Exception as e:
-        text = str(e)
-        if "decompression bomb" in text:
-            return text if text.startswith("refused") else f"refused as a possible decompression bomb ({text})"
-        return f"the image data is damaged and cannot be decoded ({type(e).__name__}: {text})"
-    return None
+        return art.decode_problem()
+    return await asyncio.get_running_loop().run_in_executor(None, art.decode_problem)
 
 
 def _bytes_text(n: int) -> str:
@@ -646,6 +836,9 @@ def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageC
         return ["Rate limited: wait a little, ask for fewer images at once (-n), or raise the retries."]
     if isinstance(err, NoImageError) and err.code == "no_image":
         return ["The model answered without an image: rephrase the prompt, or choose an image-capable model."]
+    if err.code == DOWNLOAD_REFUSED:
+        return ["The answer pointed at an image on this machine or a private network: such URLs are fetched only "
+                f"when the API itself is on one (as the emulator is). Check that {r.base_url} is the API you meant."]
     if s is not None and s >= 500:
         return ["The service is having trouble; try again in a minute."]
     if isinstance(err, APITimeoutError):

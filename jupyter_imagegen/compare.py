@@ -452,7 +452,7 @@ def _precheck(client, request: ImageRequest) -> None:
         return
     cache = getattr(client, "cache", None)
     if cache is not None and request.cache is not False and not request.fresh:
-        if cache.get(request_key(resolved)) is not None:
+        if cache.has(request_key(resolved)):
             return
     client._token(request)  # raises ConfigError naming the variable
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
-from urllib.parse import urlsplit
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from urllib.parse import quote, urlsplit
 
 from .errors import ConfigError
 
@@ -45,13 +47,120 @@ SUGGESTED_MODELS = {
 }
 
 
-def mask_token(token: Optional[str]) -> str:
+def mask_token(token: Union[None, str, "Secret"]) -> str:
     """`sk-o...wxyz`: the first and last 4 characters; short tokens are hidden entirely."""
+    if isinstance(token, Secret):
+        return token.masked
     if not token:
         return "(none)"
     if len(token) < 12:
         return "****"
     return f"{token[:4]}...{token[-4:]}"
+
+
+class Secret:
+    """An API key that does not show itself: ``repr()``, ``str()``, f-strings and pickling give
+    the mask (`sk-o...wxyz`), so no traceback frame (``%xmode Verbose`` prints the locals of
+    every frame), log line or saved object can carry the key. Only the header builder reads the
+    value, with `get_secret_value()`, straight into the request's Authorization header (itself
+    a `str` whose repr is masked)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Union[str, "Secret"]):
+        if isinstance(value, Secret):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ConfigError(f"an API key must be a string, not {type(value).__name__}")
+        self._value = value.strip()
+
+    def get_secret_value(self) -> str:
+        """The key itself: for the Authorization header (and the scrubbers that hide it)."""
+        return self._value
+
+    @property
+    def masked(self) -> str:
+        return mask_token(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret('{self.masked}')"
+
+    def __str__(self) -> str:
+        return self.masked
+
+    def __format__(self, spec: str) -> str:
+        return format(self.masked, spec)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, Secret):
+            other = other.get_secret_value()
+        return isinstance(other, str) and hmac.compare_digest(self._value.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self):
+        # a pickled config or request (multiprocessing, a saved session) must not carry the key
+        raise TypeError("an API key (Secret) is not pickled: pass the key again where it is needed")
+
+    def __copy__(self) -> "Secret":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "Secret":
+        return self
+
+
+def as_secret(value: Union[None, str, Secret]) -> Optional[Secret]:
+    """`value` as a Secret (None and empty keys as None)."""
+    if value is None:
+        return None
+    secret = Secret(value)
+    return secret if secret else None
+
+
+def reveal(value: Union[None, str, Secret]) -> Optional[str]:
+    """The plain text of a key given as a Secret or a str (for the scrubbers)."""
+    return value.get_secret_value() if isinstance(value, Secret) else value
+
+
+def secret_forms(value: Union[None, str, Secret]) -> List[str]:
+    """The ways a key can appear in a text: as is, percent-encoded (in a URL), JSON-escaped."""
+    raw = reveal(value)
+    if not raw or len(raw) < 4:
+        return []
+    forms = [raw, quote(raw, safe=""), json.dumps(raw)[1:-1]]
+    return list(dict.fromkeys(forms))
+
+
+def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
+    """`text` with every form of every key replaced by its mask (non-str values pass through)."""
+    if not isinstance(text, str) or not text:
+        return text
+    for secret in secrets:
+        mask = mask_token(secret)
+        for form in secret_forms(secret):
+            if form in text:
+                text = text.replace(form, mask)
+    return text
+
+
+class AuthHeader(str):
+    """The Authorization header's value: a real `str` for aiohttp, masked in repr() (a frame's
+    locals and the request info an aiohttp error carries show the mask)."""
+
+    def __repr__(self) -> str:
+        scheme, _, key = str.partition(self, " ")
+        return repr(f"{scheme} {mask_token(key)}")
+
+
+def auth_header(token: Secret, scheme: str = "Bearer") -> AuthHeader:
+    return AuthHeader(f"{scheme} {token.get_secret_value()}")
 
 
 def validate_api_type(value: Any, source: str = "api_type") -> str:
@@ -104,7 +213,7 @@ class ImageConfig:
     api_type: str = "openrouter_chat"
     base_url: Optional[str] = None
     model: Optional[str] = None
-    token: Optional[str] = field(default=None, repr=False)
+    token: Optional[Secret] = field(default=None, repr=False)   # a str is wrapped in a Secret
     timeout: float = 120.0            # seconds for one attempt (headers + body)
     connect_timeout: float = 15.0
     max_attempts: int = 3
@@ -123,6 +232,7 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_type", validate_api_type(self.api_type, "api_type"))
+        object.__setattr__(self, "token", as_secret(self.token))
         if self.base_url is not None:
             object.__setattr__(self, "base_url", validate_base_url(self.base_url))
         for name in ("timeout", "connect_timeout", "backoff_max", "retry_after_max", "download_timeout"):
@@ -150,7 +260,7 @@ class ImageConfig:
         if get(ENV_MODEL):
             kw["model"] = get(ENV_MODEL).strip()
         if get(ENV_TOKEN):
-            kw["token"] = get(ENV_TOKEN).strip()
+            kw["token"] = Secret(get(ENV_TOKEN))
         if get(ENV_TIMEOUT):
             kw["timeout"] = _number(get(ENV_TIMEOUT), ENV_TIMEOUT)
         if get(ENV_CONNECT_TIMEOUT):
@@ -182,6 +292,15 @@ class ImageConfig:
     @property
     def effective_base_url(self) -> str:
         return self.base_url or DEFAULT_BASE_URLS[self.api_type]
+
+    def base_url_for(self, api_type: str, base_url: Optional[str] = None) -> str:
+        """The base URL a request of `api_type` goes to: `base_url` (a request's own) or the
+        configured one, except that a vendor's default URL does not carry over to the other
+        vendor's API type."""
+        base = base_url or self.base_url
+        if base is None or (base in DEFAULT_BASE_URLS.values() and base != DEFAULT_BASE_URLS[api_type]):
+            return DEFAULT_BASE_URLS[api_type]
+        return base
 
     @property
     def effective_model(self) -> str:

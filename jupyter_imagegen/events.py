@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union, Awaitable
+from urllib.parse import urlsplit
 
 GENERATION_STARTED = "generation_started"      # api_type, model, api_url, n, prompt
 API_CALL = "api_call"                          # attempt, max_attempts, api_url, index
@@ -59,7 +60,9 @@ class Event:
         d = self.data
         if self.type == GENERATION_STARTED:
             n = d.get("n", 1)
-            return f"started: {d.get('model')} via {d.get('api_type')}" + (f" (n={n})" if n and n > 1 else "")
+            host = urlsplit(d["api_url"]).netloc if isinstance(d.get("api_url"), str) else ""
+            return (f"started: {d.get('model')} via {d.get('api_type')}" + (f" at {host}" if host else "")
+                    + (f" (n={n})" if n and n > 1 else ""))
         if self.type == API_CALL:
             idx = d.get("index")
             part = f" [image {idx + 1}]" if idx is not None and d.get("fanout") else ""

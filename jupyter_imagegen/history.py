@@ -27,6 +27,7 @@ import types
 from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .config import secret_forms
 from .model import Artifact, ImageRequest, ImageResponse
 from .render import esc, preview, response_mimebundle
 
@@ -46,9 +47,9 @@ def _clean_request(request: Optional[ImageRequest]) -> Optional[ImageRequest]:
     """A copy without the token, credential headers and one-off cache switches."""
     if request is None:
         return None
-    token = request.token
+    forms = secret_forms(request.token)
     headers = {k: v for k, v in (request.headers or {}).items()
-               if k.lower() not in _DROP_HEADERS and not (token and token in str(v))}
+               if k.lower() not in _DROP_HEADERS and not any(f in str(v) for f in forms)}
     return request.replace(token=None, headers=headers, fresh=False, cache=None,
                            images=list(request.images or []), params=dict(request.params or {}),
                            request_id=request.request_id)

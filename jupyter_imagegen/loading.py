@@ -9,61 +9,116 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .render import esc, gallery_html
 from .model import Artifact, ImageRequest, ImageResponse, sniff_mime
 from .runtime import runtime
-from .saving import REQUEST_FIELDS, read_embedded, sidecar_path
+from .config import DEFAULT_BASE_URLS
+from .saving import REQUEST_FIELDS, read_embedded, safe_url, sidecar_path
 
-__all__ = ["LoadedImage", "load", "request_from_settings"]
+__all__ = ["LoadedImage", "RecordedAPINotUsed", "load", "request_from_settings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _resolve_input(desc: Dict[str, Any], base_dir: Optional[Path]) -> Any:
-    """The input image a metadata entry points to: the saved copy, else the original file, as
-    long as the bytes still hash to what was sent."""
+def _resolve_input(desc: Any, base_dir: Optional[Path]) -> Any:
+    """The input image a metadata entry points to: the saved copy next to the image (a plain
+    file name, nothing outside that folder), else the original file, and only when its bytes
+    hash to what was sent (a file someone sent you cannot make you read, and send, another file
+    of yours)."""
+    if not isinstance(desc, dict):
+        raise FileNotFoundError("the input image of the original request is not described")
     want = desc.get("sha256")
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise FileNotFoundError("the input image of the original request has no checksum to find it by")
     candidates = []
-    if desc.get("file") and base_dir is not None:
-        candidates.append(base_dir / desc["file"])
-    if desc.get("source"):
+    name = desc.get("file")
+    if isinstance(name, str) and base_dir is not None and name == Path(name).name and name not in ("", ".", ".."):
+        candidates.append(base_dir / name)
+    if isinstance(desc.get("source"), str):
         candidates.append(Path(desc["source"]))
     for c in candidates:
         try:
-            data = c.read_bytes()
+            data = c.read_bytes() if c.is_file() else None
         except OSError:
             continue
-        if not want or hashlib.sha256(data).hexdigest() == want:
+        if data is not None and hashlib.sha256(data).hexdigest() == want:
             return str(c)
     where = " or ".join(str(c) for c in candidates) or "(no file recorded)"
     raise FileNotFoundError(f"the input image of the original request is not available ({where})")
 
 
+#: where a request goes: never taken from a file (it decides who receives your key)
+DESTINATION_FIELDS = ("api_type", "base_url")
+
+
 def request_from_settings(settings: Dict[str, Any], *, base_dir: Optional[PathLike] = None,
-                          **overrides: Any) -> ImageRequest:
+                          config: Any = None, **overrides: Any) -> ImageRequest:
     """Rebuild an `ImageRequest` from `request_settings` output (keyword overrides win).
 
-    Input images are found again through their saved copies (``base_dir``) or original paths,
-    checked by content hash; a missing one raises FileNotFoundError unless ``images=`` is given.
+    The request goes to *your* configured API: the API type and base URL recorded in the
+    settings are not used (pass ``api_type=`` / ``base_url=`` to choose them); when the recorded
+    API type differs from the one it will go to (`config`'s), the recorded model, which belongs
+    to the other API, is left out too unless ``model=`` is given. Input images are found again
+    through their saved copies (``base_dir``) or original paths, checked by content hash; a
+    missing one raises FileNotFoundError unless ``images=`` is given.
     """
     if not isinstance(settings, dict) or not settings.get("prompt"):
         raise ValueError("the metadata holds no request (no prompt)")
     bd = Path(base_dir) if base_dir is not None else None
     kw: Dict[str, Any] = {}
     for name in REQUEST_FIELDS:
-        if name in settings and settings[name] is not None:
+        if name in settings and settings[name] is not None and name not in DESTINATION_FIELDS:
             kw[name] = settings[name]
-    kw["params"] = dict(kw.get("params") or {})
-    kw["n"] = int(kw.get("n") or 1)
+    kw["params"] = dict(kw.get("params") or {}) if isinstance(kw.get("params") or {}, dict) else {}
+    try:
+        kw["n"] = int(kw.get("n") or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"the recorded n ({kw.get('n')!r}) is not a number") from None
+    target = overrides.get("api_type") or getattr(config, "api_type", None)
+    recorded = settings.get("api_type")
+    if "model" not in overrides and recorded and target and recorded != target:
+        kw.pop("model", None)      # the recorded model belongs to the API the file names
     if "images" not in overrides:
         kw["images"] = [_resolve_input(d, bd) for d in settings.get("images") or []]
     if "mask" not in overrides and settings.get("mask"):
         kw["mask"] = _resolve_input(settings["mask"], bd)
     kw.update(overrides)
     return ImageRequest(**kw)
+
+
+def destination_note(settings: Dict[str, Any], config: Any, request: ImageRequest) -> Optional[str]:
+    """A line saying where a file's request was sent and where its re-run goes instead (None when
+    that is the same place, or the caller chose the API and base URL)."""
+    if not isinstance(settings, dict) or config is None:
+        return None
+    api = settings.get("api_type") if isinstance(settings.get("api_type"), str) else None
+    url = settings.get("base_url") if isinstance(settings.get("base_url"), str) else None
+    if api is None and url is None:
+        return None
+    recorded_url = url or DEFAULT_BASE_URLS.get(api or "", "")
+    target_api = request.api_type or config.api_type
+    target_url = config.base_url_for(target_api, request.base_url)
+    if (api in (None, target_api)) and (not recorded_url or recorded_url.rstrip("/") == target_url.rstrip("/")):
+        return None
+    made = " at ".join(x for x in (api, safe_url(recorded_url)) if x)
+    return (f"this image was made with {made}; the re-run goes to your configured API, {target_api} at "
+            f"{safe_url(target_url)} (pass --api / --base-url, or api_type= / base_url=, to send it elsewhere)")
+
+
+class RecordedAPINotUsed(UserWarning):
+    """A re-run goes to your configured API, not to the one a file recorded."""
+
+
+def _kernel_config() -> Any:
+    try:
+        return runtime.client().config
+    except Exception:   # no valid configuration: the run itself will say what to fix
+        return None
 
 
 class LoadedImage:
@@ -115,16 +170,29 @@ class LoadedImage:
         size, quality, seed, params and input images). Raises ValueError without metadata."""
         return self.to_request()
 
-    def to_request(self, **overrides: Any) -> ImageRequest:
+    def to_request(self, *, config: Any = None, **overrides: Any) -> ImageRequest:
+        """The recorded request for your configured API (`config`, default: the kernel's); see
+        `request_from_settings`. Keyword overrides win."""
         if not self.metadata:
             raise ValueError(f"{self.path} carries no jupyter-imagegen metadata (no sidecar, nothing embedded)")
-        return request_from_settings(self.settings, base_dir=Path(self.path).parent, **overrides)
+        return request_from_settings(self.settings, base_dir=Path(self.path).parent,
+                                     config=config if config is not None else _kernel_config(), **overrides)
+
+    def destination_note(self, request: ImageRequest, config: Any = None) -> Optional[str]:
+        """Where this image's request was sent, when its re-run goes elsewhere (else None)."""
+        return destination_note(self.settings, config if config is not None else _kernel_config(), request)
 
     def rerun(self, *, client=None, **overrides: Any) -> ImageResponse:
-        """Send the same request again (keyword overrides win) and return the response; recorded
-        in the history. With the request cache on, an unchanged request is answered from it:
-        pass ``fresh=True`` for a new sample."""
-        return runtime.run(self.to_request(**overrides), client=client, source="load")
+        """Send the same request again (keyword overrides win) to your configured API (the file's
+        API and base URL are shown, not used: pass ``api_type=`` / ``base_url=`` to choose) and
+        return the response; recorded in the history. With the request cache on, an unchanged
+        request is answered from it: pass ``fresh=True`` for a new sample."""
+        config = (client if client is not None else runtime.client()).config
+        request = self.to_request(config=config, **overrides)
+        note = self.destination_note(request, config)
+        if note:
+            warnings.warn(note, RecordedAPINotUsed, stacklevel=2)
+        return runtime.run(request, client=client, source="load")
 
     # -- display --------------------------------------------------------------------------------
     def __repr__(self) -> str:

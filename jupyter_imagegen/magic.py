@@ -161,8 +161,11 @@ class ImageGenMagics(Magics):
                              + ("in the cell body below %%imagegen" if cell is not None else "after %imagegen"))
         return args, prompt, explicit
 
-    def _recorded_request(self, args: argparse.Namespace) -> Tuple[Optional[ImageRequest], str]:
-        """--from PATH / --rerun N: the request to start from, and a label for the log."""
+    def _recorded_request(self, args: argparse.Namespace, explicit: set, config: Any
+                          ) -> Tuple[Optional[ImageRequest], str, Any]:
+        """--from PATH / --rerun N: the request to start from, a label for the log, and the
+        loaded file (--from). A file's request goes to the configured API (`config`) unless
+        --api / --base-url say otherwise: a file someone sent you cannot choose who gets your key."""
         if args.from_path and args.rerun is not None:
             raise UsageError("use either --from PATH or --rerun N, not both")
         if args.from_path:
@@ -174,21 +177,23 @@ class ImageGenMagics(Magics):
             if not loaded.metadata:
                 raise UsageError(f"--from {spec}: the image carries no jupyter-imagegen metadata "
                                  "(no sidecar .json next to it, nothing embedded)")
+            chosen = {"api_type": args.api} if "api" in explicit else {}
             try:
-                base = loaded.to_request(**({"images": [], "mask": None} if args.image else {}))
+                base = loaded.to_request(config=config, **chosen,
+                                         **({"images": [], "mask": None} if args.image else {}))
             except FileNotFoundError as e:
                 raise UsageError(f"--from {spec}: {e}; give it again with --image") from None
             except (ValueError, TypeError) as e:
                 raise UsageError(f"--from {spec}: {e}") from None
-            return base, f"re-run of {Path(spec).name}"
+            return base, f"re-run of {Path(spec).name}", loaded
         if args.rerun is not None:
             try:
                 entry = history[args.rerun]
                 base = entry.to_request()
             except (IndexError, TypeError, ValueError) as e:
                 raise UsageError(f"--rerun {args.rerun}: {e}") from None
-            return base, f"re-run of #{entry.number}"
-        return None, ""
+            return base, f"re-run of #{entry.number}", None
+        return None, "", None
 
     def _run(self, line: str, cell: Optional[str]):
         __tracebackhide__ = True
@@ -198,27 +203,32 @@ class ImageGenMagics(Magics):
         mask = resolve_image(args.mask, ns, option="--mask") if args.mask else None
         compare_dims = parse_compare_options(args.compare)
         prompts = split_prompts(prompt) if cell is not None else ([prompt] if prompt else [])
-        recorded, label = self._recorded_request(args)
-        if recorded is not None:
-            request = apply_overrides(recorded, args, explicit, prompts[0] if len(prompts) == 1 else "", images, mask)
-        else:
-            request = build_request(args, prompts[0], images, mask)
         try:
             client = runtime.client()
         except ConfigError as e:
             raise UsageError(str(e)) from None
+        recorded, label, loaded = self._recorded_request(args, explicit, client.config)
+        if recorded is not None:
+            request = apply_overrides(recorded, args, explicit, prompts[0] if len(prompts) == 1 else "", images, mask)
+        else:
+            request = build_request(args, prompts[0], images, mask)
+        destination = loaded.destination_note(request, client.config) if loaded is not None else None
         if args.save:  # checked now (created when the images are there), not after paying for them
             problem = save_dir_problem(args.save)
             if problem:
                 raise UsageError(f"--save {args.save}: {problem}")
 
         if compare_dims or len(prompts) > 1:
+            if destination:
+                print(f"imagegen · {destination}")
             return self._compare(args, explicit, request, prompts, compare_dims, client)
 
         # the log appears with the first event: the client validates the request and the token
         # before its first event, so a request refused before sending shows one line only
         view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
                               redact=[client.config.token], title=f"imagegen · {label}" if label else "imagegen")
+        if destination:
+            view.note(destination, "warn")
         faults = FaultSequence(request, args.fault)
         try:
             resp = runtime.run(request, view=view, client=client, save=args.save, source="magic",

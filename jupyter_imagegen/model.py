@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .config import Secret, as_secret
 from .errors import ImageAPIError, InputImageError
 from .memory import memory
 from .render import BROWSER_MIMES, DEFAULT_PREVIEW_MAX_SIDE, downscale, response_mimebundle
@@ -31,6 +32,8 @@ EXT_BY_MIME = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp",
 MAX_INPUT_BYTES = 25 * 1024 * 1024
 #: input images above this many pixels are refused (a decompression bomb guard, 16k x 16k)
 MAX_INPUT_PIXELS = 16384 * 16384
+#: the most pixels a received (or cached) image may claim (Pillow's own bomb limit is usually lower)
+MAX_RECEIVED_PIXELS = 16384 * 16384
 
 _DATA_URL = re.compile(r"^data:(?P<mime>image/[a-zA-Z0-9.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$", re.S)
 
@@ -111,9 +114,11 @@ class Usage:
         if not isinstance(raw, dict):
             return None
         def num(*keys):
+            # a count or a cost: a finite number below 2**63 (so adding two can never raise: an
+            # int too large for a float would make `int + float` an OverflowError)
             for k in keys:
                 v = raw.get(k)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and -2**63 < v < 2**63:
                     return v
             return None
         return cls(input_tokens=num("input_tokens", "prompt_tokens"),
@@ -273,6 +278,19 @@ class Artifact:
             self._pixels = im
             memory.track(self, self.memory_cost())
         return im
+
+    def decode_problem(self, max_pixels: int = None) -> Optional[str]:
+        """Why this image must not be returned as a success (None when every pixel decoded):
+        the check of each image the API sends, and of each image read back from the request
+        cache. The pixels are kept for the preview (`decode(keep=True)`)."""
+        try:
+            self.decode(keep=True, max_pixels=MAX_RECEIVED_PIXELS if max_pixels is None else max_pixels)
+        except Exception as e:
+            text = str(e)
+            if "decompression bomb" in text:
+                return text if text.startswith("refused") else f"refused as a possible decompression bomb ({text})"
+            return f"the image data is damaged and cannot be decoded ({type(e).__name__}: {text})"
+        return None
 
     def preview(self, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE
                 ) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
@@ -490,11 +508,14 @@ class ImageRequest:
     partial_images: Optional[int] = None
     timeout: Optional[float] = None
     max_attempts: Optional[int] = None
-    token: Optional[str] = field(default=None, repr=False)
+    token: Optional[Secret] = field(default=None, repr=False)   # a str is wrapped in a Secret
     seed: Optional[int] = None              # a new seed is a new sample (and a new cache key)
     cache: Optional[bool] = None            # None: the client's setting; False: skip the cache
     fresh: bool = False                     # ignore a cached answer, call the API, store the new one
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        self.token = as_secret(self.token)
 
     def replace(self, **changes: Any) -> "ImageRequest":
         import dataclasses

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
-from .config import mask_token
+from .config import scrub_secrets
 from .errors import MissingTokenError
 
 __all__ = [
@@ -109,15 +109,13 @@ def _data_url(mime: str, data: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 # response rendering (pure functions: resp -> str)
 # --------------------------------------------------------------------------------------------
-def redactor(redact: Iterable[Optional[str]]):
-    secrets = [s for s in redact if s and len(s) >= 4]
+def redactor(redact: Iterable[Any]):
+    """A function that turns anything into text with every key of `redact` (Secrets or str)
+    masked."""
+    secrets = [s for s in redact if s]
 
     def scrub(text: Any) -> str:
-        s = "" if text is None else str(text)
-        for secret in secrets:
-            if secret in s:
-                s = s.replace(secret, mask_token(secret))
-        return s
+        return scrub_secrets("" if text is None else str(text), secrets)
     return scrub
 
 
@@ -396,11 +394,12 @@ class EventLog:
     def to_html(self) -> str:
         color = _LOG_COLORS.get(self.state, "#9e9e9e")
         icons = {"start": "▶", "call": "→", "retry": "↻", "done": "✔", "failed": "✖", "cancelled": "■",
-                 "info": "·"}
+                 "info": "·", "warn": "⚠"}
         rows = []
         for t, kind, text in self.lines:
             weight = "font-weight: 600; " if kind in ("done", "failed", "cancelled") else ""
-            kcolor = {"retry": "#ed6c02", "failed": "#d32f2f", "done": "#2e7d32", "cancelled": "#ed6c02"}.get(kind)
+            kcolor = {"retry": "#ed6c02", "failed": "#d32f2f", "done": "#2e7d32", "cancelled": "#ed6c02",
+                      "warn": "#ed6c02"}.get(kind)
             style = weight + (f"color: {kcolor}" if kcolor else "")
             rows.append(f'<div style="{style}"><span style="opacity: 0.55">{t:5.1f}s</span> '
                         f'{icons.get(kind, "·")} {esc(text)}</div>')

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
+from .config import scrub_secrets
 from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 
 __all__ = ["SCHEMA", "SaveResult", "slugify", "save_response", "request_settings", "metadata_document",
@@ -88,9 +89,9 @@ def sidecar_path(image_path: PathLike) -> Path:
     return p.with_suffix(".json")
 
 
-def _reserve(path: Path) -> bool:
+def _reserve(path: Path, mode: int = 0o644) -> bool:
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
         return True
     except FileExistsError:
         return False
@@ -103,7 +104,7 @@ def _reserve_pair(directory: Path, base: str, ext: str, with_sidecar: bool) -> P
         stem = base if k == 1 else f"{base}-{k}"
         target = directory / f"{stem}{ext}"
         if _reserve(target):
-            if not with_sidecar or _reserve(directory / f"{stem}.json"):
+            if not with_sidecar or _reserve(directory / f"{stem}.json", SIDECAR_MODE):
                 return target
             _unlink(target)  # the sidecar name is taken (e.g. x.jpg next to x.png): next number
         k += 1
@@ -116,10 +117,17 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+#: sidecars are private to their owner (they hold the answer's text and usage); images keep the
+#: usual 0644 (less the umask): they are made to be shared
+SIDECAR_MODE = 0o600
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_bytes(data)
+        with os.fdopen(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), mode),
+                       "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -239,18 +247,10 @@ def metadata_document(resp: ImageResponse, artifact: Optional[Artifact] = None, 
     return doc
 
 
-def _scrub_text(text: str, redact: Iterable[Optional[str]]) -> str:
-    from .config import mask_token
-    for secret in redact:
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, mask_token(secret))
-    return text
-
-
-def _dumps(doc: Dict[str, Any], redact: Iterable[Optional[str]] = (), *, indent: Optional[int] = None) -> str:
+def _dumps(doc: Dict[str, Any], redact: Iterable[Any] = (), *, indent: Optional[int] = None) -> str:
     text = json.dumps(doc, ensure_ascii=indent is None, indent=indent, default=str,
                       separators=None if indent else (",", ":"))
-    return _scrub_text(text, redact)
+    return scrub_secrets(text, redact)
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,7 +627,8 @@ def save_response(resp: ImageResponse, directory: PathLike, *, prompt: Optional[
                 side = dict(doc)
                 side["sha256"] = hashlib.sha256(data).hexdigest()
                 side["bytes"] = len(data)
-                _atomic_write(sidecar_path(target), (_dumps(side, redact, indent=2) + "\n").encode("utf-8"))
+                _atomic_write(sidecar_path(target), (_dumps(side, redact, indent=2) + "\n").encode("utf-8"),
+                              SIDECAR_MODE)
                 sidecars.append(str(sidecar_path(target)))
         except OSError as e:
             errors.append(f"could not save image {i} to {d}: {e.strerror or e}")

@@ -113,10 +113,11 @@ async def test_metadata_round_trip_keeps_pixels(emulator, tmp_path, fmt, backgro
         sidecar_path(path).rename(tmp_path / f"moved-{i}.json")
         loaded = load(path)
         assert loaded.source == "embedded" and loaded.prompt == prompt
-        req = loaded.request
-        assert (req.prompt, req.model, req.api_type, req.n, req.size, req.quality, req.output_format,
+        # the request again, for your configured API: the file's API type and base URL are not used
+        req = loaded.to_request(config=ImageConfig(api_type="openai_images"))
+        assert (req.prompt, req.model, req.api_type, req.base_url, req.n, req.size, req.quality, req.output_format,
                 req.background, req.seed, req.params) == \
-            (prompt, "gpt-image-1", "openai_images", 2, "1024x1536", "low", fmt, background, 42, {"moderation": "low"})
+            (prompt, "gpt-image-1", None, None, 2, "1024x1536", "low", fmt, background, 42, {"moderation": "low"})
     assert_no_token_anywhere(tmp_path)
 
 
@@ -132,7 +133,13 @@ async def test_revised_prompt_is_embedded(emulator, tmp_path):
     with Image.open(res.paths[0]) as im:
         if im.format == "PNG":
             assert im.text["revised_prompt"] == revised
-    assert loaded.request.api_type == "openai_responses" and loaded.request.model == resp.model
+    assert loaded.api_type == "openai_responses"
+    # re-run on the same API: the recorded model; on another API (the configured one) the
+    # model is left to that API's default, and nothing names the file's API as the destination
+    same = loaded.to_request(config=ImageConfig(api_type="openai_responses"))
+    other = loaded.to_request(config=ImageConfig(api_type="openrouter_chat"))
+    assert (same.api_type, same.model) == (None, resp.model)
+    assert (other.api_type, other.model) == (None, None)
 
 
 async def test_no_token_in_any_file_even_when_passed_in_the_request(emulator, tmp_path):
