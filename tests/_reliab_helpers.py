@@ -84,13 +84,15 @@ class Recorder:
 
 
 class TinyServer:
-    """`async with TinyServer({"/path": handler, ...}) as srv:` — serves on 127.0.0.1, `srv.url`."""
+    """`async with TinyServer({"/path": handler, ...}) as srv:` — serves on 127.0.0.1 (or `host`,
+    any 127.x address; on `port`, else an ephemeral one), `srv.url`."""
 
-    def __init__(self, routes: Dict[str, Callable], methods: str = "*"):
+    def __init__(self, routes: Dict[str, Callable], methods: str = "*", host: str = "127.0.0.1", port: int = 0):
         self.routes = routes
         self.methods = methods
+        self.host = host
         self.runner: Optional[web.AppRunner] = None
-        self.port: Optional[int] = None
+        self.port: Optional[int] = port or None
         self.hits: List[Dict[str, Any]] = []
 
     async def __aenter__(self) -> "TinyServer":
@@ -99,8 +101,12 @@ class TinyServer:
             app.router.add_route(self.methods, path, self._wrap(handler))
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
+        site = web.TCPSite(self.runner, self.host, self.port or 0)
+        try:
+            await site.start()
+        except OSError:
+            await self.runner.cleanup()
+            raise
         self.port = self.runner.addresses[0][1]
         return self
 
@@ -116,7 +122,7 @@ class TinyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
