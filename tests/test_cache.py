@@ -126,3 +126,125 @@ def test_lru_eviction_keeps_recent(tmp_path):
     assert cache.size() <= 10_000
     assert cache.get(keys[-1]) is not None
     assert cache.get(keys[0]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# entries are read like a network answer: a bad one is dropped and the request sent again
+# ---------------------------------------------------------------------------------------------
+def _bomb_png() -> bytes:
+    """A valid PNG whose header claims 100,000 x 100,000 pixels (the data is tiny)."""
+    import struct
+    import zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _corrupt(kind: str, entry, outside):
+    """Damage the cache entry folder `entry` as `kind` says; `outside` is a real PNG elsewhere."""
+    import json
+    meta_p = entry / "meta.json"
+    meta = json.loads(meta_p.read_text())
+    img = meta["images"][0]
+    first = entry / img["file"]
+    if kind == "traversal":              # a relative path out of the entry, checksum matching
+        img["file"] = os.path.relpath(outside, entry)
+        img["sha256"] = _sha(outside.read_bytes())
+    elif kind == "absolute":
+        img["file"] = str(outside)
+        img["sha256"] = _sha(outside.read_bytes())
+    elif kind == "symlink":              # the entry's own file name, linked elsewhere
+        first.unlink()
+        first.symlink_to(outside)
+        img["sha256"] = _sha(outside.read_bytes())
+    elif kind == "truncated":            # cut in half, checksum updated: only a full decode notices
+        data = first.read_bytes()[: first.stat().st_size // 2]
+        first.write_bytes(data)
+        img["sha256"] = _sha(data)
+    elif kind == "not-an-image":
+        first.write_bytes(b"#!/bin/sh\necho hello\n")
+        img["sha256"] = _sha(first.read_bytes())
+    elif kind == "bomb":
+        first.write_bytes(_bomb_png())
+        img["sha256"] = _sha(first.read_bytes())
+    elif kind == "checksum":
+        first.write_bytes(make_png((8, 8), (0, 0, 255)))
+    elif kind == "deep":                 # 100,000 levels: json.loads raises RecursionError
+        meta_p.write_text("[" * 100_000 + "]" * 100_000)
+        return
+    elif kind == "deep-usage":           # parses, but deeper than anything we write
+        meta["usage"] = json.loads("[" * 500 + "]" * 500)
+    elif kind == "wrong-types":
+        meta["images"] = "0.png"
+    elif kind == "wrong-field-types":
+        meta["text"] = {"a": 1}
+        img["revised_prompt"] = 5
+    elif kind == "other-entry":
+        meta["key"] = "0" * 64
+    elif kind == "huge":
+        meta["text"] = "x" * (5 * 1024 * 1024)
+    elif kind == "not-json":
+        meta_p.write_bytes(b"\xff\xfe garbage")
+        return
+    meta_p.write_text(json.dumps(meta))
+
+
+CORRUPTIONS = ["traversal", "absolute", "symlink", "truncated", "not-an-image", "bomb", "checksum", "deep",
+               "deep-usage", "wrong-types", "wrong-field-types", "other-entry", "huge", "not-json"]
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+async def test_a_bad_entry_is_dropped_and_fetched_again(emulator, tmp_path, kind, caplog):
+    outside = tmp_path / "private" / "secret.png"
+    outside.parent.mkdir()
+    outside.write_bytes(make_png((20, 20), (1, 2, 3)))
+    before = outside.read_bytes()
+    async with client_for(emulator, tmp_path) as client:
+        first = await client.generate(ImageRequest("a teapot"))
+        [entry] = [e for e, _, _ in client.cache.entries()]
+        _corrupt(kind, entry, outside)
+        second = await client.generate(ImageRequest("a teapot"))      # never raises
+        third = await client.generate(ImageRequest("a teapot"))
+    assert second.success and not second.from_cache, second.error
+    assert emulator.request_count == 2, "the bad entry was not used: the request went out again"
+    assert third.from_cache and [a.data for a in third.artifacts] == [a.data for a in second.artifacts]
+    assert all(a.data != before for a in second.artifacts + third.artifacts)
+    assert outside.read_bytes() == before, "the file outside the cache is untouched"
+    assert "unusable" in caplog.text and "dropped" in caplog.text
+
+
+def test_cache_files_are_private(emulator_thread, tmp_path):
+    import stat
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"),
+                      token=TOKEN, cache=True, cache_dir=str(tmp_path / "cache"))
+    old = os.umask(0o022)
+    try:
+        client = ImageClient(cfg)
+        resp = client.generate_sync(ImageRequest("a private teapot", n=2))
+        client.close_sync()
+    finally:
+        os.umask(old)
+    assert resp.success
+    paths = [tmp_path / "cache", *(tmp_path / "cache").rglob("*")]
+    assert len(paths) >= 6
+    for p in paths:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), f"{p.relative_to(tmp_path)} is {oct(mode)}"
+
+
+def test_an_existing_cache_folder_is_made_private(emulator_thread, tmp_path):
+    import stat
+    (tmp_path / "cache").mkdir(mode=0o755)
+    os.chmod(tmp_path / "cache", 0o755)
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"),
+                      token=TOKEN, cache=True, cache_dir=str(tmp_path / "cache"))
+    client = ImageClient(cfg)
+    assert client.generate_sync(ImageRequest("a teapot")).success
+    client.close_sync()
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700

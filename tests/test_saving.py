@@ -277,3 +277,19 @@ def test_slugify():
     assert slugify("A red fox, in snow!") == "a-red-fox-in-snow"
     assert slugify("") == "image" and slugify("日本") == "image"
     assert len(slugify("word " * 40)) <= 40
+
+
+async def test_sidecars_are_private_and_images_shareable(emulator, tmp_path):
+    """A sidecar holds the answer's text and usage: 0600. The image keeps the usual mode."""
+    import stat
+    old = os.umask(0o022)
+    try:
+        async with client_for(emulator, "openai_images") as client:
+            resp = await client.generate(ImageRequest("a lighthouse", n=2))
+        res = save_response(resp, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert len(res.paths) == 2
+    for p in map(Path, res.paths):
+        assert stat.S_IMODE(sidecar_path(p).stat().st_mode) == 0o600
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -25,7 +25,7 @@ from aiohttp import web
 from _image_helpers import make_png
 from _reliab_helpers import Recorder, TinyServer
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
-from kernels import kernel_env, run_notebook, running_kernel
+from kernels import kernel_env, message_text, run_notebook, running_kernel, strip_ansi
 
 TOKEN = "sk-FAKE-imagegen-SECRET-TOKEN-5e1f2a3b4c5d6e7f"
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +89,24 @@ async def _echo(request: web.Request):
         return web.json_response({"created": 1, "data": [{"b64_json": _png_b64(), "revised_prompt": f"a fox {auth}"}]})
     if kind == "200-url":
         return web.json_response({"created": 1, "data": [{"url": f"http://127.0.0.1:{request.url.port}/img.png"}]})
+    key = auth.partition(" ")[2]
+    if kind == "200-usage":       # the request echoed back in `usage` (kept whole in usage.raw and the cache)
+        return web.json_response({"created": 1, "data": [{"b64_json": _png_b64()}], "usage": {
+            "total_tokens": 5, "echo": {"headers": dict(request.headers), "list": [auth, {auth: key}]}}})
+    if kind == "200-model":       # in the model name and usage of a chat answer
+        return web.json_response({"id": "x", "model": f"echo/{key}", "usage": {"note": auth}, "choices": [
+            {"message": {"content": "", "images": [{"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + _png_b64()}}]}}]})
+    if kind in ("200-escaped", "400-escaped"):   # spelled with JSON escapes: no plain text of it in the body
+        doc = ({"created": 1, "data": [{"b64_json": _png_b64(), "revised_prompt": f"fox {auth}"}],
+                "usage": {"note": auth}} if kind == "200-escaped"
+               else {"error": {"message": f"bad key {auth}", "type": "invalid_request_error", "param": auth}})
+        text = json.dumps(doc).replace(key, "".join(f"\\u{ord(c):04x}" for c in key))
+        assert key not in text
+        return web.Response(text=text, status=200 if kind == "200-escaped" else 400, content_type="application/json")
+    if kind == "200-url-key":     # the key in the image URL's path (and its query, dropped anyway)
+        return web.json_response({"created": 1, "data": [
+            {"url": f"http://127.0.0.1:{request.url.port}/img/{key}/fox.png?sig={key}"}]})
     return web.json_response({"created": 1, "data": [{"b64_json": _png_b64()}]})
 
 
@@ -101,7 +119,9 @@ ECHO_CASES = [
     ("openrouter_chat", "400-meta", False), ("openai_images", "500-headers", False),
     ("openai_images", "502-html", False), ("openrouter_chat", "200-text", True),
     ("openrouter_chat", "200-no-image", False), ("openai_images", "200-revised", True),
-    ("openai_images", "200-url", True),
+    ("openai_images", "200-url", True), ("openai_images", "200-usage", True),
+    ("openrouter_chat", "200-model", True), ("openai_images", "200-escaped", True),
+    ("openai_images", "400-escaped", False), ("openai_images", "200-url-key", True),
 ]
 
 
@@ -114,7 +134,7 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
     saved_dir = tmp_path / "saved"
     seen = []            # (label, text) of everything a user could see or keep
 
-    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo, \
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img}) as echo, \
             TinyServer({"/v1/{tail:.*}": _echo}) as other_origin:
 
         async def redirect(request):
@@ -164,7 +184,7 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
             seen.append(("per-call response", repr(r2) + str(r2.auth_hint)))
             history.record(r2, request=per_call)
             await client.close()
-        hits = other_origin.hits + [h for h in echo.hits if h["path"] == "/img.png"]
+        hits = other_origin.hits + [h for h in echo.hits if h["path"].startswith("/img")]
 
     # history: its table, text, reprs, and the requests it would re-run
     seen.append(("history", history.text(None) + history.table_html(None) + repr(history)))
@@ -189,18 +209,24 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
 
 @pytest.mark.parametrize("api, kind, ok", ECHO_CASES, ids=[c[1] for c in ECHO_CASES])
 async def test_echoed_headers_are_scrubbed(api, kind, ok):
-    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img}) as echo:
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img}) as echo:
         cfg = ImageConfig(api_type=api, base_url=echo.url + "/v1", token=TOKEN, backoff_base=0.01, max_attempts=2)
         rec = Recorder()
         async with ImageClient(cfg) as client:
             resp = await client.generate(ImageRequest("a fox", headers={"X-Kind": kind}), on_event=rec)
     assert resp.success is ok, resp.error
-    text = " ".join([str(resp.error), str(resp.text), str(resp.revised_prompt), repr(resp),
-                     " ".join(str(a.revised_prompt) for a in resp.artifacts)]
+    exc = resp.exception
+    text = " ".join([str(resp.error), str(resp.text), str(resp.revised_prompt), repr(resp), str(resp.model),
+                     json.dumps(resp.usage.raw if resp.usage else None), repr(resp.usage),
+                     " ".join(f"{a.revised_prompt} {a.source_url}" for a in resp.artifacts),
+                     "" if exc is None else f"{exc!r} {exc.body} {exc.code} {exc.api_url}"]
                     + [repr(e.to_dict()) for e in rec.events])
     assert not leaks(text), text
-    if kind in ("400-json", "200-text", "200-revised"):
+    if kind in ("400-json", "200-text", "200-revised", "200-usage", "200-escaped", "400-escaped"):
         assert "Bearer sk-F...6e7f" in text, "the echo is kept, masked"
+    if kind == "200-url-key":     # the image was fetched from the URL as sent, and is shown masked
+        assert any(h["path"] == f"/img/{TOKEN}/fox.png" for h in echo.hits)
+        assert resp.artifacts[0].source_url.endswith("/img/sk-F...6e7f/fox.png"), resp.artifacts[0].source_url
     # the sent request did carry the key (the scrubbing is not a mistake in what was sent)
     assert any(h["headers"].get("Authorization") == f"Bearer {TOKEN}" for h in echo.hits)
 
@@ -312,3 +338,72 @@ def test_notebook_run_with_a_fake_key_leaves_no_trace(path, tmp_path, tmp_path_f
         assert emulator_thread.request_count > before, f"{path.name} sent nothing with the fake key"
         assert all(r.get("auth") == "ok" for r in emulator_thread.requests[before:] if r.get("auth"))
         assert "(IMAGE_AUTH_TOKEN is set; it is not shown)" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# %xmode Verbose: tracebacks print the values of every frame's variables
+# ---------------------------------------------------------------------------------------------
+VERBOSE_CELLS = [
+    # 1. an exception from deep inside a call: through generate, the retry loop, the attempt and
+    #    the frame that holds the request's headers (aiohttp's request made to fail)
+    """import aiohttp
+from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
+cfg = ImageConfig.from_env(max_attempts=1)
+client = ImageClient(cfg)
+_real = aiohttp.ClientSession._request
+def _broken(self, *a, **kw):
+    raise RuntimeError("the transport broke")
+aiohttp.ClientSession._request = _broken
+try:
+    client.generate_sync(ImageRequest("a fox"))
+finally:
+    aiohttp.ClientSession._request = _real""",
+    # 2. the typed error of a refused call (a 401), raised on purpose
+    """resp = client.generate_sync(ImageRequest("a fox", headers={"X-Emulator-Fault": "401"}))
+resp.raise_for_error()""",
+    # 3. a request refused before sending, the key passed per call
+    """client.generate_sync(ImageRequest("a fox", size="5x5", token=cfg.token.get_secret_value()))""",
+    # 4. a bad setting next to the key in the environment
+    """import os
+os.environ["IMAGE_TIMEOUT"] = "soon"
+try:
+    ImageConfig.from_env()
+finally:
+    del os.environ["IMAGE_TIMEOUT"]""",
+    # 5. a frame whose argument is the key
+    """def use(token):
+    raise ValueError("cannot use it")
+use(cfg.token)""",
+    # 6. the config, the client and the request themselves, printed
+    """print(repr(cfg), cfg, repr(cfg.token), f"{cfg.token}", str(cfg.token), repr(client),
+      repr(ImageRequest("x", token=cfg.token)), ImageRequest("x", token=cfg.token).token)""",
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+def test_verbose_tracebacks_never_show_the_key(tmp_path, tmp_path_factory, emulator_thread):
+    """A real kernel in `%xmode Verbose`: each failing cell's traceback lists the variables of
+    every frame (the client's, the retry loop's, the one holding the headers); none shows the key,
+    and the frames that hold it show its mask."""
+    env = kernel_env(sys.executable, IMAGE_AUTH_TOKEN=TOKEN, IMAGE_API_TYPE="openai_images",
+                     IMAGE_BASE_URL=emulator_thread.base_url_for("openai_images"),
+                     IMAGE_CACHE_DIR=str(tmp_path / "cache"))
+    with running_kernel(sys.executable, env=env, cwd=tmp_path, workdir=tmp_path_factory.mktemp("kernel")) as kernel:
+        kernel.execute("%xmode Verbose", timeout=30)
+        texts = []
+        for code in VERBOSE_CELLS:
+            reply, msgs = kernel.execute(code, timeout=60)
+            texts.append((code.splitlines()[0], reply, "\n".join(message_text(m) for m in msgs)))
+    for first, reply, text in texts:
+        assert not leaks(strip_ansi(text)), f"{first}: {leaks(strip_ansi(text))}\n{strip_ansi(text)[-3000:]}"
+    errors = [strip_ansi(t) for _, reply, t in texts[:5]]
+    assert all(reply["status"] == "error" for _, reply, _ in texts[:5]), [r["status"] for _, r, _ in texts]
+    # the tracebacks really are verbose, and went through the frames that hold the key
+    assert "RuntimeError: the transport broke" in errors[0] and "_receive" in errors[0], errors[0][-2000:]
+    assert "Authorization" in errors[0] and "Bearer sk-F...6e7f" in errors[0], errors[0][-4000:]
+    assert "token=Secret('sk-F...6e7f')" in errors[4], errors[4]   # a frame holding the key shows its mask
+    assert "AuthenticationError" in errors[1] or "401" in errors[1]
+    assert "RequestError" in errors[2] and "size" in errors[2]
+    assert "ConfigError" in errors[3] and "IMAGE_TIMEOUT" in errors[3]
+    assert "sk-F...6e7f" in texts[5][2]
