@@ -72,10 +72,11 @@ class Secret:
             value = value.get_secret_value()
         if not isinstance(value, str):
             raise ConfigError(f"an API key must be a string, not {type(value).__name__}")
-        self._value = value.strip()
+        self._value = HiddenStr(value.strip())
 
-    def get_secret_value(self) -> str:
-        """The key itself: for the Authorization header (and the scrubbers that hide it)."""
+    def get_secret_value(self) -> "HiddenStr":
+        """The key itself (a `str` whose repr is masked: a variable holding it shows the mask in
+        a traceback): for the Authorization header and the scrubbers that hide it."""
         return self._value
 
     @property
@@ -135,7 +136,7 @@ def secret_forms(value: Union[None, str, Secret]) -> List[str]:
     if not raw or len(raw) < 4:
         return []
     forms = [raw, quote(raw, safe=""), json.dumps(raw)[1:-1]]
-    return list(dict.fromkeys(forms))
+    return [HiddenStr(f) for f in dict.fromkeys(forms)]
 
 
 def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
@@ -148,6 +149,14 @@ def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any
             if form in text:
                 text = text.replace(form, mask)
     return text
+
+
+class HiddenStr(str):
+    """A key's text as a real `str` (it compares, hashes and formats as the text) whose repr is
+    the mask: what a variable holding it shows in a Verbose traceback or a debugger."""
+
+    def __repr__(self) -> str:
+        return repr(mask_token(str.__str__(self)))
 
 
 class AuthHeader(str):

@@ -104,13 +104,21 @@ async def _echo(request: web.Request):
         text = json.dumps(doc).replace(key, "".join(f"\\u{ord(c):04x}" for c in key))
         assert key not in text
         return web.Response(text=text, status=200 if kind == "200-escaped" else 400, content_type="application/json")
-    if kind == "200-url-key":     # the key in the image URL's path (and its query, dropped anyway)
+    if kind in ("200-url-key", "200-url-key-retry"):   # the key in the image URL's path (and query)
+        flaky = "flaky/" if kind.endswith("retry") else ""
         return web.json_response({"created": 1, "data": [
-            {"url": f"http://127.0.0.1:{request.url.port}/img/{key}/fox.png?sig={key}"}]})
+            {"url": f"http://127.0.0.1:{request.url.port}/img/{flaky}{key}/fox.png?sig={key}"}]})
     return web.json_response({"created": 1, "data": [{"b64_json": _png_b64()}]})
 
 
+_FLAKY_SEEN: set = set()
+
+
 async def _img(request):
+    seen = (request.url.port, request.path)           # 503 once per server: an api_retry event
+    if "/flaky/" in request.path and seen not in _FLAKY_SEEN:
+        _FLAKY_SEEN.add(seen)
+        return web.Response(status=503, text="busy")
     return web.Response(body=make_png(), content_type="image/png")
 
 
@@ -122,6 +130,7 @@ ECHO_CASES = [
     ("openai_images", "200-url", True), ("openai_images", "200-usage", True),
     ("openrouter_chat", "200-model", True), ("openai_images", "200-escaped", True),
     ("openai_images", "400-escaped", False), ("openai_images", "200-url-key", True),
+    ("openai_images", "200-url-key-retry", True),
 ]
 
 
@@ -224,9 +233,12 @@ async def test_echoed_headers_are_scrubbed(api, kind, ok):
     assert not leaks(text), text
     if kind in ("400-json", "200-text", "200-revised", "200-usage", "200-escaped", "400-escaped"):
         assert "Bearer sk-F...6e7f" in text, "the echo is kept, masked"
-    if kind == "200-url-key":     # the image was fetched from the URL as sent, and is shown masked
-        assert any(h["path"] == f"/img/{TOKEN}/fox.png" for h in echo.hits)
-        assert resp.artifacts[0].source_url.endswith("/img/sk-F...6e7f/fox.png"), resp.artifacts[0].source_url
+    if kind.startswith("200-url-key"):   # fetched from the URL as sent, shown masked
+        assert any(h["path"].endswith(f"/{TOKEN}/fox.png") for h in echo.hits)
+        assert resp.artifacts[0].source_url.endswith("/sk-F...6e7f/fox.png"), resp.artifacts[0].source_url
+    if kind == "200-url-key-retry":      # the download's retry event names the URL, masked
+        retries = [e for e in rec.events if e.type == "api_retry"]
+        assert retries and retries[0].data["api_url"].endswith("/flaky/sk-F...6e7f/fox.png"), retries
     # the sent request did carry the key (the scrubbing is not a mistake in what was sent)
     assert any(h["headers"].get("Authorization") == f"Bearer {TOKEN}" for h in echo.hits)
 
