@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ContentPolicyError, ImageAPIError, NoImageError, RequestError, api_error_for
 from ..model import ImageRequest, InputImage, Usage, sniff_mime
@@ -88,6 +89,126 @@ class Parsed:
     model: Optional[str] = None
 
 
+#: the deepest nesting an answer may have. Real answers nest less than 10 levels; 64 keeps deep
+#: data (which json.loads itself refuses only at ~1000 levels) away from everything recursive
+#: that later meets an answer's values: json.dumps, repr, copy, ==.
+MAX_ANSWER_DEPTH = 64
+
+
+class AnswerTooDeep(ValueError):
+    """JSON nested deeper than `MAX_ANSWER_DEPTH` levels (`depth`: how deep it is)."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        super().__init__(f"JSON nested {depth} levels deep (at most {MAX_ANSWER_DEPTH} are read)")
+
+    @property
+    def nesting(self) -> str:
+        """'nested 100000 levels deep', for messages."""
+        return f"nested {self.depth} levels deep"
+
+
+def json_depth(value: Any) -> int:
+    """How deep `value` nests (a scalar: 0, `[]`: 1, `[[1]]`: 2), by an iterative walk: no
+    recursion, whatever the depth."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _text_depth(text: str) -> int:
+    """The bracket depth of JSON text that json.loads gave up on (brackets inside strings do not
+    count); iterative, and in C loops: 100,000 levels take milliseconds."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def load_json_answer(body: Union[bytes, bytearray, str], max_depth: int = MAX_ANSWER_DEPTH) -> Any:
+    """The JSON value of an answer (a 200 body, an error body, a stream event), raising nothing but
+    ValueError: json's own for invalid JSON (and bytes that are not UTF-8), `AnswerTooDeep` (a
+    ValueError) for JSON nested deeper than `max_depth` levels, whether json.loads could still
+    read it or hit Python's recursion limit."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        text = body if isinstance(body, str) else bytes(body).decode("utf-8", "replace")
+        raise AnswerTooDeep(max(_text_depth(text), max_depth + 1)) from None
+    depth = json_depth(value)
+    if depth > max_depth:
+        raise AnswerTooDeep(depth)
+    return value
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, in words ("a string", "a list", "an object", ...), for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+_WANTED = {dict: "an object", list: "a list", str: "a string"}
+
+
+def field_of(obj: Dict[str, Any], key: str, want: type, where: str, notes: List[str]) -> Any:
+    """`obj[key]` when it is a `want` (dict, list or str); None when it is absent or null; else
+    None, with a note for the error message ("choices[0].message is a string, not an object")."""
+    value = obj.get(key)
+    if value is None or isinstance(value, want):
+        return value
+    notes.append(f"{where + '.' if where else ''}{key} is {kind_of(value)}, not {_WANTED[want]}")
+    return None
+
+
+def as_text(value: Any) -> Optional[str]:
+    """`value` when it really is a string, else None: a number or an object where an answer
+    should have text (a revised prompt, a model name) is not shown as text."""
+    return value if isinstance(value, str) else None
+
+
+def said(value: Any) -> Optional[str]:
+    """`value` when it is a string with something in it (an error's message), else None."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def shape_detail(notes: List[str]) -> str:
+    """' (the answer is not as expected: data[0] is a string, not an object)' for a no-image
+    message, or ''."""
+    if not notes:
+        return ""
+    more = "; and more" if len(notes) > 3 else ""
+    return f" (the answer is not as expected: {'; '.join(notes[:3])}{more})"
+
+
+#: notes a stream keeps (a long stream of odd chunks must not grow a list without end)
+MAX_NOTES = 10
+
+
 def _strict_b64(value: str) -> bytes:
     """Strict base64 straight from an ASCII str: binascii reads the str's own buffer (a 30 MB
     image's base64 text is not copied first, as `base64.b64decode` does with str.encode)."""
@@ -99,7 +220,8 @@ def _strict_b64(value: str) -> bytes:
 
 def decode_b64(value: Any, what: str, api_url: str) -> bytes:
     if not isinstance(value, str) or not value:
-        raise NoImageError(200, f"{what} is not a base64 string", api_url)
+        what_it_is = "missing" if value is None else "empty" if value == "" else kind_of(value)
+        raise NoImageError(200, f"{what} is {what_it_is}, not a base64 string", api_url)
     try:
         return _strict_b64(value)
     except (binascii.Error, ValueError):
@@ -114,8 +236,10 @@ _DATA_URL = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,", re.I)
 
 def image_ref_from_url(url: Any, api_url: str, revised_prompt: Optional[str] = None) -> ImageRef:
     """A `data:` URL becomes inline bytes; an http(s) URL is left for the client to download."""
-    if not isinstance(url, str) or not url:
+    if url is None or url == "":
         raise NoImageError(200, "an image entry has no URL", api_url)
+    if not isinstance(url, str):
+        raise NoImageError(200, f"an image entry's URL is {kind_of(url)}, not a string", api_url)
     m = _DATA_URL.match(url)
     if m:
         data = decode_b64(url[m.end():], "an image data URL", api_url)
@@ -152,7 +276,9 @@ def error_code(err: Dict[str, Any]) -> Optional[str]:
     meta = err.get("metadata")
     if not isinstance(code, str) and isinstance(meta, dict) and isinstance(meta.get("error_type"), str):
         return meta["error_type"]
-    return str(code) if code is not None else None
+    if isinstance(code, str) or (isinstance(code, int) and not isinstance(code, bool)):
+        return str(code)
+    return None   # a code that is an object, a list, a boolean: not a code
 
 
 def error_message_from_body(status: Optional[int], body: bytes, content_type: str = "") -> Tuple[str, Optional[str]]:
@@ -160,22 +286,23 @@ def error_message_from_body(status: Optional[int], body: bytes, content_type: st
     text = body.decode("utf-8", "replace").strip()
     if text:
         try:
-            payload = json.loads(text)
+            payload = load_json_answer(text)
+        except AnswerTooDeep as e:
+            return f"the error body is JSON {e.nesting}; not an error this client understands", None
         except ValueError:
             payload = None
         if isinstance(payload, dict):
             err = payload.get("error")
             if isinstance(err, dict):
-                msg = err.get("message") or json.dumps(err)[:300]
-                code = err.get("code")
+                msg = said(err.get("message")) or json.dumps(err)[:300]
                 meta = err.get("metadata")
                 if isinstance(meta, dict) and meta.get("raw") and isinstance(meta["raw"], str):
                     msg = f"{msg} ({meta['raw'][:200]})"
-                return str(msg), error_code(err)
-            if isinstance(err, str):
+                return msg, error_code(err)
+            if isinstance(err, str) and err.strip():
                 return err, None
-            if payload.get("message"):
-                return str(payload["message"]), None
+            if said(payload.get("message")):
+                return payload["message"], None
         if "html" in content_type.lower() or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
             title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
             detail = f" ({title.group(1).strip()[:80]})" if title else ""
@@ -237,7 +364,7 @@ def no_image_error(api_url: str, text: Optional[str], detail: str = "", *,
     """A 200 answer without an image: a `NoImageError` (code `no_image`), or a `ContentPolicyError`
     when the answer carries a refusal signal (`refused`: the signal, e.g. `content_filter` or
     `refusal`). The message is the same: what the model said, and why it stopped."""
-    said = f" It said: {text.strip()[:400]!r}" if text and text.strip() else ""
+    said = f" It said: {text.strip()[:400]!r}" if isinstance(text, str) and text.strip() else ""
     message = f"the model returned no image{detail}.{said}"
     if refused:
         return ContentPolicyError(200, message, api_url, code=refused)
@@ -250,6 +377,14 @@ class PartialImage:
     data: bytes
     partial_index: int
     image_index: int = 0
+
+
+def partial_index(value: Any, default: int) -> int:
+    """A stream's `partial_image_index` when it is a sane whole number (0-999), else `default`
+    (the count of partial images seen before): a string or a float there is not an index."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000:
+        return value
+    return default
 
 
 class StreamBroken(Exception):
@@ -275,9 +410,13 @@ class StreamState:
 
 
 def sse_json(event: Any, api_url: str) -> Dict[str, Any]:
-    """The JSON object of one event; anything else means the stream is damaged."""
+    """The JSON object of one event; anything else means the stream is damaged (retried), except
+    JSON nested too deeply: like a 200 body (see `load_json_answer`), not retried."""
     try:
-        payload = json.loads(event.data)
+        payload = load_json_answer(event.data)
+    except AnswerTooDeep as e:
+        raise NoImageError(200, f"a stream event is JSON {e.nesting}; not an event this client "
+                                "understands", api_url) from None
     except ValueError:
         raise StreamBroken(f"a stream event is not valid JSON ({event.data[:60]!r})") from None
     if not isinstance(payload, dict):
@@ -290,11 +429,21 @@ def raise_stream_error(payload: Any, api_url: str) -> None:
     chunks), or a Responses `{"type": "error", "code", "message", "param"}` event."""
     if not isinstance(payload, dict):
         return
+    raise_answer_error(payload, api_url, [], "the stream ended with an error: ")
+    if payload.get("type") == "error":
+        raise answer_error(payload, api_url, "the stream ended with an error: ")
+
+
+def raise_answer_error(payload: Dict[str, Any], api_url: str, notes: List[str], prefix: str = "") -> None:
+    """Raise the error an answer carries in `error`: an error object, or a message string. Any
+    other `error` that is not null or false (a number, a list) is noted and otherwise ignored."""
     err = payload.get("error")
-    if not isinstance(err, dict) and payload.get("type") == "error":
-        err = payload
     if isinstance(err, dict):
-        raise answer_error(err, api_url, "the stream ended with an error: ")
+        raise answer_error(err, api_url, prefix)
+    if isinstance(err, str) and err.strip():
+        raise answer_error({"message": err}, api_url, prefix)
+    if err is not None and err is not False and err != "":
+        notes.append(f"error is {kind_of(err)}, not an object")
 
 
 def answer_error(err: Dict[str, Any], api_url: str, prefix: str = "") -> ImageAPIError:
@@ -302,6 +451,7 @@ def answer_error(err: Dict[str, Any], api_url: str, prefix: str = "") -> ImageAP
     OpenRouter's integer `code` is the status the upstream meant, otherwise the answer's 200;
     a moderation code gives a ContentPolicyError (see `errors.api_error_for`)."""
     code = err.get("code")
-    status = code if isinstance(code, int) and not isinstance(code, bool) else 200
-    message = str(err.get("message") or json.dumps(err)[:300])
+    # an integer code is a status only when it looks like one (100-599)
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599 else 200
+    message = said(err.get("message")) or (json.dumps(err)[:300] if err else "an empty error object")
     return api_error_for(status, prefix + message, api_url, code=error_code(err), in_answer=True)

@@ -6,8 +6,9 @@ from typing import Any, Dict, List
 from ..errors import NoImageError, RequestError
 from ..model import Usage
 from .base import (FormField, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken,
-                   StreamState, answer_error, decode_b64, image_ref_from_url, nearest, no_image_error,
-                   output_format, parse_ratio, parse_size, raise_stream_error, sse_json)
+                   StreamState, as_text, decode_b64, image_ref_from_url, kind_of, nearest, no_image_error,
+                   output_format, parse_ratio, parse_size, partial_index, raise_answer_error, raise_stream_error,
+                   shape_detail, sse_json)
 
 GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 SIZES = {
@@ -129,26 +130,32 @@ class OpenAIImagesProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise NoImageError(200, "the response is not a JSON object", api_url)
-        if isinstance(payload.get("error"), dict):
-            raise answer_error(payload["error"], api_url)
+            raise NoImageError(200, f"the response is {kind_of(payload)}, not a JSON object", api_url)
+        notes: List[str] = []
+        raise_answer_error(payload, api_url, notes)
         data = payload.get("data")
         if not isinstance(data, list):
-            raise NoImageError(200, "the response has no 'data' list", api_url)
+            what = "no 'data' list" if data is None else f"'data' that is {kind_of(data)}, not a list"
+            raise NoImageError(200, f"the response has {what}", api_url)
         out = Parsed(usage=Usage.from_api(payload.get("usage")))
         for i, item in enumerate(data):
             if not isinstance(item, dict):
+                notes.append(f"data[{i}] is {kind_of(item)}, not an object")
                 continue
-            rp = item.get("revised_prompt")
-            if item.get("b64_json"):
-                out.images.append(ImageRef(data=decode_b64(item["b64_json"], f"data[{i}].b64_json", api_url),
+            rp = as_text(item.get("revised_prompt"))
+            b64, url = item.get("b64_json"), item.get("url")
+            if b64 is not None and b64 != "":
+                out.images.append(ImageRef(data=decode_b64(b64, f"data[{i}].b64_json", api_url),
                                            revised_prompt=rp))
-            elif item.get("url"):
-                out.images.append(image_ref_from_url(item["url"], api_url, rp))
+            elif url is not None and url != "":
+                out.images.append(image_ref_from_url(url, api_url, rp))
+            else:
+                notes.append(f"data[{i}] has neither b64_json nor url")
             if rp and not out.revised_prompt:
                 out.revised_prompt = rp
         if not out.images:
-            raise no_image_error(api_url, None, " (the 'data' list is empty)")
+            raise no_image_error(api_url, None, (" (the 'data' list is empty)" if not data else "")
+                                 + shape_detail(notes))
         return out
 
 
@@ -167,14 +174,16 @@ class ImagesStream(StreamState):
     def __init__(self, api_url: str):
         super().__init__(api_url)
         self.final = None
+        self.partials = 0
 
     def on_event(self, event) -> List[PartialImage]:
         payload = sse_json(event, self.api_url)
         raise_stream_error(payload, self.api_url)
-        kind = payload.get("type") or event.event
+        kind = as_text(payload.get("type")) or event.event
         if kind.endswith(".partial_image"):
             data = decode_b64(payload.get("b64_json"), "a partial image", self.api_url)
-            return [PartialImage(data, int(payload.get("partial_image_index") or 0))]
+            self.partials += 1
+            return [PartialImage(data, partial_index(payload.get("partial_image_index"), self.partials - 1))]
         if kind.endswith(".completed"):
             data = decode_b64(payload.get("b64_json"), "the final image", self.api_url)
             self.final = Parsed(images=[ImageRef(data=data)], usage=Usage.from_api(payload.get("usage")))

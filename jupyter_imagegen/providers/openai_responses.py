@@ -6,7 +6,8 @@ from typing import Any, Dict, List
 from ..errors import NoImageError, RequestError
 from ..model import Usage
 from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   answer_error, decode_b64, no_image_error, raise_stream_error, sse_json)
+                   answer_error, as_text, decode_b64, field_of, kind_of, no_image_error, partial_index,
+                   raise_answer_error, raise_stream_error, shape_detail, sse_json)
 from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, image_options
 
 
@@ -53,39 +54,43 @@ class OpenAIResponsesProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise NoImageError(200, "the response is not a JSON object", api_url)
-        if isinstance(payload.get("error"), dict):
-            raise answer_error(payload["error"], api_url)
-        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
+            raise NoImageError(200, f"the response is {kind_of(payload)}, not a JSON object", api_url)
+        notes: List[str] = []
+        raise_answer_error(payload, api_url, notes)
+        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=as_text(payload.get("model")))
         texts: List[str] = []
         refused = None
-        for i, item in enumerate(payload.get("output") or []):
+        for i, item in enumerate(field_of(payload, "output", list, "", notes) or ()):
             if not isinstance(item, dict):
+                notes.append(f"output[{i}] is {kind_of(item)}, not an object")
                 continue
             if item.get("type") == "image_generation_call":
-                if item.get("status") == "failed" or not item.get("result"):
+                result = item.get("result")
+                if item.get("status") == "failed" or result is None or result == "":
                     continue
-                rp = item.get("revised_prompt")
-                out.images.append(ImageRef(data=decode_b64(item["result"], f"output[{i}].result", api_url),
+                rp = as_text(item.get("revised_prompt"))
+                out.images.append(ImageRef(data=decode_b64(result, f"output[{i}].result", api_url),
                                            revised_prompt=rp))
                 out.revised_prompt = out.revised_prompt or rp
             elif item.get("type") == "message":
-                for part in item.get("content") or []:
-                    if isinstance(part, dict) and part.get("type") == "output_text" and part.get("text"):
+                for part in field_of(item, "content", list, f"output[{i}]", notes) or ():
+                    if not isinstance(part, dict):
+                        continue
+                    if part.get("type") == "output_text" and as_text(part.get("text")):
                         texts.append(part["text"])
-                    elif isinstance(part, dict) and part.get("type") == "refusal" and part.get("refusal"):
+                    elif part.get("type") == "refusal" and as_text(part.get("refusal")):
                         texts.append(part["refusal"])
                         refused = "refusal"
         out.text = "\n".join(texts) or None
         if not out.images:
-            status = payload.get("status")
+            status = as_text(payload.get("status"))
             detail = ""
-            reason = (payload.get("incomplete_details") or {}).get("reason")
+            reason = as_text((field_of(payload, "incomplete_details", dict, "", notes) or {}).get("reason"))
             if status and status != "completed":
                 detail = f" (response status: {status}{', ' + reason if reason else ''})"
             if reason == "content_filter":   # the server-side safety filter cut the response off
                 refused = reason
-            raise no_image_error(api_url, out.text, detail, refused=refused)
+            raise no_image_error(api_url, out.text, detail + shape_detail(notes), refused=refused)
         return out
 
 
@@ -96,19 +101,28 @@ class ResponsesStream(StreamState):
         super().__init__(api_url)
         self.provider = provider
         self.final = None
+        self.partials = 0
 
     def on_event(self, event) -> List[PartialImage]:
         payload = sse_json(event, self.api_url)
         raise_stream_error(payload, self.api_url)
-        kind = payload.get("type") or event.event
+        kind = as_text(payload.get("type")) or event.event
         if kind == "response.image_generation_call.partial_image":
             data = decode_b64(payload.get("partial_image_b64"), "a partial image", self.api_url)
-            return [PartialImage(data, int(payload.get("partial_image_index") or 0))]
+            self.partials += 1
+            return [PartialImage(data, partial_index(payload.get("partial_image_index"), self.partials - 1))]
         if kind in ("response.completed", "response.incomplete", "response.failed"):
-            response = payload.get("response") or {}
+            response = payload.get("response")
+            if response is None:
+                response = {}
+            elif not isinstance(response, dict):
+                raise NoImageError(200, f"the {kind} event's 'response' is {kind_of(response)}, not an object",
+                                   self.api_url)
             if kind == "response.failed":
-                err = response.get("error") or {}
-                raise answer_error({**err, "message": err.get("message") or "the response failed"}, self.api_url)
+                err = response.get("error")
+                err = err if isinstance(err, dict) else {"message": err} if isinstance(err, str) else {}
+                raise answer_error({**err, "message": as_text(err.get("message")) or "the response failed"},
+                                   self.api_url)
             self.final = self.provider.parse(response, self.api_url)
         return []
 

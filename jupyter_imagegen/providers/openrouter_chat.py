@@ -5,9 +5,9 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import NoImageError, RequestError
 from ..model import Usage
-from .base import (HttpCall, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   answer_error, image_ref_from_url, nearest, no_image_error, parse_ratio, parse_size,
-                   raise_stream_error, sse_json)
+from .base import (MAX_NOTES, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
+                   as_text, field_of, image_ref_from_url, kind_of, nearest, no_image_error, parse_ratio,
+                   parse_size, raise_answer_error, raise_stream_error, shape_detail, sse_json)
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGE_SIZES = ("1K", "2K", "4K")
@@ -74,34 +74,52 @@ class OpenRouterChatProvider(Provider):
 
     def parse(self, payload: Any, api_url: str) -> Parsed:
         if not isinstance(payload, dict):
-            raise NoImageError(200, "the response is not a JSON object", api_url)
-        err = payload.get("error")
-        if isinstance(err, dict):  # OpenRouter can send a 200 whose body is an error from the upstream
-            raise answer_error(err, api_url)
+            raise NoImageError(200, f"the response is {kind_of(payload)}, not a JSON object", api_url)
+        notes: List[str] = []
+        raise_answer_error(payload, api_url, notes)  # OpenRouter can send a 200 whose body is an upstream error
         choices = payload.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise NoImageError(200, "the response has no choices", api_url)
-        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=payload.get("model"))
+            what = "has no choices" if choices is None or choices == [] else f"'choices' is {kind_of(choices)}, not a list"
+            raise NoImageError(200, f"the response {what}", api_url)
+        out = Parsed(usage=Usage.from_api(payload.get("usage")), model=as_text(payload.get("model")))
         texts: List[str] = []
-        for choice in choices:
-            msg = (choice or {}).get("message") or {}
+        first: Dict[str, Any] = {}
+        for i, choice in enumerate(choices):
+            where = f"choices[{i}]"
+            if not isinstance(choice, dict):
+                notes.append(f"{where} is {kind_of(choice)}, not an object")
+                continue
+            msg = field_of(choice, "message", dict, where, notes) or {}
+            if i == 0:
+                first = {"finish_reason": as_text(choice.get("finish_reason")), "refusal": as_text(msg.get("refusal"))}
             content = msg.get("content")
             if isinstance(content, str) and content.strip():
                 texts.append(content.strip())
             elif isinstance(content, list):
-                texts += [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            for img in msg.get("images") or []:
-                if isinstance(img, dict):
-                    url = (img.get("image_url") or {}).get("url") if isinstance(img.get("image_url"), dict) else img.get("image_url")
-                    out.images.append(image_ref_from_url(url, api_url))
+                texts += [p["text"] for p in content
+                          if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)]
+            for j, img in enumerate(field_of(msg, "images", list, f"{where}.message", notes) or ()):
+                ref = _chat_image(img, f"{where}.message.images[{j}]", api_url, notes)
+                if ref is not None:
+                    out.images.append(ref)
         out.text = "\n".join(t for t in texts if t) or None
         if not out.images:
-            first = choices[0] if isinstance(choices[0], dict) else {}
-            reason = first.get("finish_reason")
-            refusal = (first.get("message") or {}).get("refusal")
+            reason, refusal = first.get("finish_reason"), first.get("refusal")
             detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
-            raise no_image_error(api_url, out.text or refusal, detail, refused=_refusal_signal(reason, refusal))
+            raise no_image_error(api_url, out.text or refusal, detail + shape_detail(notes),
+                                 refused=_refusal_signal(reason, refusal))
         return out
+
+
+def _chat_image(img: Any, where: str, api_url: str, notes: List[str]) -> Optional[ImageRef]:
+    """One entry of `images`: `{"image_url": {"url": ...}}` (or `{"image_url": "<url>"}`); an entry
+    that is not an object is noted and skipped; an object without a usable URL raises."""
+    if not isinstance(img, dict):
+        notes.append(f"{where} is {kind_of(img)}, not an object")
+        return None
+    image_url = img.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    return image_ref_from_url(url, api_url)
 
 
 class ChatStream(StreamState):
@@ -111,11 +129,12 @@ class ChatStream(StreamState):
         super().__init__(api_url)
         self.done = False
         self.text: List[str] = []
-        self.images = []
-        self.usage = None
-        self.model = None
-        self.finish_reason = None
+        self.images: List[ImageRef] = []
+        self.usage: Optional[Usage] = None
+        self.model: Optional[str] = None
+        self.finish_reason: Optional[str] = None
         self.refusal: List[str] = []
+        self.notes: List[str] = []     # fields of the wrong type (for the message if no image comes)
 
     def on_event(self, event) -> List[PartialImage]:
         if event.data.strip() == "[DONE]":
@@ -123,19 +142,25 @@ class ChatStream(StreamState):
             return []
         payload = sse_json(event, self.api_url)
         raise_stream_error(payload, self.api_url)
-        self.model = payload.get("model") or self.model
-        if payload.get("usage"):
-            self.usage = Usage.from_api(payload["usage"])
-        for choice in payload.get("choices") or []:
-            delta = choice.get("delta") or {}
+        self.model = as_text(payload.get("model")) or self.model
+        self.usage = Usage.from_api(payload.get("usage")) or self.usage
+        notes = self.notes
+        for i, choice in enumerate(field_of(payload, "choices", list, "a chunk", notes) or ()):
+            where = f"a chunk's choices[{i}]"
+            if not isinstance(choice, dict):
+                notes.append(f"{where} is {kind_of(choice)}, not an object")
+                continue
+            delta = field_of(choice, "delta", dict, where, notes) or {}
             if isinstance(delta.get("content"), str):
                 self.text.append(delta["content"])
             if isinstance(delta.get("refusal"), str):
                 self.refusal.append(delta["refusal"])
-            for img in delta.get("images") or []:
-                url = (img.get("image_url") or {}).get("url") if isinstance(img, dict) else None
-                self.images.append(image_ref_from_url(url, self.api_url))
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            for j, img in enumerate(field_of(delta, "images", list, f"{where}.delta", notes) or ()):
+                ref = _chat_image(img, f"{where}.delta.images[{j}]", self.api_url, notes)
+                if ref is not None:
+                    self.images.append(ref)
+            self.finish_reason = as_text(choice.get("finish_reason")) or self.finish_reason
+        del notes[MAX_NOTES:]
         return []
 
     def finish(self) -> Parsed:
@@ -146,7 +171,8 @@ class ChatStream(StreamState):
             refusal = "".join(self.refusal).strip() or None
             reason = self.finish_reason
             detail = f" (finish_reason: {reason})" if reason and reason not in ("stop", "STOP") else ""
-            raise no_image_error(self.api_url, text or refusal, detail, refused=_refusal_signal(reason, refusal))
+            raise no_image_error(self.api_url, text or refusal, detail + shape_detail(self.notes),
+                                 refused=_refusal_signal(reason, refusal))
         return Parsed(images=self.images, text=text, usage=self.usage, model=self.model)
 
 
