@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .model import Artifact, ImageResponse, Usage, sniff_mime
+from .providers.base import AnswerTooDeep, load_json_answer
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -102,18 +103,6 @@ def _read_confined(entry: Path, name: str, cap: int) -> bytes:
         return f.read(cap + 1)
 
 
-def _nesting(value: Any, limit: int) -> bool:
-    """True when `value` (decoded JSON) is nested deeper than `limit` (an iterative walk)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return False
-
-
 def _optional_str(meta: Dict[str, Any], name: str) -> None:
     if meta.get(name) is not None and not isinstance(meta[name], str):
         raise _BadEntry(f"meta.json: {name!r} is not a string")
@@ -121,16 +110,14 @@ def _optional_str(meta: Dict[str, Any], name: str) -> None:
 
 def _read_entry(entry: Path, key: str) -> Tuple[List[Artifact], Dict[str, Any]]:
     """An entry's images and metadata, checked as if they came from the network."""
-    try:
-        meta = json.loads(_read_confined(entry, "meta.json", MAX_META_BYTES))
-    except RecursionError:
-        raise _BadEntry("meta.json is nested too deeply") from None
+    try:   # the same reader as an answer's: deep JSON is refused, never a RecursionError
+        meta = load_json_answer(_read_confined(entry, "meta.json", MAX_META_BYTES), MAX_META_DEPTH)
+    except AnswerTooDeep as e:
+        raise _BadEntry(f"meta.json is {e.nesting}") from None
     except ValueError as e:
         raise _BadEntry(f"meta.json is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise _BadEntry("meta.json is not a JSON object")
-    if _nesting(meta, MAX_META_DEPTH):
-        raise _BadEntry(f"meta.json is nested deeper than {MAX_META_DEPTH} levels")
     if meta.get("key") != key:
         raise _BadEntry("meta.json belongs to another entry")
     for name in ("text", "revised_prompt", "model", "api_type", "prompt"):

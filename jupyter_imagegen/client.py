@@ -447,16 +447,16 @@ class _CallContext:
             ref.revised_prompt = self.scrub(ref.revised_prompt) or None
         return parsed
 
-    def _scrub_json_body(self, body: bytes) -> bytes:
-        """An error body that is JSON, with the key out of every decoded string."""
+    def _scrub_json_body(self, body: bytes) -> Tuple[bytes, bool]:
+        """An error body that is JSON, with the key out of every decoded string, and whether the
+        body may be kept: JSON too deep to decode (and so to check) is not kept; a body that is not
+        JSON at all is kept as it is (its backslashes are only text)."""
         try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
-            return body
-        try:
-            return json.dumps(self.scrub.value(doc)).encode()
-        except (ValueError, RecursionError):
-            return body
+            return json.dumps(self.scrub.value(load_json_answer(body))).encode(), True
+        except AnswerTooDeep:
+            return body, False
+        except ValueError:
+            return body, True
 
     def _headers(self, call: HttpCall) -> Dict[str, str]:
         accept = "text/event-stream" if call.stream else "application/json"
@@ -472,11 +472,12 @@ class _CallContext:
         del got   # from here on `body` is the only reference: dropped once parsed (a 4096 px answer is 30 MB)
         if status >= 400 or not (200 <= status < 300):
             clean = self.scrub.bytes(body)   # before anything cuts it
+            keep = True
             if b"\\u" in clean:                 # JSON escapes can spell the key in other letters
-                clean = self._scrub_json_body(clean)
+                clean, keep = self._scrub_json_body(clean)
             message, code = error_message_from_body(status, clean, ctype)
             raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
-                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
+                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None if keep else None)
         try:
             payload = load_json_answer(body)
         except AnswerTooDeep as e:
@@ -632,7 +633,7 @@ class _CallContext:
         """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only,
         and only from public addresses unless the API itself is on a loopback or private one
         (netguard: checked on every redirect hop and every address connected to)."""
-        shown = redact_url(url)
+        shown = self.scrub(redact_url(url))   # as shown in events and errors (the key may be in the path)
         if urlsplit(url).scheme not in ("http", "https"):
             raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs", url)
         cap = self.cfg.max_download_bytes
