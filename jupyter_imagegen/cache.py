@@ -188,13 +188,16 @@ class RequestCache:
         """Whether an entry exists (not checked: `get` checks it)."""
         return os.path.lexists(self._entry(key) / "meta.json")
 
-    def _drop(self, entry: Path) -> None:
+    def _drop(self, entry: Path) -> bool:
+        """Remove an entry folder: renamed out of the way first (a reader never sees half of it).
+        False when another process got there first."""
         trash = entry.with_name(f".drop-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(entry, trash)
         except OSError:
-            return
+            return False
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def _private_dir(self, path: Path) -> None:
         """`path` (and the cache folder above it) created as 0700: entries hold prompts and
@@ -269,12 +272,8 @@ class RequestCache:
         for path, _, size in entries:
             if total <= self.max_bytes:
                 break
-            trash = path.with_name(f".evict-{uuid.uuid4().hex[:8]}")
-            try:
-                os.rename(path, trash)
-            except OSError:
+            if not self._drop(path):
                 continue
-            shutil.rmtree(trash, ignore_errors=True)
             total -= size
             dropped += 1
         return dropped
