@@ -66,6 +66,10 @@ def request_key(resolved: Any) -> str:
 #: what an entry's image file may be called: its index and extension, nothing else
 _IMAGE_FILE = re.compile(r"^\d{1,2}\.(png|jpg|webp|gif)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEY = _SHA256
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
+#: a writer's temporary folder (`tempfile.mkdtemp(prefix=f".{key[:8]}-")`)
+_TEMP = re.compile(r"^\.[0-9a-f]{8}-")
 #: the largest meta.json read back, and the deepest nesting it may have (this module writes 3-4
 #: levels; `usage` as the API sent it may add a few)
 MAX_META_BYTES = 4 * 1024 * 1024
@@ -86,21 +90,52 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _read_confined(entry: Path, name: str, cap: int) -> bytes:
-    """The bytes of the regular file `name` directly inside `entry`: no link followed, at most
-    `cap` bytes."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+#: how an entry file is opened: never through a link, never blocking (a FIFO planted as
+#: meta.json would otherwise hang the reader)
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def _read_confined(folder: int, name: str, cap: int) -> bytes:
+    """The bytes of the regular file `name` directly inside the open folder `folder` (a file
+    descriptor: nothing on the way can be swapped for a link), at most `cap` bytes."""
     try:
-        fd = os.open(entry / name, flags)
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=folder)
     except OSError as e:
         raise _BadEntry(f"{name}: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _BadEntry(f"{name} is not a regular file")
         if st.st_size > cap:
             raise _BadEntry(f"{name} is {st.st_size:,} bytes, over the {cap:,} limit")
-        return f.read(cap + 1)
+        chunks, left = [], cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > cap:
+            raise _BadEntry(f"{name} grew over the {cap:,} limit while it was read")
+        return data
+    except OSError as e:
+        raise _BadEntry(f"{name}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _open_entry(entry: Path) -> int:
+    """A descriptor of the entry folder, opened without following a link at the shard or the
+    entry (the cache folder itself may be a link: ~/.cache often is)."""
+    if os.path.islink(entry.parent):
+        raise _BadEntry(f"the shard folder {entry.parent.name} is a link")
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(entry, flags)
+    except OSError as e:
+        raise _BadEntry(f"the entry folder: {e.strerror or e}") from None
 
 
 def _optional_str(meta: Dict[str, Any], name: str) -> None:
@@ -110,6 +145,14 @@ def _optional_str(meta: Dict[str, Any], name: str) -> None:
 
 def _read_entry(entry: Path, key: str) -> Tuple[List[Artifact], Dict[str, Any]]:
     """An entry's images and metadata, checked as if they came from the network."""
+    folder = _open_entry(entry)
+    try:
+        return _read_entry_at(folder, key)
+    finally:
+        os.close(folder)
+
+
+def _read_entry_at(entry: int, key: str) -> Tuple[List[Artifact], Dict[str, Any]]:
     try:   # the same reader as an answer's: deep JSON is refused, never a RecursionError
         meta = load_json_answer(_read_confined(entry, "meta.json", MAX_META_BYTES), MAX_META_DEPTH)
     except AnswerTooDeep as e:
@@ -172,7 +215,7 @@ class RequestCache:
             return None
         try:
             arts, meta = _read_entry(entry, key)
-        except _BadEntry as e:
+        except (_BadEntry, OSError) as e:
             log.warning("the request cache entry %s is unusable (%s): dropped, the request is sent again",
                         key[:12], e)
             self._drop(entry)
@@ -190,7 +233,15 @@ class RequestCache:
 
     def _drop(self, entry: Path) -> bool:
         """Remove an entry folder: renamed out of the way first (a reader never sees half of it).
-        False when another process got there first."""
+        A link in its place is removed itself, never what it points to. False when another
+        process got there first."""
+        for link in (entry.parent, entry):    # a planted link: remove the link, not its target
+            if link != self.dir and os.path.islink(link):
+                try:
+                    os.unlink(link)
+                    return True
+                except OSError:
+                    return False
         trash = entry.with_name(f".drop-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(entry, trash)
@@ -244,19 +295,36 @@ class RequestCache:
         self.evict()
         return final
 
+    def _shards(self) -> List[Path]:
+        """The shard folders: two hex digits, real folders (not links). Nothing else in the cache
+        folder is ours to count or remove (IMAGE_CACHE_DIR may name a folder with other files)."""
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return []
+        return [self.dir / n for n in names
+                if _SHARD.match(n) and not os.path.islink(self.dir / n) and (self.dir / n).is_dir()]
+
     def entries(self) -> List[Tuple[Path, float, int]]:
+        """(folder, last use, bytes) of every entry: a folder named by its 64-hex key under the
+        shard of its first two digits, not a link (a link planted in the cache folder must never
+        lead eviction to another folder)."""
         out = []
-        if not self.dir.is_dir():
-            return out
-        for shard in self.dir.iterdir():
-            if not shard.is_dir():
+        for shard in self._shards():
+            try:
+                names = os.listdir(shard)
+            except OSError:
                 continue
-            for entry in shard.iterdir():
-                if entry.name.startswith(".") or not entry.is_dir():
+            for name in names:
+                entry = shard / name
+                if not (_KEY.match(name) and name[:2] == shard.name):
                     continue
                 try:
-                    size = sum(f.stat().st_size for f in entry.iterdir())
-                    out.append((entry, entry.stat().st_mtime, size))
+                    st = os.lstat(entry)
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    size = sum(os.lstat(entry / f).st_size for f in os.listdir(entry))
+                    out.append((entry, st.st_mtime, size))
                 except OSError:
                     continue
         return out
@@ -279,7 +347,20 @@ class RequestCache:
         return dropped
 
     def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove every entry (and the writers' leftovers), and the folders if that empties them;
+        nothing else in the cache folder is touched."""
+        for shard in self._shards():
+            for name in os.listdir(shard):
+                if _KEY.match(name) or name.startswith((".drop-", ".evict-")) or _TEMP.match(name):
+                    self._drop(shard / name)
+            try:
+                os.rmdir(shard)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
 
     def response(self, key: str, resolved: Any, request_id: str, api_url: str,
                  auth_hint: Optional[str]) -> Optional[ImageResponse]:

@@ -9,7 +9,9 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
@@ -220,6 +222,7 @@ class ImageClient:
                 None, self.cache.response, key, resolved, rid, api_url,
                 self.config.auth_hint if not request.token else None)
             if hit is not None:  # no token needed: nothing is sent
+                _Scrubber(request.token, self.config.token).response(hit)
                 await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
                                  model=resolved.model, api_url=hit.api_url, n=request.n, calls=0,
                                  prompt=request.prompt)
@@ -323,8 +326,10 @@ class ImageClient:
 
 
 class _Scrubber:
-    """Replaces the key (as is, percent-encoded or JSON-escaped) wherever a server, or a library,
-    echoes it back: in every string of an answer before it is stored or shown."""
+    """Replaces the key (as is, percent-encoded, `\\u`-escaped, as HTML entities) wherever a server,
+    or a library, echoes it back. Answers are scrubbed where they come in, before anything reads
+    or cuts them (a key cut short is no longer recognisable): the decoded JSON of a body, the text
+    of each stream event, an error body, a cached entry read back."""
 
     def __init__(self, *tokens: Optional[Secret]):
         self.tokens = [t for t in tokens if t]
@@ -360,15 +365,29 @@ class _Scrubber:
             parent[slot] = copy
         return root[0]
 
+    def masked_in(self, text: str) -> bool:
+        """Whether `text` holds the mask of a key (it held the key before it was scrubbed)."""
+        return any(mask_token(t) in text for t in self.tokens)
+
     def bytes(self, body: bytes) -> bytes:
-        """The same for a raw body, before anything cuts it (a cut key would escape replace())."""
-        if not body:
+        """The same for a raw (error) body, as UTF-8 text."""
+        if not body or not self.tokens:
             return body
-        for token in self.tokens:
-            mask = mask_token(token).encode()
-            for form in secret_forms(token):
-                body = body.replace(form.encode(), mask)
-        return body
+        text = body.decode("utf-8", "replace")
+        clean = self(text)
+        return body if clean == text else clean.encode("utf-8")
+
+    def response(self, resp: ImageResponse) -> ImageResponse:
+        """A response read back from the cache, scrubbed like an answer (an entry written by an
+        older version, or by another program, may hold the key)."""
+        resp.text = self(resp.text) or None
+        resp.revised_prompt = self(resp.revised_prompt) or None
+        resp.model = self(resp.model) or None
+        if resp.usage is not None and resp.usage.raw:
+            resp.usage = Usage.from_api(self.value(resp.usage.raw))
+        for art in resp.artifacts:
+            art.revised_prompt = self(art.revised_prompt) or None
+        return resp
 
 
 class _CallContext:
@@ -399,7 +418,7 @@ class _CallContext:
                                         max_attempts=self.max_attempts, api_url=self.shown_url, index=index,
                                         fanout=self.fanout)
             try:
-                out.parsed = self._scrub_parsed(await self._attempt(call, index))
+                out.parsed = await self._attempt(call, index)
                 out.artifacts = await self._materialise(out.parsed, call.url, index)
                 return out
             except ImageRetryableError as e:
@@ -419,7 +438,19 @@ class _CallContext:
                 self._scrub_error(e)
                 out.error = _detached(e)
                 return out
+            except Exception as e:   # a defect of ours, not an answer: a failed call, never a traceback
+                log.warning("unexpected %s in a call to %s:\n%s", type(e).__name__, self.shown_url,
+                            self.scrub("".join(traceback.format_exception(e))))
+                out.error = _detached(ImageAPIError(
+                    None, f"the call failed unexpectedly ({type(e).__name__}: {self._short(e)}); this is a "
+                          "defect of jupyter-imagegen: please report it with the debug log", self.shown_url))
+                return out
         return out  # pragma: no cover - the loop always returns
+
+    def _short(self, e: Any) -> str:
+        """A library's error text for a message: scrubbed first, then cut (a key cut short would
+        no longer be recognised)."""
+        return _short(self.scrub("" if e is None else str(e)))
 
     def _scrub_error(self, e: ImageAPIError) -> None:
         """The key out of every text field of an error (a server may echo it in a message, a code
@@ -430,33 +461,6 @@ class _CallContext:
             e.code = self.scrub(e.code)
         if isinstance(e.body, str):
             e.body = self.scrub(e.body)
-
-    def _scrub_parsed(self, parsed: Parsed) -> Parsed:
-        """A server that echoes the request back (a debugging proxy, a chatty model) must not put
-        the key into anything we show, store or save: the text, the revised prompts, the model
-        name, every string of `usage` (kept whole in `usage.raw` and the cache's meta.json).
-        Image URLs are scrubbed where they are shown (`_materialise`); the download needs them
-        as sent."""
-        parsed.text = self.scrub(parsed.text) or None
-        parsed.revised_prompt = self.scrub(parsed.revised_prompt) or None
-        if isinstance(parsed.model, str):
-            parsed.model = self.scrub(parsed.model) or None
-        if parsed.usage is not None and parsed.usage.raw:
-            parsed.usage = Usage.from_api(self.scrub.value(parsed.usage.raw))
-        for ref in parsed.images:
-            ref.revised_prompt = self.scrub(ref.revised_prompt) or None
-        return parsed
-
-    def _scrub_json_body(self, body: bytes) -> Tuple[bytes, bool]:
-        """An error body that is JSON, with the key out of every decoded string, and whether the
-        body may be kept: JSON too deep to decode (and so to check) is not kept; a body that is not
-        JSON at all is kept as it is (its backslashes are only text)."""
-        try:
-            return json.dumps(self.scrub.value(load_json_answer(body))).encode(), True
-        except AnswerTooDeep:
-            return body, False
-        except ValueError:
-            return body, True
 
     def _headers(self, call: HttpCall) -> Dict[str, str]:
         accept = "text/event-stream" if call.stream else "application/json"
@@ -472,12 +476,9 @@ class _CallContext:
         del got   # from here on `body` is the only reference: dropped once parsed (a 4096 px answer is 30 MB)
         if status >= 400 or not (200 <= status < 300):
             clean = self.scrub.bytes(body)   # before anything cuts it
-            keep = True
-            if b"\\u" in clean:                 # JSON escapes can spell the key in other letters
-                clean, keep = self._scrub_json_body(clean)
             message, code = error_message_from_body(status, clean, ctype)
             raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
-                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None if keep else None)
+                                body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
         try:
             payload = load_json_answer(body)
         except AnswerTooDeep as e:
@@ -489,7 +490,10 @@ class _CallContext:
             kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
             raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
         del body
-        return self._parse(payload, call.url, status)
+        # a server that echoes the request back (a debugging proxy, a chatty model) must not put
+        # the key into anything we show, store or save: every string, before the provider reads
+        # (and may cut) it. Image URLs too: one that carried the key is not fetched (_download)
+        return self._parse(self.scrub.value(payload), call.url, status)
 
     # -- the boundary to the providers: whatever an answer's shape, only typed errors leave --------
     def _parse(self, payload: Any, api_url: str, status: int) -> Parsed:
@@ -502,7 +506,10 @@ class _CallContext:
         return _checked(parsed, status, f"{self.provider.api_type} parse()", api_url)
 
     def _fold(self, state: StreamState, event: Any) -> List[Any]:
-        """`state.on_event(event)`: the partial images of one stream event."""
+        """`state.on_event(event)`: the partial images of one stream event (its text scrubbed of
+        the key first, before the provider reads or cuts it)."""
+        event.data = self.scrub(event.data)
+        event.event = self.scrub(event.event)
         try:
             return list(state.on_event(event))
         except (ImageAPIError, StreamBroken):
@@ -554,19 +561,19 @@ class _CallContext:
             raise APITimeoutError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
                                   call.url) from None
         except aiohttp.ClientPayloadError as e:
-            raise APIConnectionError(None, f"the connection broke while reading the response ({_short(e)})",
+            raise APIConnectionError(None, f"the connection broke while reading the response ({self._short(e)})",
                                      call.url) from None
         except aiohttp.ClientConnectorError as e:
-            raise APIConnectionError(None, f"cannot connect to {e.host}:{e.port} ({_short(e.os_error) or 'refused'})",
+            raise APIConnectionError(None, f"cannot connect to {e.host}:{e.port} ({self._short(e.os_error) or 'refused'})",
                                      call.url) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError) as e:
-            raise APIConnectionError(None, f"the connection was reset ({_short(e) or type(e).__name__})",
+            raise APIConnectionError(None, f"the connection was reset ({self._short(e) or type(e).__name__})",
                                      call.url) from None
         except StreamBroken as e:
             cls = APIConnectionError if e.connection_lost else ImageRetryableError
             raise cls(None, f"the stream broke: {e}", call.url) from None
         except aiohttp.ClientError as e:
-            raise ImageAPIError(None, f"HTTP client error: {_short(e)}", call.url) from None
+            raise ImageAPIError(None, f"HTTP client error: {self._short(e)}", call.url) from None
         return status, ctype, retry_after, body
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, call: HttpCall, index: int) -> Parsed:
@@ -601,7 +608,7 @@ class _CallContext:
         pending = []   # (artifact, what to raise when it does not decode)
         for ref in parsed.images:
             if ref.data is None and ref.url:
-                shown = self.scrub(redact_url(ref.url))   # the key may be in the URL's path
+                shown = redact_url(ref.url)
                 data, mime = await self._download(ref.url)
                 art = Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=shown)
                 pending.append((art, lambda problem, shown=shown, url=ref.url: ImageAPIError(
@@ -633,7 +640,10 @@ class _CallContext:
         """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only,
         and only from public addresses unless the API itself is on a loopback or private one
         (netguard: checked on every redirect hop and every address connected to)."""
-        shown = self.scrub(redact_url(url))   # as shown in events and errors (the key may be in the path)
+        shown = redact_url(url)
+        if self.scrub.masked_in(url):   # the answer put the key into the URL (masked since)
+            raise ImageAPIError(None, f"refused to download the image from {shown}: the URL carried your key "
+                                "(shown masked); it is not sent anywhere", url)
         if urlsplit(url).scheme not in ("http", "https"):
             raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs", url)
         cap = self.cfg.max_download_bytes
@@ -668,10 +678,12 @@ class _CallContext:
                     if mime is None:
                         raise ImageAPIError(None, f"the file at {shown} is not a PNG, JPEG, WebP or GIF image", url)
                     return data, mime
+            except ImageAPIError:
+                raise
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
                 last = (f"timed out after {self.cfg.download_timeout:g} s" if isinstance(e, asyncio.TimeoutError)
-                        else str(e) or type(e).__name__)
+                        else _without_queries(str(e)) or type(e).__name__)
                 if attempt < self.max_attempts:
                     delay = next_delay(attempt, None, base=self.cfg.backoff_base, maximum=self.cfg.backoff_max,
                                        retry_after_max=self.cfg.retry_after_max)
@@ -680,7 +692,10 @@ class _CallContext:
                                             retry_after=None, index=None, api_url=shown)
                     await asyncio.sleep(delay)
             except aiohttp.ClientError as e:
-                last = _short(e)
+                last = self._short(_without_queries(str(e)))
+                break
+            except (ValueError, UnicodeError) as e:   # a host name idna or yarl cannot take
+                last = f"it is not a valid URL ({type(e).__name__}: {self._short(_without_queries(str(e)))})"
                 break
         raise ImageAPIError(None, f"could not download the image from {shown}: {last}", url)
 
@@ -806,6 +821,15 @@ def _bytes_text(n: int) -> str:
     if n < 1_000_000:
         return f"{max(1, round(n / 1000))} kB"
     return f"{n / 1e6:.1f} MB" if n < 10_000_000 else f"{n / 1e6:.0f} MB"
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def _without_queries(text: str) -> str:
+    """`text` (a library's error message) with every URL in it cut to scheme://host/path: the
+    query of a signed download URL is a credential too."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def _short(e: Any) -> str:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
-from urllib.parse import quote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -131,18 +133,43 @@ def reveal(value: Union[None, str, Secret]) -> Optional[str]:
 
 
 def secret_forms(value: Union[None, str, Secret]) -> List[str]:
-    """The ways a key can appear in a text: as is, percent-encoded (in a URL), JSON-escaped."""
+    """The ways a key is written as is in a text: itself and JSON-escaped (other spellings are
+    decoded first by `scrub_secrets`)."""
     raw = reveal(value)
     if not raw or len(raw) < 4:
         return []
-    forms = [raw, quote(raw, safe=""), json.dumps(raw)[1:-1]]
+    forms = [raw, json.dumps(raw)[1:-1]]
     return [HiddenStr(f) for f in dict.fromkeys(forms)]
 
 
+_U_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _unescape_u(text: str) -> str:
+    return _U_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+#: other spellings of a text, each tried when its marker character is in it (one fast scan each:
+#: a 30 MB base64 image has none of them): percent-encoding, JSON/JS `\uXXXX`, HTML entities
+_SPELLINGS = (("%", unquote), ("\\", _unescape_u), ("&", html.unescape))
+
+
 def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
-    """`text` with every form of every key replaced by its mask (non-str values pass through)."""
+    """`text` with every key of `secrets` replaced by its mask (non-str values pass through).
+
+    A key spelled another way (percent-encoded in a URL, `\\u0073k-...`, `&#115;k-...`) is
+    found too: the text is then kept in the spelling in which the key was found, masked. Callers
+    scrub *before* cutting a text short (a cut key is no longer recognisable)."""
     if not isinstance(text, str) or not text:
         return text
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return text
+    for marker, decode in _SPELLINGS:
+        if marker in text:
+            decoded = decode(text)
+            if decoded != text and any(f in decoded for s in secrets for f in secret_forms(s)):
+                text = decoded
     for secret in secrets:
         mask = mask_token(secret)
         for form in secret_forms(secret):

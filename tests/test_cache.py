@@ -192,11 +192,36 @@ def _corrupt(kind: str, entry, outside):
     elif kind == "not-json":
         meta_p.write_bytes(b"\xff\xfe garbage")
         return
+    elif kind in ("fifo-meta", "fifo-image"):   # reading a FIFO blocks until a writer comes: never
+        target = meta_p if kind == "fifo-meta" else first
+        target.unlink()
+        os.mkfifo(target)
+        return
+    elif kind == "meta-is-a-folder":
+        meta_p.unlink()
+        meta_p.mkdir()
+        return
+    elif kind == "entry-is-a-link":      # the entry folder itself, linked to a copy elsewhere
+        import shutil
+        copy = outside.parent / "copied-entry"
+        shutil.copytree(entry, copy)
+        shutil.rmtree(entry)
+        entry.symlink_to(copy)
+        return
+    elif kind == "shard-is-a-link":      # the shard folder linked elsewhere (with a valid entry in it)
+        import shutil
+        shard = entry.parent
+        elsewhere = outside.parent / "shard"
+        shutil.copytree(shard, elsewhere)
+        shutil.rmtree(shard)
+        shard.symlink_to(elsewhere)
+        return
     meta_p.write_text(json.dumps(meta))
 
 
 CORRUPTIONS = ["traversal", "absolute", "symlink", "truncated", "not-an-image", "bomb", "checksum", "deep",
-               "deep-usage", "wrong-types", "wrong-field-types", "other-entry", "huge", "not-json"]
+               "deep-usage", "wrong-types", "wrong-field-types", "other-entry", "huge", "not-json", "fifo-meta",
+               "fifo-image", "meta-is-a-folder", "entry-is-a-link", "shard-is-a-link"]
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
@@ -217,6 +242,65 @@ async def test_a_bad_entry_is_dropped_and_fetched_again(emulator, tmp_path, kind
     assert all(a.data != before for a in second.artifacts + third.artifacts)
     assert outside.read_bytes() == before, "the file outside the cache is untouched"
     assert "unusable" in caplog.text and "dropped" in caplog.text
+    if kind in ("entry-is-a-link", "shard-is-a-link"):   # the link went, what it pointed to stayed
+        copies = list((outside.parent).glob("*/**/meta.json"))
+        assert copies, "the linked folder's entry was deleted"
+
+
+@pytest.mark.timeout(20)
+def test_eviction_and_clear_never_leave_the_cache(emulator_thread, tmp_path):
+    """A link planted in the cache folder (or a cache folder that is really a project folder)
+    must not lead eviction or clear() to anything that is not an entry of ours."""
+    victim = tmp_path / "home"
+    (victim / "projects" / "thesis").mkdir(parents=True)
+    (victim / "projects" / "thesis" / "chapter1.tex").write_text("precious")
+    (victim / "ab").mkdir()
+    (victim / "ab" / "notes.txt").write_text("precious too")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "zz").symlink_to(victim / "projects")      # a link where a shard would be
+    (cache_dir / "ab").symlink_to(victim / "ab")             # a link with a shard's very name
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"),
+                      token=TOKEN, cache=True, cache_dir=str(cache_dir), cache_max_bytes=1000)
+    client = ImageClient(cfg)
+    for prompt in ("one", "two", "three"):                   # each put evicts down to 1 kB
+        assert client.generate_sync(ImageRequest(prompt)).success
+    client.close_sync()
+    RequestCache(cache_dir).clear()
+    assert (victim / "projects" / "thesis" / "chapter1.tex").read_text() == "precious"
+    assert (victim / "ab" / "notes.txt").read_text() == "precious too"
+    # a cache folder pointed at a folder with other things in it: clear() removes only entries
+    mixed = tmp_path / "mixed"
+    (mixed / "src").mkdir(parents=True)
+    (mixed / "src" / "main.py").write_text("print('hi')")
+    cache = RequestCache(mixed)
+    client = ImageClient(cfg.replace(cache_dir=str(mixed), cache_max_bytes=10 ** 9))
+    assert client.generate_sync(ImageRequest("four")).success
+    client.close_sync()
+    assert cache.entries()
+    cache.clear()
+    assert not cache.entries() and (mixed / "src" / "main.py").read_text() == "print('hi')"
+
+
+def test_a_cached_answer_is_scrubbed_when_read_back(emulator_thread, tmp_path):
+    """An entry written by an older version (or another program) may hold the key: it is
+    scrubbed on the way out like an answer."""
+    import json
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"),
+                      token=TOKEN, cache=True, cache_dir=str(tmp_path / "cache"))
+    client = ImageClient(cfg)
+    assert client.generate_sync(ImageRequest("a teapot")).success
+    [(entry, _, _)] = client.cache.entries()
+    meta = json.loads((entry / "meta.json").read_text())
+    meta.update(text=f"echo {TOKEN}", revised_prompt=f"a teapot {TOKEN}", model=f"m/{TOKEN}",
+                usage={"total_tokens": 3, "echo": {"authorization": f"Bearer {TOKEN}", TOKEN: [TOKEN]}})
+    meta["images"][0]["revised_prompt"] = TOKEN
+    (entry / "meta.json").write_text(json.dumps(meta))
+    hit = client.generate_sync(ImageRequest("a teapot"))
+    client.close_sync()
+    assert hit.from_cache
+    shown = json.dumps([hit.text, hit.revised_prompt, hit.model, hit.usage.raw, hit.artifacts[0].revised_prompt])
+    assert TOKEN not in shown and TOKEN[6:18] not in shown and "sk-c...4242" in shown, shown
 
 
 def test_cache_files_are_private(emulator_thread, tmp_path):
