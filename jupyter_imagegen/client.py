@@ -167,6 +167,7 @@ class ImageClient:
             raise TypeError(f"generate() takes an ImageRequest, not {type(request).__name__}")
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise RequestError("the prompt is empty: write what the image should show")
+        _check_types(request)
         cfg = self.config
         api_type = validate_api_type(request.api_type, "api_type") if request.api_type else cfg.api_type
         base = cfg.base_url_for(api_type, validate_base_url(request.base_url, "base_url") if request.base_url else None)
@@ -176,10 +177,12 @@ class ImageClient:
         resolved = Resolved(request=request, api_type=api_type, base_url=base, model=model, inputs=inputs, mask=mask)
         provider = get_provider(api_type)
         provider.validate(resolved)
-        if request.timeout is not None and (not isinstance(request.timeout, (int, float)) or request.timeout <= 0):
-            raise RequestError(f"timeout={request.timeout!r} must be a positive number of seconds")
-        if request.max_attempts is not None and (not isinstance(request.max_attempts, int) or request.max_attempts < 1):
-            raise RequestError(f"max_attempts={request.max_attempts!r} must be a whole number >= 1")
+        t = request.timeout
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t <= MAX_TIMEOUT):
+            raise RequestError(f"timeout={t!r} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
+        m = request.max_attempts
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= MAX_ATTEMPTS):
+            raise RequestError(f"max_attempts={m!r} must be a whole number from 1 to {MAX_ATTEMPTS}")
         return resolved, provider
 
     def _token(self, request: ImageRequest) -> Tuple[Secret, str]:
@@ -323,6 +326,32 @@ class ImageClient:
                 resp.exception = last_error
                 resp.suggestions = suggestions_for(last_error, r, auth_hint, self.config)
         return resp
+
+
+#: the longest timeout and the most attempts one request may ask for (a request rebuilt from a
+#: file someone sent must not be able to wait, or retry, for ever)
+MAX_TIMEOUT = 3600.0
+MAX_ATTEMPTS = 20
+
+#: ImageRequest fields that must be text (or None) when set
+_TEXT_FIELDS = ("model", "api_type", "base_url", "size", "aspect_ratio", "quality", "output_format", "background")
+
+
+def _check_types(request: ImageRequest) -> None:
+    """A RequestError naming the field when a request field has a type nothing can send (rather
+    than an AttributeError from deep inside a provider)."""
+    for name in _TEXT_FIELDS:
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, str):
+            raise RequestError(f"{name}={value!r} must be text, not {type(value).__name__}")
+    if request.seed is not None and (not isinstance(request.seed, int) or isinstance(request.seed, bool)):
+        raise RequestError(f"seed={request.seed!r} must be a whole number")
+    if not isinstance(request.params, dict):
+        raise RequestError(f"params must be a dict of extra body fields, not {type(request.params).__name__}")
+    if not isinstance(request.headers, dict):
+        raise RequestError(f"headers must be a dict, not {type(request.headers).__name__}")
+    if not isinstance(request.stream, bool):
+        raise RequestError(f"stream={request.stream!r} must be True or False")
 
 
 class _Scrubber:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .render import esc, gallery_html
-from .model import Artifact, ImageRequest, ImageResponse, sniff_mime
+from .model import MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, sniff_mime
 from .runtime import runtime
 from .config import DEFAULT_BASE_URLS
 from .saving import REQUEST_FIELDS, read_embedded, safe_url, sidecar_path
@@ -42,8 +42,8 @@ def _resolve_input(desc: Any, base_dir: Optional[Path]) -> Any:
     if isinstance(desc.get("source"), str):
         candidates.append(Path(desc["source"]))
     for c in candidates:
-        try:
-            data = c.read_bytes() if c.is_file() else None
+        try:   # (an input image is at most MAX_INPUT_BYTES: a file cannot make us read a huge one)
+            data = c.read_bytes() if c.is_file() and c.stat().st_size <= MAX_INPUT_BYTES else None
         except OSError:
             continue
         if data is not None and hashlib.sha256(data).hexdigest() == want:
@@ -54,6 +54,25 @@ def _resolve_input(desc: Any, base_dir: Optional[Path]) -> Any:
 
 #: where a request goes: never taken from a file (it decides who receives your key)
 DESTINATION_FIELDS = ("api_type", "base_url")
+#: what each recorded field must be (a file from a stranger may hold anything)
+_FIELD_TYPES = {"prompt": (str, "text"), "model": (str, "text"), "n": (int, "a whole number"),
+                "size": (str, "text"), "aspect_ratio": (str, "text"), "quality": (str, "text"),
+                "output_format": (str, "text"), "background": (str, "text"), "seed": (int, "a whole number"),
+                "params": (dict, "an object"), "stream": (bool, "true or false"),
+                "partial_images": (int, "a whole number"), "timeout": ((int, float), "a number of seconds"),
+                "max_attempts": (int, "a whole number")}
+#: body fields the client builds itself: a recorded `params` cannot replace them
+RESERVED_PARAMS = frozenset({"model", "prompt", "messages", "input", "stream", "stream_options", "n", "tools",
+                             "tool_choice", "modalities", "image", "mask"})
+
+
+def _recorded(settings: Dict[str, Any], name: str) -> Any:
+    """A recorded field, checked against the type it must have (ValueError saying which)."""
+    value = settings[name]
+    kind, what = _FIELD_TYPES[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"the recorded {name} ({str(value)[:40]!r}) is not {what}")
+    return value
 
 
 def request_from_settings(settings: Dict[str, Any], *, base_dir: Optional[PathLike] = None,
@@ -62,8 +81,10 @@ def request_from_settings(settings: Dict[str, Any], *, base_dir: Optional[PathLi
 
     The request goes to *your* configured API: the API type and base URL recorded in the
     settings are not used (pass ``api_type=`` / ``base_url=`` to choose them); when the recorded
-    API type differs from the one it will go to (`config`'s), the recorded model, which belongs
-    to the other API, is left out too unless ``model=`` is given. Input images are found again
+    API type differs from the one it will go to (`config`'s), the recorded model and extra body
+    fields, which belong to the other API, are left out too unless given. Every recorded field
+    must have its type (ValueError otherwise), and recorded `params` cannot replace the body
+    fields the client builds (`RESERVED_PARAMS`). Input images are found again
     through their saved copies (``base_dir``) or original paths, checked by content hash; a
     missing one raises FileNotFoundError unless ``images=`` is given.
     """
@@ -73,16 +94,16 @@ def request_from_settings(settings: Dict[str, Any], *, base_dir: Optional[PathLi
     kw: Dict[str, Any] = {}
     for name in REQUEST_FIELDS:
         if name in settings and settings[name] is not None and name not in DESTINATION_FIELDS:
-            kw[name] = settings[name]
-    kw["params"] = dict(kw.get("params") or {}) if isinstance(kw.get("params") or {}, dict) else {}
-    try:
-        kw["n"] = int(kw.get("n") or 1)
-    except (TypeError, ValueError):
-        raise ValueError(f"the recorded n ({kw.get('n')!r}) is not a number") from None
+            kw[name] = _recorded(settings, name)
+    kw["n"] = kw.get("n") or 1
     target = overrides.get("api_type") or getattr(config, "api_type", None)
     recorded = settings.get("api_type")
-    if "model" not in overrides and recorded and target and recorded != target:
+    other_api = bool(recorded and target and recorded != target)
+    if "model" not in overrides and other_api:
         kw.pop("model", None)      # the recorded model belongs to the API the file names
+    # extra body fields: never the ones the client builds, none at all for another API's body
+    kw["params"] = {} if other_api else {k: v for k, v in (kw.get("params") or {}).items()
+                                         if k not in RESERVED_PARAMS}
     if "images" not in overrides:
         kw["images"] = [_resolve_input(d, bd) for d in settings.get("images") or []]
     if "mask" not in overrides and settings.get("mask"):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import os
 import re
+import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -78,6 +80,34 @@ def _open(data: bytes, *, check: bool = True):
         raise Image.DecompressionBombError(f"Image size ({im.size[0] * im.size[1]} pixels) exceeds limit of "
                                            f"{limit} pixels, could be decompression bomb DOS attack.")
     return im
+
+
+#: the most frames an animated answer (GIF, APNG, WebP) may have; each is decoded in the check
+MAX_FRAMES = 1000
+_STRICT = threading.Lock()
+_strict = {"decoding": 0, "saved": False}
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+    """Decode with Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` off, whatever the notebook set (a
+    common setting that makes Pillow fill a cut image with grey instead of raising): a cut image
+    must not pass the check. The flag is process-wide: it is off while any check decodes (the
+    decodes of a fan-out run in several threads at once) and set back to the user's value when
+    the last one ends."""
+    from PIL import ImageFile
+    with _STRICT:
+        if _strict["decoding"] == 0:
+            _strict["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES
+        _strict["decoding"] += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        with _STRICT:
+            _strict["decoding"] -= 1
+            if _strict["decoding"] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _strict["saved"]
 
 
 def _too_many_pixels(size: Tuple[int, int], max_pixels: int) -> Optional[str]:
@@ -271,7 +301,17 @@ class Artifact:
         if refused:
             im.close()
             raise ValueError(refused)
-        im.load()
+        with _strict_decoding():
+            if getattr(im, "is_animated", False):   # every frame, not only the first one shown
+                frames = getattr(im, "n_frames", 1)
+                if frames > MAX_FRAMES:
+                    im.close()
+                    raise ValueError(f"an animation of {frames} frames is over the limit of {MAX_FRAMES}")
+                for i in range(frames):
+                    im.seek(i)
+                    im.load()
+                im.seek(0)
+            im.load()
         self._size = im.size
         self._pixels_ref = weakref.ref(im)
         if keep:

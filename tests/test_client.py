@@ -377,10 +377,15 @@ def test_generate_sync_from_a_script(emulator_thread):
 @pytest.mark.parametrize("api_type, fmt", [("openai_images", "png"), ("openai_images", "jpeg"),
                                            ("openai_images", "webp"), ("openai_responses", "png"),
                                            ("openrouter_chat", None)])
-async def test_an_image_cut_short_is_a_failure_not_a_success(emulator, api_type, fmt):
+@pytest.mark.parametrize("lenient", [False, True], ids=["default", "LOAD_TRUNCATED_IMAGES"])
+async def test_an_image_cut_short_is_a_failure_not_a_success(emulator, api_type, fmt, lenient, monkeypatch):
     """A PNG whose chunks are intact but whose pixel stream stops half-way (or a JPEG / WebP
     ending half-way) passes a structural check; the client decodes every answer completely, so
-    it is a failed call with the reason instead of a success whose `.image` raises later."""
+    it is a failed call with the reason instead of a success whose `.image` raises later. Also
+    when the notebook set Pillow's LOAD_TRUNCATED_IMAGES (which makes Pillow fill a cut image
+    with grey): the check decodes strictly, and the user's setting is back afterwards."""
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", lenient)
     rec = Recorder()
     async with make_client(emulator, api_type, max_attempts=1) as client:
         resp = await client.generate(ImageRequest("a red fox in snow", output_format=fmt,
@@ -390,3 +395,38 @@ async def test_an_image_cut_short_is_a_failure_not_a_success(emulator, api_type,
         assert rec.of("image_received") == []
         good = await client.generate(ImageRequest("a red fox in snow", output_format=fmt))
     assert good.success and good.artifacts[0].image.size[0] > 0
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is lenient
+
+
+def _animation(cut_last: bool) -> bytes:
+    """A 3-frame GIF (or APNG-free GIF) whose last frame's data is cut when `cut_last`."""
+    import io
+    from PIL import Image
+    frames = [Image.new("RGB", (64, 48), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    for i, f in enumerate(frames):      # noise, so each frame's LZW data is long
+        f.putdata([((x * 7 + i * 31) % 256, (x * 13) % 256, (x * 29 + i) % 256) for x in range(64 * 48)])
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = buf.getvalue()
+    return data[: len(data) - len(data) // 6] + b";" if cut_last else data
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "last-frame-cut"])
+async def test_every_frame_of_an_animation_is_checked(cut):
+    """Only the first frame of an animation is decoded to show it; a later frame cut short is
+    still a damaged answer."""
+    import base64
+    from aiohttp import web
+    from _reliab_helpers import TinyServer
+    gif = _animation(cut)
+
+    async def answer(request):
+        return web.json_response({"created": 1, "data": [{"b64_json": base64.b64encode(gif).decode()}]})
+    async with TinyServer({"/v1/images/generations": answer}) as srv:
+        cfg = ImageConfig(api_type="openai_images", base_url=srv.url + "/v1", token="sk-test-anim-0000000000",
+                          max_attempts=1)
+        async with ImageClient(cfg) as client:
+            resp = await client.generate(ImageRequest("a blinking light"))
+    assert resp.success is (not cut), resp.error
+    if cut:
+        assert "cannot be decoded" in resp.error, resp.error

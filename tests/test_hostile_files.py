@@ -125,3 +125,42 @@ def test_input_images_named_by_a_file_are_read_only_when_they_match(ip, stranger
     assert emulator_thread.request_count == before, "nothing was sent"
     with pytest.raises(FileNotFoundError):
         load(path).to_request()
+
+
+def recorded_image(folder: Path, **request) -> Path:
+    """A PNG with a sidecar recording `request` (on top of a plain one for this API)."""
+    path = hostile_image(folder, api_type="openai_images", base_url=None)
+    side = json.loads(sidecar_path(path).read_text())
+    side["request"].update(request)
+    sidecar_path(path).write_text(json.dumps(side))
+    return path
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("timeout", float("inf"), "timeout"), ("timeout", float("nan"), "timeout"), ("timeout", 10 ** 9, "timeout"),
+    ("timeout", "soon", "timeout"), ("max_attempts", 1_000_000, "max_attempts"), ("max_attempts", True, "max_attempts"),
+    ("output_format", {}, "output_format"), ("aspect_ratio", 3, "aspect_ratio"), ("model", {}, "model"),
+    ("n", "2", "n"), ("params", ["x"], "params"), ("seed", 1.5, "seed"), ("stream", "yes", "stream"),
+])
+def test_a_recorded_value_of_the_wrong_kind_is_a_clear_error(ip, emulator_thread, tmp_path, field, value, says):
+    """Nothing is sent, and the error names the field (never OverflowError/AttributeError)."""
+    shell, _ = ip
+    path = recorded_image(tmp_path / "inbox", **{field: value})
+    before = emulator_thread.request_count
+    result = shell.run_cell(f"%imagegen --from {path}", store_history=False)
+    err = result.error_in_exec
+    assert err is not None and type(err).__name__ == "UsageError", repr(err)
+    assert says in str(err), str(err)
+    assert emulator_thread.request_count == before
+
+
+def test_recorded_params_cannot_replace_what_the_client_builds(ip, emulator_thread, tmp_path):
+    shell, _ = ip
+    path = recorded_image(tmp_path / "inbox", model="gpt-image-1-mini",
+                          params={"stream": True, "model": "dall-e-2", "n": 9, "prompt": "other", "moderation": "low"})
+    shell.run_cell(f"%imagegen --from {path} --out again", store_history=False)
+    resp = shell.user_ns["again"]
+    assert resp.success, resp.error
+    sent = emulator_thread.requests[-1]
+    assert sent["model"] == "gpt-image-1-mini" and sent.get("stream") in (None, False), sent
+    assert "moderation" in sent["body_keys"] and sent.get("n") in (None, 1), sent
