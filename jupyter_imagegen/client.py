@@ -22,8 +22,8 @@ from yarl import URL
 from . import events as ev
 from . import loop_thread
 from . import netguard
-from .config import (DEFAULT_MODELS, ImageConfig, Secret, auth_header, mask_token, scrub_secrets,
-                     secret_forms, validate_api_type, validate_base_url)
+from .config import (DEFAULT_MODELS, ImageConfig, Secret, SecretScrubber, auth_header, mask_token, scrub_secrets,
+                     validate_api_type, validate_base_url)
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
@@ -362,37 +362,47 @@ class _Scrubber:
 
     def __init__(self, *tokens: Optional[Secret]):
         self.tokens = [t for t in tokens if t]
+        self._scrub = SecretScrubber(self.tokens)
 
     def __call__(self, text: Optional[str]) -> str:
         if not text:
             return text or ""
-        return scrub_secrets(text, self.tokens)
+        return self._scrub(text)
 
     def value(self, value: Any) -> Any:
-        """`value` (a str, or JSON-like data such as `usage`) with the key out of every string,
-        dict keys included; anything else passes through. Iterative: answers may be deep."""
+        """`value` (a str, or decoded JSON such as an answer or `usage`) with the key out of every
+        string, dict keys included. Containers are changed in place (they are fresh from
+        json.loads: nothing else holds them) and only where a string changes. Iterative: answers
+        may be deep."""
+        if not self.tokens:
+            return value
         if isinstance(value, str):
             return self(value)
-        if not isinstance(value, (dict, list)):
-            return value
-        root: List[Any] = [None]
-        stack = [(value, root, 0)]
+        stack = [value]
         while stack:
-            item, parent, slot = stack.pop()
+            item = stack.pop()
             if isinstance(item, dict):
-                copy: Any = {}
-                for k, v in item.items():
-                    k = self(k) if isinstance(k, str) else k
-                    copy[k] = None
-                    stack.append((v, copy, k))
+                for k in list(item):
+                    v = item[k]
+                    if isinstance(v, str):
+                        clean = self(v)
+                        if clean is not v:
+                            item[k] = clean
+                    elif isinstance(v, (dict, list)):
+                        stack.append(v)
+                    if isinstance(k, str):
+                        clean_key = self(k)
+                        if clean_key is not k:
+                            item[clean_key] = item.pop(k)
             elif isinstance(item, list):
-                copy = [None] * len(item)
                 for i, v in enumerate(item):
-                    stack.append((v, copy, i))
-            else:
-                copy = self(item) if isinstance(item, str) else item
-            parent[slot] = copy
-        return root[0]
+                    if isinstance(v, str):
+                        clean = self(v)
+                        if clean is not v:
+                            item[i] = clean
+                    elif isinstance(v, (dict, list)):
+                        stack.append(v)
+        return value
 
     def masked_in(self, text: str) -> bool:
         """Whether `text` holds the mask of a key (it held the key before it was scrubbed)."""

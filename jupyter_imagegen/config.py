@@ -154,28 +154,40 @@ def _unescape_u(text: str) -> str:
 _SPELLINGS = (("%", unquote), ("\\", _unescape_u), ("&", html.unescape))
 
 
-def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
-    """`text` with every key of `secrets` replaced by its mask (non-str values pass through).
+class SecretScrubber:
+    """Replaces every key of `secrets` (Secrets or str) by its mask in a text, as is or spelled
+    another way (percent-encoded in a URL, `\\u0073k-...`, `&#115;k-...`: the text is then kept
+    in the spelling in which the key was found, masked). The forms are worked out once: a text
+    without any of them, or of the spellings' marker characters, costs a few scans. Callers scrub
+    *before* cutting a text short (a cut key is no longer recognisable)."""
 
-    A key spelled another way (percent-encoded in a URL, `\\u0073k-...`, `&#115;k-...`) is
-    found too: the text is then kept in the spelling in which the key was found, masked. Callers
-    scrub *before* cutting a text short (a cut key is no longer recognisable)."""
-    if not isinstance(text, str) or not text:
-        return text
-    secrets = [s for s in secrets if s]
-    if not secrets:
-        return text
-    for marker, decode in _SPELLINGS:
-        if marker in text:
-            decoded = decode(text)
-            if decoded != text and any(f in decoded for s in secrets for f in secret_forms(s)):
-                text = decoded
-    for secret in secrets:
-        mask = mask_token(secret)
-        for form in secret_forms(secret):
+    __slots__ = ("_pairs", "_forms")
+
+    def __init__(self, secrets: Iterable[Union[None, str, Secret]]):
+        self._pairs = [(form, mask_token(secret)) for secret in secrets if secret for form in secret_forms(secret)]
+        self._forms = [form for form, _ in self._pairs]
+
+    def __bool__(self) -> bool:
+        return bool(self._pairs)
+
+    def __call__(self, text: Any) -> Any:
+        """`text` scrubbed (a value that is not a non-empty str passes through)."""
+        if not self._pairs or not isinstance(text, str) or not text:
+            return text
+        for marker, decode in _SPELLINGS:
+            if marker in text:
+                decoded = decode(text)
+                if decoded != text and any(f in decoded for f in self._forms):
+                    text = decoded
+        for form, mask in self._pairs:
             if form in text:
                 text = text.replace(form, mask)
-    return text
+        return text
+
+
+def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
+    """`text` with every key of `secrets` replaced by its mask (see `SecretScrubber`)."""
+    return SecretScrubber(secrets)(text)
 
 
 class HiddenStr(str):

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
-from .config import scrub_secrets
+from .config import SecretScrubber
 from .errors import MissingTokenError
 
 __all__ = [
@@ -112,10 +112,10 @@ def _data_url(mime: str, data: bytes) -> str:
 def redactor(redact: Iterable[Any]):
     """A function that turns anything into text with every key of `redact` (Secrets or str)
     masked."""
-    secrets = [s for s in redact if s]
+    scrubber = SecretScrubber(redact)
 
     def scrub(text: Any) -> str:
-        return scrub_secrets("" if text is None else str(text), secrets)
+        return scrubber("" if text is None else str(text))
     return scrub
 
 
