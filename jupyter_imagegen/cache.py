@@ -250,16 +250,19 @@ class RequestCache:
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def _private_dir(self, path: Path) -> None:
-        """`path` (and the cache folder above it) created as 0700: entries hold prompts and
-        answers. An existing cache folder of an older version is tightened too."""
-        for d in (self.dir, path):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _shard_dir(self, shard: Path) -> None:
+        """The shard folder, a real folder: created 0700 (entries hold prompts and answers); a
+        link planted in its place is removed (never written through). The cache folder itself is
+        created 0700 when it does not exist; an existing one keeps its mode (it may be a folder
+        you share)."""
+        if not self.dir.exists():
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.path.islink(shard) or (os.path.lexists(shard) and not shard.is_dir()):
             try:
-                if os.stat(d).st_mode & 0o077:
-                    os.chmod(d, 0o700)
+                os.unlink(shard)
             except OSError:
                 pass
+        shard.mkdir(mode=0o700, exist_ok=True)
 
     def put(self, key: str, resp: ImageResponse) -> Optional[Path]:
         """Store a fully successful response. Returns the entry folder (None if not stored).
@@ -267,9 +270,9 @@ class RequestCache:
         if not resp.success or resp.errors or not resp.artifacts:
             return None
         final = self._entry(key)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)  # --fresh replaces the entry
-        self._private_dir(final.parent)
+        self._shard_dir(final.parent)
+        if os.path.lexists(final):
+            self._drop(final)  # --fresh replaces the entry (a link in its place goes, not its target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))   # 0700
         try:
             images = []

@@ -42,8 +42,18 @@ USER_AGENT = "jupyter-imagegen/0.1"
 
 def redact_url(url: str) -> str:
     """scheme://host/path of a URL: query strings (signed download URLs) are dropped."""
-    p = urlsplit(url)
+    try:
+        p = urlsplit(url)
+    except ValueError:   # e.g. "http://[zz]/": shown cut at its query, never raising
+        return url.split("?", 1)[0].split("#", 1)[0]
     return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return ""
 
 
 @dataclass
@@ -346,12 +356,38 @@ def _check_types(request: ImageRequest) -> None:
             raise RequestError(f"{name}={value!r} must be text, not {type(value).__name__}")
     if request.seed is not None and (not isinstance(request.seed, int) or isinstance(request.seed, bool)):
         raise RequestError(f"seed={request.seed!r} must be a whole number")
-    if not isinstance(request.params, dict):
-        raise RequestError(f"params must be a dict of extra body fields, not {type(request.params).__name__}")
-    if not isinstance(request.headers, dict):
-        raise RequestError(f"headers must be a dict, not {type(request.headers).__name__}")
+    if not isinstance(request.params, dict) or _non_text_keys(request.params):
+        bad = _non_text_keys(request.params) if isinstance(request.params, dict) else []
+        raise RequestError("params must be a dict of extra body fields named by text"
+                           + (f"; these names are not text: {', '.join(bad[:3])}" if bad
+                              else f", not {type(request.params).__name__}"))
+    if not isinstance(request.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in request.headers.items()):
+        raise RequestError(f"headers must be a dict of text names and text values, not {_shape(request.headers)}")
     if not isinstance(request.stream, bool):
         raise RequestError(f"stream={request.stream!r} must be True or False")
+
+
+def _non_text_keys(value: Any) -> List[str]:
+    """The names in `value` (params, at any depth) that are not text: a JSON body cannot have
+    them (and the cache key could not be computed)."""
+    bad, stack = [], [value]
+    while stack and len(bad) < 3:
+        item = stack.pop()
+        if isinstance(item, dict):
+            bad += [repr(k) for k in item if not isinstance(k, str)]
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return bad[:3]
+
+
+def _shape(value: Any) -> str:
+    """What is not text in a dict of headers (for the error message)."""
+    if isinstance(value, dict):
+        bad = [f"{k!r}: {type(v).__name__}" for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
+        return "a dict with " + ", ".join(bad[:3])
+    return type(value).__name__
 
 
 class _Scrubber:
@@ -365,19 +401,32 @@ class _Scrubber:
         self._scrub = SecretScrubber(self.tokens)
 
     def __call__(self, text: Optional[str]) -> str:
+        """The fast pass (the key as is), for an answer's strings of any size as they come in."""
         if not text:
             return text or ""
         return self._scrub(text)
 
-    def value(self, value: Any) -> Any:
+    def thorough(self, text: Optional[str]) -> str:
+        """The thorough pass (any spelling, any case, any piece; see config.SecretScrubber), for
+        the texts that are shown or stored: messages, the model's text, usage, URLs."""
+        if not text:
+            return text or ""
+        return self._scrub.thorough(text)
+
+    def carries(self, text: str) -> bool:
+        """Whether `text` (a URL) holds the key or a piece of it, however spelled."""
+        return self._scrub.found(text)
+
+    def value(self, value: Any, *, thorough: bool = False) -> Any:
         """`value` (a str, or decoded JSON such as an answer or `usage`) with the key out of every
-        string, dict keys included. Containers are changed in place (they are fresh from
-        json.loads: nothing else holds them) and only where a string changes. Iterative: answers
-        may be deep."""
+        string, dict keys included (the fast pass; `thorough` for data that is shown or stored
+        whole, such as `usage`). Containers are changed in place (they are fresh from json.loads:
+        nothing else holds them) and only where a string changes. Iterative: answers may be deep."""
         if not self.tokens:
             return value
+        clean_text = self.thorough if thorough else self
         if isinstance(value, str):
-            return self(value)
+            return clean_text(value)
         stack = [value]
         while stack:
             item = stack.pop()
@@ -385,28 +434,24 @@ class _Scrubber:
                 for k in list(item):
                     v = item[k]
                     if isinstance(v, str):
-                        clean = self(v)
+                        clean = clean_text(v)
                         if clean is not v:
                             item[k] = clean
                     elif isinstance(v, (dict, list)):
                         stack.append(v)
                     if isinstance(k, str):
-                        clean_key = self(k)
+                        clean_key = clean_text(k)
                         if clean_key is not k:
                             item[clean_key] = item.pop(k)
             elif isinstance(item, list):
                 for i, v in enumerate(item):
                     if isinstance(v, str):
-                        clean = self(v)
+                        clean = clean_text(v)
                         if clean is not v:
                             item[i] = clean
                     elif isinstance(v, (dict, list)):
                         stack.append(v)
         return value
-
-    def masked_in(self, text: str) -> bool:
-        """Whether `text` holds the mask of a key (it held the key before it was scrubbed)."""
-        return any(mask_token(t) in text for t in self.tokens)
 
     def bytes(self, body: bytes) -> bytes:
         """The same for a raw (error) body, as UTF-8 text."""
@@ -419,13 +464,13 @@ class _Scrubber:
     def response(self, resp: ImageResponse) -> ImageResponse:
         """A response read back from the cache, scrubbed like an answer (an entry written by an
         older version, or by another program, may hold the key)."""
-        resp.text = self(resp.text) or None
-        resp.revised_prompt = self(resp.revised_prompt) or None
-        resp.model = self(resp.model) or None
+        resp.text = self.thorough(resp.text) or None
+        resp.revised_prompt = self.thorough(resp.revised_prompt) or None
+        resp.model = self.thorough(resp.model) or None
         if resp.usage is not None and resp.usage.raw:
-            resp.usage = Usage.from_api(self.value(resp.usage.raw))
+            resp.usage = Usage.from_api(self.value(resp.usage.raw, thorough=True))
         for art in resp.artifacts:
-            art.revised_prompt = self(art.revised_prompt) or None
+            art.revised_prompt = self.thorough(art.revised_prompt) or None
         return resp
 
 
@@ -442,7 +487,7 @@ class _CallContext:
         #: whether the API is on a loopback/private address (then image URLs may be too): asked once
         self._api_private: Optional[bool] = None
         #: the API URL as events and errors show it (a base URL may carry the key in its path)
-        self.shown_url = scrub(call.url)
+        self.shown_url = scrub.thorough(call.url)
         # sock_connect, not connect: `connect` wraps every pool checkout in a timeout context (a
         # cost on each request, even on a kept-alive connection); the socket connect is what we bound
         self.http_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self.cfg.connect_timeout)
@@ -457,7 +502,7 @@ class _CallContext:
                                         max_attempts=self.max_attempts, api_url=self.shown_url, index=index,
                                         fanout=self.fanout)
             try:
-                out.parsed = await self._attempt(call, index)
+                out.parsed = self._scrub_parsed(await self._attempt(call, index))
                 out.artifacts = await self._materialise(out.parsed, call.url, index)
                 return out
             except ImageRetryableError as e:
@@ -478,8 +523,8 @@ class _CallContext:
                 out.error = _detached(e)
                 return out
             except Exception as e:   # a defect of ours, not an answer: a failed call, never a traceback
-                log.warning("unexpected %s in a call to %s:\n%s", type(e).__name__, self.shown_url,
-                            self.scrub("".join(traceback.format_exception(e))))
+                log.debug("unexpected %s in a call to %s:\n%s", type(e).__name__, self.shown_url,
+                          self.scrub.thorough("".join(traceback.format_exception(e))))
                 out.error = _detached(ImageAPIError(
                     None, f"the call failed unexpectedly ({type(e).__name__}: {self._short(e)}); this is a "
                           "defect of jupyter-imagegen: please report it with the debug log", self.shown_url))
@@ -487,19 +532,33 @@ class _CallContext:
         return out  # pragma: no cover - the loop always returns
 
     def _short(self, e: Any) -> str:
-        """A library's error text for a message: scrubbed first, then cut (a key cut short would
-        no longer be recognised)."""
-        return _short(self.scrub("" if e is None else str(e)))
+        """A library's error text for a message, scrubbed thoroughly (a library may have cut or
+        lower-cased the key already: its pieces are found too), then cut."""
+        return _short(self.scrub.thorough("" if e is None else str(e)))
 
     def _scrub_error(self, e: ImageAPIError) -> None:
         """The key out of every text field of an error (a server may echo it in a message, a code
         or the body); `message` also rewrites the exception's args, so its repr is clean too."""
-        e.message = self.scrub(e.message)
-        e.api_url = self.scrub(e.api_url)
+        e.message = self.scrub.thorough(e.message)
+        e.api_url = self.scrub.thorough(e.api_url)
         if isinstance(e.code, str):
-            e.code = self.scrub(e.code)
+            e.code = self.scrub.thorough(e.code)
         if isinstance(e.body, str):
-            e.body = self.scrub(e.body)
+            e.body = self.scrub.thorough(e.body)
+
+    def _scrub_parsed(self, parsed: Parsed) -> Parsed:
+        """The thorough pass over what an answer gave us to show and keep (the text, revised
+        prompts, model name, every string of usage): after the provider assembled them, since
+        a stream's text is joined from chunks that were each clean (a key split across two
+        chunks is whole again here), and a provider may have cut a text."""
+        parsed.text = self.scrub.thorough(parsed.text) or None
+        parsed.revised_prompt = self.scrub.thorough(parsed.revised_prompt) or None
+        parsed.model = self.scrub.thorough(parsed.model) or None
+        if parsed.usage is not None and parsed.usage.raw:
+            parsed.usage = Usage.from_api(self.scrub.value(parsed.usage.raw, thorough=True))
+        for ref in parsed.images:
+            ref.revised_prompt = self.scrub.thorough(ref.revised_prompt) or None
+        return parsed
 
     def _headers(self, call: HttpCall) -> Dict[str, str]:
         accept = "text/event-stream" if call.stream else "application/json"
@@ -518,21 +577,29 @@ class _CallContext:
             message, code = error_message_from_body(status, clean, ctype)
             raise api_error_for(status, f"HTTP {status}: {message}", call.url, retry_after=retry_after, code=code,
                                 body=clean[:MAX_ERROR_BODY].decode("utf-8", "replace") or None)
+        if len(body) > INLINE_PARSE_BYTES:   # JSON and the scrub in a worker thread: the loop stays free
+            payload = await asyncio.get_running_loop().run_in_executor(None, self._load, body, status, call.url)
+        else:
+            payload = self._load(body, status, call.url)
+        del body
+        return self._parse(payload, call.url, status)
+
+    def _load(self, body: bytes, status: int, url: str) -> Any:
+        """The decoded JSON of a 2xx body, scrubbed: a server that echoes the request back (a
+        debugging proxy, a chatty model) must not put the key into anything we show, store or
+        save, so every string is scrubbed before the provider reads (and may cut) it. Image URLs
+        too: one that carried the key is not fetched (_download)."""
         try:
             payload = load_json_answer(body)
         except AnswerTooDeep as e:
             # not retried: a body that deep is no accident of transport (a cut body is invalid
             # JSON, and is retried); the same request would get the same answer, and cost again
             raise NoImageError(status, f"the API's answer is JSON {e.nesting}; not an answer this client "
-                                       "understands", call.url) from None
+                                       "understands", url) from None
         except ValueError:
             kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
-            raise ImageRetryableError(status, f"the server answered {status} with {kind}", call.url) from None
-        del body
-        # a server that echoes the request back (a debugging proxy, a chatty model) must not put
-        # the key into anything we show, store or save: every string, before the provider reads
-        # (and may cut) it. Image URLs too: one that carried the key is not fetched (_download)
-        return self._parse(self.scrub.value(payload), call.url, status)
+            raise ImageRetryableError(status, f"the server answered {status} with {kind}", url) from None
+        return self.scrub.value(payload)
 
     # -- the boundary to the providers: whatever an answer's shape, only typed errors leave --------
     def _parse(self, payload: Any, api_url: str, status: int) -> Parsed:
@@ -680,11 +747,12 @@ class _CallContext:
         and only from public addresses unless the API itself is on a loopback or private one
         (netguard: checked on every redirect hop and every address connected to)."""
         shown = redact_url(url)
-        if self.scrub.masked_in(url):   # the answer put the key into the URL (masked since)
+        if self.scrub.carries(url):   # the answer put the key (or a piece of it) into the URL
             raise ImageAPIError(None, f"refused to download the image from {shown}: the URL carried your key "
                                 "(shown masked); it is not sent anywhere", url)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs", url)
+        if _scheme(url) not in ("http", "https"):
+            raise ImageAPIError(None, f"refusing to download an image from {shown}: only http(s) URLs "
+                                "(and a valid one)", url)
         cap = self.cfg.max_download_bytes
         if self._api_private is None:
             self._api_private = await netguard.api_is_private(self.r.base_url)
@@ -722,7 +790,7 @@ class _CallContext:
             except (_TransientDownload, asyncio.TimeoutError, aiohttp.ClientConnectionError,
                     aiohttp.ClientPayloadError) as e:
                 last = (f"timed out after {self.cfg.download_timeout:g} s" if isinstance(e, asyncio.TimeoutError)
-                        else _without_queries(str(e)) or type(e).__name__)
+                        else self._short(_without_queries(str(e))) or type(e).__name__)
                 if attempt < self.max_attempts:
                     delay = next_delay(attempt, None, base=self.cfg.backoff_base, maximum=self.cfg.backoff_max,
                                        retry_after_max=self.cfg.retry_after_max)
@@ -845,6 +913,8 @@ def _detached(e: ImageAPIError) -> ImageAPIError:
 
 #: images up to this size are decoded on the loop's thread (a thread hop costs more than that)
 INLINE_DECODE_BYTES = 256 * 1024
+#: answers up to this size are parsed (and scrubbed) on the loop's thread; larger ones in a worker
+INLINE_PARSE_BYTES = 1024 * 1024
 
 
 async def _decode_problem(art: Artifact) -> Optional[str]:

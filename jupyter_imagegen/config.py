@@ -142,52 +142,165 @@ def secret_forms(value: Union[None, str, Secret]) -> List[str]:
     return [HiddenStr(f) for f in dict.fromkeys(forms)]
 
 
-_U_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+#: escapes that can spell one character of a key: JSON / JS / Python / CSS backslash escapes
+#: (`\\u0073`, `\\u{73}`, `\\U00000073`, `\\x73`, `\\/`, `\\73 `), `%u0073`
+_ESCAPE = re.compile(r"\\u\{([0-9a-fA-F]{1,6})\}|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})"
+                     r"|%u([0-9a-fA-F]{4})|\\([\\/\"'])|\\([0-9a-fA-F]{1,6}) ?")
+#: characters that do not show and can be slipped into a key
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
 
 
-def _unescape_u(text: str) -> str:
-    return _U_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+def _unescape(text: str) -> str:
+    def one(m: "re.Match[str]") -> str:
+        for g in (1, 2, 3, 4, 5, 7):
+            if m.group(g):
+                code = int(m.group(g), 16)
+                return chr(code) if code < 0x110000 else m.group(0)
+        return m.group(6)
+    return _ESCAPE.sub(one, text)
 
 
-#: other spellings of a text, each tried when its marker character is in it (one fast scan each:
-#: a 30 MB base64 image has none of them): percent-encoding, JSON/JS `\uXXXX`, HTML entities
-_SPELLINGS = (("%", unquote), ("\\", _unescape_u), ("&", html.unescape))
+def _decoded(text: str) -> str:
+    """`text` with every spelling we know undone (percent-encoding, backslash escapes, HTML
+    entities, invisible characters), repeated while that changes it (double encodings)."""
+    for _ in range(3):
+        before = text
+        if "%" in text:
+            text = unquote(text)
+        if "\\" in text or "%u" in text:
+            text = _unescape(text)
+        if "&" in text:
+            text = html.unescape(text)
+        text = text.translate(_INVISIBLE)
+        if text == before:
+            break
+    return text
+
+
+#: a run of this many characters of a key is treated as the key (a text cut short, by us or by a
+#: library, keeps a piece of it; 12 random characters do not occur by chance)
+PIECE = 12
+#: the longest text the thorough scrub reads; longer texts are cut to it first (marked "…")
+THOROUGH_MAX = 64 * 1024
 
 
 class SecretScrubber:
-    """Replaces every key of `secrets` (Secrets or str) by its mask in a text, as is or spelled
-    another way (percent-encoded in a URL, `\\u0073k-...`, `&#115;k-...`: the text is then kept
-    in the spelling in which the key was found, masked). The forms are worked out once: a text
-    without any of them, or of the spellings' marker characters, costs a few scans. Callers scrub
-    *before* cutting a text short (a cut key is no longer recognisable)."""
+    """Masks every key of `secrets` (Secrets or str) in a text.
 
-    __slots__ = ("_pairs", "_forms")
+    `scrubber(text)` is the fast pass, for anything of any size (an answer's 30 MB of base64
+    included): the key as is (and JSON-escaped), a few C-speed scans per string.
+
+    `scrubber.thorough(text)` is for the texts that are shown or stored (messages, the model's
+    text, revised prompts, usage fields, URLs), at most `THOROUGH_MAX` characters: the key in
+    any case and however it is spelled (percent-encoded, backslash-escaped, HTML entities,
+    invisible characters slipped in, mixed and nested), and any run of `PIECE` or more of its
+    characters (a text cut short keeps a piece). Lone surrogates (which no file or terminal can
+    encode) become U+FFFD."""
+
+    __slots__ = ("_pairs", "_forms", "_keys")
 
     def __init__(self, secrets: Iterable[Union[None, str, Secret]]):
-        self._pairs = [(form, mask_token(secret)) for secret in secrets if secret for form in secret_forms(secret)]
+        secrets = [s for s in secrets if s]
+        self._pairs = [(form, mask_token(secret)) for secret in secrets for form in secret_forms(secret)]
         self._forms = [form for form, _ in self._pairs]
+        #: (the key in lower case, its mask, its pieces in lower case)
+        self._keys = []
+        for secret in secrets:
+            raw = reveal(secret)
+            if raw and len(raw) >= 4:
+                low = HiddenStr(raw.lower())
+                n = min(PIECE, len(low))
+                self._keys.append((low, mask_token(secret), frozenset(low[i:i + n] for i in range(len(low) - n + 1))))
 
     def __bool__(self) -> bool:
         return bool(self._pairs)
 
     def __call__(self, text: Any) -> Any:
-        """`text` scrubbed (a value that is not a non-empty str passes through)."""
+        """The fast pass: `text` with the key, as is, masked (anything else passes through)."""
         if not self._pairs or not isinstance(text, str) or not text:
             return text
-        for marker, decode in _SPELLINGS:
-            if marker in text:
-                decoded = decode(text)
-                if decoded != text and any(f in decoded for f in self._forms):
-                    text = decoded
         for form, mask in self._pairs:
             if form in text:
                 text = text.replace(form, mask)
         return text
 
+    def thorough(self, text: Any) -> Any:
+        """The thorough pass (see the class): for a text that is shown or stored."""
+        if not isinstance(text, str) or not text:
+            return text
+        if len(text) > THOROUGH_MAX:
+            text = text[:THOROUGH_MAX - 1] + "…"
+        text = _no_surrogates(text)
+        if not self._keys:
+            return text
+        text = self(text)
+        masked = self._mask_pieces(text)
+        if masked is not None:
+            text = masked
+        plain = _decoded(text)
+        if plain != text:
+            masked = self._mask_pieces(plain)
+            if masked is not None:      # the key was spelled another way: keep the text decoded, masked
+                text = masked
+        return text
+
+    def found(self, text: str) -> bool:
+        """Whether `text` holds a key (or a piece of one), in any spelling or case, or the mask
+        the fast pass put in its place."""
+        if not self._keys or not isinstance(text, str) or not text:
+            return False
+        text = text[:THOROUGH_MAX]
+        return (any(f in text for f in self._forms) or any(mask in text for _, mask, _ in self._keys)
+                or self._mask_pieces(text) is not None or self._mask_pieces(_decoded(text)) is not None)
+
+    def _mask_pieces(self, text: str) -> Optional[str]:
+        """`text` with every run of PIECE or more characters of a key (any case) masked; None
+        when there is none."""
+        low = text.lower()
+        if len(low) != len(text):     # (a few characters change length in lower case)
+            low = "".join(c.lower()[:1] or c for c in text)
+        spans = []
+        for key, mask, pieces in self._keys:
+            n = min(PIECE, len(key))
+            i = 0
+            while i <= len(low) - n:
+                if low[i:i + n] in pieces:
+                    end = i + n
+                    while end < len(low) and low[i:end + 1] in key:
+                        end += 1
+                    spans.append((i, end, mask))
+                    i = end
+                else:
+                    i += 1
+        if not spans:
+            return None
+        out, at = [], 0
+        for start, end, mask in sorted(spans):
+            if start < at:
+                continue
+            out.append(text[at:start])
+            out.append(mask)
+            at = end
+        out.append(text[at:])
+        return "".join(out)
+
+
+def _no_surrogates(text: str) -> str:
+    """`text` with lone surrogates (valid JSON, no valid UTF-8) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
 
 def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
-    """`text` with every key of `secrets` replaced by its mask (see `SecretScrubber`)."""
-    return SecretScrubber(secrets)(text)
+    """`text` with every key of `secrets` masked, thoroughly (see `SecretScrubber.thorough`;
+    texts longer than THOROUGH_MAX get the fast pass only)."""
+    scrubber = SecretScrubber(secrets)
+    if isinstance(text, str) and len(text) > THOROUGH_MAX:
+        return scrubber(text)
+    return scrubber.thorough(text)
 
 
 class HiddenStr(str):

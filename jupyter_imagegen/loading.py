@@ -18,7 +18,7 @@ from .render import esc, gallery_html
 from .model import MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, sniff_mime
 from .runtime import runtime
 from .config import DEFAULT_BASE_URLS
-from .saving import REQUEST_FIELDS, read_embedded, safe_url, sidecar_path
+from .saving import REQUEST_FIELDS, load_document, read_embedded, safe_url, sidecar_path
 
 __all__ = ["LoadedImage", "RecordedAPINotUsed", "load", "request_from_settings"]
 
@@ -151,6 +151,8 @@ class LoadedImage:
         self.source = source          # "sidecar", "embedded" or None (no metadata found)
         md = metadata or {}
         revised = md.get("revised_prompt")
+        #: why the file's metadata was not used, when it had some (see `load`)
+        self.metadata_problem: Optional[str] = None
         self.artifact = Artifact(data, index=int((md.get("image") or {}).get("index") or 0),
                                  revised_prompt=revised, path=str(path), metadata=md)
 
@@ -195,7 +197,8 @@ class LoadedImage:
         """The recorded request for your configured API (`config`, default: the kernel's); see
         `request_from_settings`. Keyword overrides win."""
         if not self.metadata:
-            raise ValueError(f"{self.path} carries no jupyter-imagegen metadata (no sidecar, nothing embedded)")
+            raise ValueError(f"{self.path}: " + (self.metadata_problem or "it carries no jupyter-imagegen metadata "
+                                                   "(no sidecar, nothing embedded)"))
         return request_from_settings(self.settings, base_dir=Path(self.path).parent,
                                      config=config if config is not None else _kernel_config(), **overrides)
 
@@ -237,22 +240,44 @@ class LoadedImage:
         return {"text/plain": text, "text/html": html_}
 
 
+#: the fields of a metadata document and the type each must have to be used
+_DOC_TYPES = {"schema": str, "file": str, "prompt": str, "revised_prompt": str, "model": str, "api_type": str,
+              "request": dict, "response": dict, "image": dict}
+
+
+def document_problem(doc: Any) -> Optional[str]:
+    """What is wrong with a metadata document read from a file (None when it can be used)."""
+    if not isinstance(doc, dict):
+        return "it is not a JSON object"
+    if not isinstance(doc.get("schema"), str) or not doc["schema"].startswith("jupyter-imagegen/"):
+        return "it is not a jupyter-imagegen document (no 'schema')"
+    for name, kind in _DOC_TYPES.items():
+        if doc.get(name) is not None and not isinstance(doc[name], kind):
+            return f"its {name!r} is {type(doc[name]).__name__}, not {kind.__name__}"
+    index = (doc.get("image") or {}).get("index")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1000):
+        return f"its image index ({str(index)[:20]}) is not a small whole number"
+    return None
+
+
 def load(path: PathLike) -> LoadedImage:
     """Read an image saved by jupyter-imagegen with its metadata.
 
     The sidecar ``<name>.json`` is used when present (it has everything), else the metadata
     embedded in the image. ``path`` may also be the sidecar itself. Images without metadata load
-    too (``.metadata == {}``, ``.source is None``).
+    too (``.metadata == {}``, ``.source is None``); so do images whose metadata is malformed (a
+    file from anyone: nested too deep, fields of the wrong type), with the reason in
+    ``.metadata_problem``.
     """
     p = Path(path).expanduser()
     if p.suffix.lower() == ".json":
         try:
-            side = json.loads(p.read_text("utf-8"))
-        except (OSError, ValueError) as e:
+            side = load_document(p.read_bytes())
+        except OSError as e:
             raise ValueError(f"{p}: not a jupyter-imagegen sidecar ({e})") from None
         name = side.get("file") if isinstance(side, dict) else None
-        if not name:
-            raise ValueError(f"{p}: not a jupyter-imagegen sidecar (no 'file')")
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            raise ValueError(f"{p}: not a jupyter-imagegen sidecar (no plain 'file' name in it)")
         p = p.with_name(name)
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {p}")
@@ -261,17 +286,28 @@ def load(path: PathLike) -> LoadedImage:
         raise ValueError(f"{p} is not a PNG, JPEG, WebP or GIF image")
     meta: Dict[str, Any] = {}
     source = None
+    problems = []
     side_p = sidecar_path(p)
     if side_p.is_file() and side_p != p:
         try:
-            side = json.loads(side_p.read_text("utf-8"))
-            if isinstance(side, dict) and side.get("schema", "").startswith("jupyter-imagegen/") \
-                    and side.get("file") in (None, p.name):
-                meta, source = side, "sidecar"
-        except (OSError, ValueError):
-            pass
+            side = load_document(side_p.read_bytes())
+        except OSError:
+            side = None
+        problem = document_problem(side) if side is not None else "it is not a JSON object nested at most 32 deep"
+        if problem is None and side.get("file") not in (None, p.name):
+            problem = f"it describes {str(side.get('file'))[:60]!r}"
+        if problem is None:
+            meta, source = side, "sidecar"
+        else:
+            problems.append(f"the sidecar {side_p.name} is unusable: {problem}")
     if not meta:
         doc = read_embedded(data)
-        if doc:
-            meta, source = doc, "embedded"
-    return LoadedImage(p, data, meta, source)
+        if doc is not None:
+            problem = document_problem(doc)
+            if problem is None:
+                meta, source = doc, "embedded"
+            else:
+                problems.append(f"the embedded metadata is unusable: {problem}")
+    loaded = LoadedImage(p, data, meta, source)
+    loaded.metadata_problem = "; ".join(problems) if not meta and problems else None
+    return loaded

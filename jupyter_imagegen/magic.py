@@ -175,8 +175,8 @@ class ImageGenMagics(Magics):
             except (OSError, ValueError) as e:
                 raise UsageError(f"--from {spec}: {e}") from None
             if not loaded.metadata:
-                raise UsageError(f"--from {spec}: the image carries no jupyter-imagegen metadata "
-                                 "(no sidecar .json next to it, nothing embedded)")
+                raise UsageError(f"--from {spec}: " + (loaded.metadata_problem or "the image carries no "
+                                 "jupyter-imagegen metadata (no sidecar .json next to it, nothing embedded)"))
             chosen = {"api_type": args.api} if "api" in explicit else {}
             try:
                 base = loaded.to_request(config=config, **chosen,

@@ -41,6 +41,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import scrub_secrets
+from .providers.base import load_json_answer
 from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 
 __all__ = ["SCHEMA", "SaveResult", "slugify", "save_response", "request_settings", "metadata_document",
@@ -501,9 +502,20 @@ def _doc_from_xmp(xmp: Union[bytes, str, None]) -> Optional[Dict[str, Any]]:
     m = _XMP_DOC.search(text)
     if not m:
         return None
+    return load_document(html.unescape(m.group(1)))
+
+
+#: the deepest nesting a metadata document may have (this module writes 3 levels; `usage` as an
+#: API sent it may add a few)
+MAX_DOC_DEPTH = 32
+
+
+def load_document(text: Union[str, bytes]) -> Optional[Dict[str, Any]]:
+    """A metadata document (sidecar or embedded) read from a file that may come from anyone: a
+    JSON object nested at most MAX_DOC_DEPTH levels, else None (never a RecursionError)."""
     try:
-        doc = json.loads(html.unescape(m.group(1)))
-    except ValueError:
+        doc = load_json_answer(text, MAX_DOC_DEPTH)
+    except ValueError:      # invalid, too deep, or not UTF-8
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -522,8 +534,7 @@ def read_embedded(source: Union[PathLike, bytes]) -> Optional[Dict[str, Any]]:
                     if key == DOC_KEY.encode() and len(rest) >= 2 and rest[0] == 0:
                         _lang, _, rest2 = rest[2:].partition(b"\x00")
                         _tkey, _, text = rest2.partition(b"\x00")
-                        doc = json.loads(text.decode("utf-8"))
-                        return doc if isinstance(doc, dict) else None
+                        return load_document(text)
                 if kind == b"IDAT":
                     break
             return None
@@ -627,7 +638,7 @@ def save_response(resp: ImageResponse, directory: PathLike, *, prompt: Optional[
                 side = dict(doc)
                 side["sha256"] = hashlib.sha256(data).hexdigest()
                 side["bytes"] = len(data)
-                _atomic_write(sidecar_path(target), (_dumps(side, redact, indent=2) + "\n").encode("utf-8"),
+                _atomic_write(sidecar_path(target), (_dumps(side, redact, indent=2) + "\n").encode("utf-8", "replace"),
                               SIDECAR_MODE)
                 sidecars.append(str(sidecar_path(target)))
         except OSError as e:

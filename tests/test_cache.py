@@ -322,13 +322,30 @@ def test_cache_files_are_private(emulator_thread, tmp_path):
         assert mode == (0o700 if p.is_dir() else 0o600), f"{p.relative_to(tmp_path)} is {oct(mode)}"
 
 
-def test_an_existing_cache_folder_is_made_private(emulator_thread, tmp_path):
+def test_an_existing_cache_folder_keeps_its_mode_and_links_are_not_written_through(emulator_thread, tmp_path):
+    """IMAGE_CACHE_DIR may name a folder you share (0775, setgid): its mode stays; what we create
+    in it is private. A link planted where the entry's shard goes is removed, never written
+    through (a planted link had made a put chmod and empty the folder it pointed to)."""
     import stat
-    (tmp_path / "cache").mkdir(mode=0o755)
-    os.chmod(tmp_path / "cache", 0o755)
+    from jupyter_imagegen.cache import request_key
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    os.chmod(victim, 0o755)
     cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"),
-                      token=TOKEN, cache=True, cache_dir=str(tmp_path / "cache"))
+                      token=TOKEN, cache=True, cache_dir=str(shared))
     client = ImageClient(cfg)
+    key = request_key(client.resolve(ImageRequest("a teapot"))[0])
+    (victim / key).mkdir()
+    (victim / key / "precious.txt").write_text("precious")
+    (shared / key[:2]).symlink_to(victim)
     assert client.generate_sync(ImageRequest("a teapot")).success
+    assert client.generate_sync(ImageRequest("a teapot")).from_cache
     client.close_sync()
-    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2775
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755 and (victim / key / "precious.txt").read_text() == "precious"
+    # (a setgid folder passes its setgid bit on: the permission bits are what count)
+    assert not (shared / key[:2]).is_symlink() and (shared / key[:2]).stat().st_mode & 0o777 == 0o700
+    assert (shared / key[:2] / key).stat().st_mode & 0o777 == 0o700

@@ -164,3 +164,63 @@ def test_recorded_params_cannot_replace_what_the_client_builds(ip, emulator_thre
     sent = emulator_thread.requests[-1]
     assert sent["model"] == "gpt-image-1-mini" and sent.get("stream") in (None, False), sent
     assert "moderation" in sent["body_keys"] and sent.get("n") in (None, 1), sent
+
+
+def _doc_variants():
+    deep = "[" * 100_000 + "]" * 100_000
+    return {
+        "nested 100,000 deep": lambda doc: json.dumps(doc)[:-1] + ', "x": ' + deep + "}",
+        "schema is a number": lambda doc: json.dumps({**doc, "schema": 5}),
+        "image is a string": lambda doc: json.dumps({**doc, "image": "abc"}),
+        "image index is infinite": lambda doc: json.dumps({**doc, "image": {"index": 1e400}}),
+        "request is a list": lambda doc: json.dumps({**doc, "request": ["x"]}),
+        "prompt is a number": lambda doc: json.dumps({**doc, "prompt": 5}),
+        "not JSON": lambda doc: "{not json",
+    }
+
+
+@pytest.mark.parametrize("where", ["sidecar", "embedded"])
+@pytest.mark.parametrize("variant", list(_doc_variants()))
+def test_malformed_metadata_is_a_clear_error_never_a_traceback(ip, emulator_thread, tmp_path, where, variant):
+    """`load()` still loads the image (its metadata unused, the reason in metadata_problem);
+    `--from` says what is wrong with the file; nothing is sent."""
+    shell, _ = ip
+    doc = {"schema": SCHEMA, "prompt": "a lighthouse", "request": {"prompt": "a lighthouse"},
+           "image": {"index": 0}}
+    text = _doc_variants()[variant](doc)
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    path = folder / "their.png"
+    if where == "sidecar":
+        path.write_bytes(make_png())
+        sidecar_path(path).write_text(text)
+    else:   # the document as the iTXt chunk holds it (written by hand: it is not valid JSON)
+        from jupyter_imagegen.saving import DOC_KEY, _png_chunk
+        png = make_png()
+        chunk = _png_chunk(b"iTXt", DOC_KEY.encode() + b"\x00\x00\x00\x00\x00" + text.encode())
+        path.write_bytes(png[:33] + chunk + png[33:])          # right after IHDR
+    loaded = load(path)
+    assert loaded.metadata == {} and loaded.data == path.read_bytes()
+    if where == "sidecar" or variant not in ("not JSON", "nested 100,000 deep"):
+        assert loaded.metadata_problem, "the reason is kept"   # (embedded text that is no JSON object: none)
+    before = emulator_thread.request_count
+    result = shell.run_cell(f"%imagegen --from {path}", store_history=False)
+    err = result.error_in_exec
+    assert type(err).__name__ == "UsageError" and str(err).startswith(f"--from {path}:"), repr(err)
+    assert emulator_thread.request_count == before
+    if where == "sidecar":           # the sidecar path itself: a clear ValueError
+        with pytest.raises((ValueError, FileNotFoundError)):
+            load(sidecar_path(path))
+
+
+def test_params_with_names_that_are_not_text_are_refused_before_sending(emulator_thread):
+    from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest, RequestError
+    cfg = ImageConfig(api_type="openai_images", base_url=emulator_thread.base_url_for("openai_images"), token=TOKEN,
+                      cache=True)
+    client = ImageClient(cfg)
+    for params in ({1: "x"}, {"x": {1: 1, "a": 2}}, {"x": [{2: 3}]}):
+        with pytest.raises(RequestError, match="names are not text"):
+            client.generate_sync(ImageRequest("a fox", params=params))
+    with pytest.raises(RequestError, match="headers"):
+        client.generate_sync(ImageRequest("a fox", headers={"X-A": 1}))
+    client.close_sync()

@@ -111,6 +111,11 @@ async def _echo(request: web.Request):
         return web.json_response({"created": 1, "data": [
             {"url": f"http://127.0.0.1:{request.url.port}/img/%{ord(key[0]):02X}{key[1:]}/fox.png"},
             {"url": f"http://127.0.0.1:{request.url.port}/img/" + "".join(f"%{ord(c):02X}" for c in key)}]})
+    if kind == "400-mixed":        # one character \\x-escaped, another percent-encoded, past a cut
+        spelled = key[:10] + f"\\x{ord(key[10]):02x}" + key[11:30] + f"%{ord(key[30]):02X}" + key[31:]
+        return web.json_response({"error": {"message": "y" * 250 + " bad key " + spelled}}, status=400)
+    if kind == "200-url-ctype":    # the image host names the key in its content type (we lower-case it)
+        return web.json_response({"created": 1, "data": [{"url": f"http://127.0.0.1:{request.url.port}/ctype.png"}]})
     if kind == "200-url-cut":      # an unusable URL whose message keeps 40 characters: scrubbed first
         return web.json_response({"created": 1, "data": [{"url": "ftp://a/" + key}]})
     if kind == "400-cut":          # the key past the 300 characters an error message keeps, \u-escaped
@@ -123,6 +128,10 @@ async def _img(request):
     return web.Response(body=make_png(), content_type="image/png")
 
 
+async def _ctype(request):
+    return web.Response(body=b"not an image", headers={"Content-Type": f"text/x-{TOKEN}"})
+
+
 ECHO_CASES = [
     ("openai_images", "400-json", False), ("openai_images", "400-long", False),
     ("openrouter_chat", "400-meta", False), ("openai_images", "500-headers", False),
@@ -132,7 +141,8 @@ ECHO_CASES = [
     ("openrouter_chat", "200-model", True), ("openai_images", "200-escaped", True),
     ("openai_images", "400-escaped", False), ("openai_images", "200-url-key", False),
     ("openai_images", "200-url-key-pct", False), ("openai_images", "200-url-cut", False),
-    ("openai_images", "400-cut", False),
+    ("openai_images", "400-cut", False), ("openai_images", "400-mixed", False),
+    ("openai_images", "200-url-ctype", False),
 ]
 
 
@@ -145,7 +155,7 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
     saved_dir = tmp_path / "saved"
     seen = []            # (label, text) of everything a user could see or keep
 
-    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img}) as echo, \
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img, "/ctype.png": _ctype}) as echo, \
             TinyServer({"/v1/{tail:.*}": _echo}) as other_origin:
 
         async def redirect(request):
@@ -220,7 +230,7 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
 
 @pytest.mark.parametrize("api, kind, ok", ECHO_CASES, ids=[c[1] for c in ECHO_CASES])
 async def test_echoed_headers_are_scrubbed(api, kind, ok):
-    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img}) as echo:
+    async with TinyServer({"/v1/{tail:.*}": _echo, "/img.png": _img, "/img/{tail:.*}": _img, "/ctype.png": _ctype}) as echo:
         cfg = ImageConfig(api_type=api, base_url=echo.url + "/v1", token=TOKEN, backoff_base=0.01, max_attempts=2)
         rec = Recorder()
         async with ImageClient(cfg) as client:
@@ -421,3 +431,93 @@ def test_verbose_tracebacks_never_show_the_key(tmp_path, tmp_path_factory, emula
     assert "RequestError" in errors[2] and "size" in errors[2]
     assert "ConfigError" in errors[3] and "IMAGE_TIMEOUT" in errors[3]
     assert "sk-F...6e7f" in texts[5][2]
+
+
+def _chunk(delta: dict) -> bytes:
+    return ("data: " + json.dumps({"id": "x", "choices": [{"index": 0, "delta": delta}]}) + "\n\n").encode()
+
+
+@pytest.mark.parametrize("field", ["content", "refusal"])
+async def test_a_key_split_across_stream_chunks_is_not_joined_back(tmp_path, field):
+    """Each stream event is scrubbed as it comes; the text joined from the chunks is scrubbed
+    again (two clean halves make the whole key), before it is shown or cached."""
+    async def sse(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_chunk({field: "your header was Bearer " + TOKEN[:20]}))
+        await resp.write(_chunk({field: TOKEN[20:]}))
+        if field == "content":
+            await resp.write(_chunk({"images": [{"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + _png_b64()}}]}))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+    async with TinyServer({"/v1/chat/completions": sse}) as srv:
+        cfg = ImageConfig(api_type="openrouter_chat", base_url=srv.url + "/v1", token=TOKEN, max_attempts=1,
+                          cache=True, cache_dir=str(tmp_path / "cache"))
+        async with ImageClient(cfg) as client:
+            resp = await client.generate(ImageRequest("a fox", stream=True))
+    shown = " ".join(map(str, (resp.text, resp.error, repr(resp))))
+    assert TOKEN not in shown and "sk-F...6e7f" in shown, shown
+    assert resp.success is (field == "content")
+    assert not tree_leaks(tmp_path / "cache") if (tmp_path / "cache").exists() else True
+
+
+SPELLINGS = {
+    "as is": lambda k: k,
+    "upper case (a library changed it)": lambda k: k.upper(),
+    "lower case (a host name)": lambda k: k.lower(),
+    "cut by a library": lambda k: "b'" + "a" * 62 + k[:30] + "...'",
+    "percent-encoded": lambda k: "".join(f"%{ord(c):02X}" for c in k),
+    "double percent-encoded": lambda k: "".join(f"%25{ord(c):02X}" for c in k),
+    "one character double-percent": lambda k: k[:28] + f"%25{ord(k[28]):02X}" + k[29:],
+    "\\u escapes": lambda k: "".join(f"\\u{ord(c):04x}" for c in k),
+    "\\x, %u, \\u{}, \\U, CSS for one character each": lambda k: (
+        k[:5] + f"\\x{ord(k[5]):02x}" + k[6:15] + f"%u{ord(k[15]):04X}" + k[16:25] + "\\u{%x}" % ord(k[25])
+        + k[26:35] + f"\\U{ord(k[35]):08X}" + k[36:40] + "\\%X " % ord(k[40]) + k[41:]),
+    "HTML entities": lambda k: "".join(f"&#{ord(c)};" for c in k),
+    "hex entities, escaped again": lambda k: "".join(f"&amp;#x{ord(c):x};" for c in k),
+    "JSON with escaped slashes": lambda k: k.replace("-", "\\-"),
+    "invisible characters inside": lambda k: k[:10] + "\u200b" + k[10:30] + "\u00ad" + k[30:],
+}
+
+
+@pytest.mark.parametrize("name", list(SPELLINGS))
+def test_the_thorough_scrub_finds_the_key_however_it_is_spelled(name):
+    """What is shown or stored goes through the thorough pass: no run of 12 characters of the
+    key survives, whatever the spelling, the case, or a cut by a library."""
+    from jupyter_imagegen.config import Secret, SecretScrubber
+    text = "the server said: " + SPELLINGS[name](TOKEN) + " (end)"
+    out = SecretScrubber([Secret(TOKEN)]).thorough(text)
+    plain = out.lower()
+    assert not [p for p in PIECES if p.lower() in plain], out
+    assert "sk-F...6e7f" in out and out.startswith("the server said: ")
+
+
+def test_the_thorough_scrub_leaves_other_text_alone_and_is_bounded():
+    from jupyter_imagegen.config import THOROUGH_MAX, Secret, SecretScrubber
+    sc = SecretScrubber([Secret(TOKEN)])
+    for text in ("100% sure &amp; \\u0041 ok", "sk-other-key-0000", "a cat \ud800"):
+        out = sc.thorough(text)
+        assert out == text or (text.endswith("\ud800") and out == "a cat \ufffd"), out
+    huge = "%" * (THOROUGH_MAX * 4)
+    assert len(sc.thorough(huge)) == THOROUGH_MAX
+
+
+def test_a_lone_surrogate_in_an_answer_is_shown_and_saved(tmp_path):
+    """Valid JSON, no valid UTF-8: replaced by U+FFFD before it is shown, cached or saved."""
+    from jupyter_imagegen import saving
+
+    async def answer(request):
+        return web.Response(text='{"created": 1, "data": [{"b64_json": "%s", "revised_prompt": "a cat \\ud800"}]}'
+                            % _png_b64(), content_type="application/json")
+
+    async def run():
+        async with TinyServer({"/v1/images/generations": answer}) as srv:
+            cfg = ImageConfig(api_type="openai_images", base_url=srv.url + "/v1", token=TOKEN, max_attempts=1,
+                              cache=True, cache_dir=str(tmp_path / "cache"))
+            async with ImageClient(cfg) as client:
+                return await client.generate(ImageRequest("a cat"))
+    resp = asyncio.run(run())
+    assert resp.success and resp.revised_prompt == "a cat \ufffd"
+    saved = saving.save_response(resp, tmp_path / "out")
+    assert not saved.errors and json.loads(Path(saved.sidecars[0]).read_text())["revised_prompt"] == "a cat \ufffd"
