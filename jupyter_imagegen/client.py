@@ -430,27 +430,19 @@ class _Scrubber:
         stack = [value]
         while stack:
             item = stack.pop()
+            slots = list(item.items()) if isinstance(item, dict) else enumerate(item)
+            for slot, v in slots:
+                if isinstance(v, str):
+                    clean = clean_text(v)
+                    if clean is not v:
+                        item[slot] = clean
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
             if isinstance(item, dict):
-                for k in list(item):
-                    v = item[k]
-                    if isinstance(v, str):
-                        clean = clean_text(v)
-                        if clean is not v:
-                            item[k] = clean
-                    elif isinstance(v, (dict, list)):
-                        stack.append(v)
-                    if isinstance(k, str):
-                        clean_key = clean_text(k)
-                        if clean_key is not k:
-                            item[clean_key] = item.pop(k)
-            elif isinstance(item, list):
-                for i, v in enumerate(item):
-                    if isinstance(v, str):
-                        clean = clean_text(v)
-                        if clean is not v:
-                            item[i] = clean
-                    elif isinstance(v, (dict, list)):
-                        stack.append(v)
+                for k in [k for k in item if isinstance(k, str)]:
+                    clean_key = clean_text(k)
+                    if clean_key is not k:
+                        item[clean_key] = item.pop(k)
         return value
 
     def bytes(self, body: bytes) -> bytes:
