@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import re
 import time
@@ -22,8 +21,8 @@ from yarl import URL
 from . import events as ev
 from . import loop_thread
 from . import netguard
-from .config import (DEFAULT_MODELS, ImageConfig, Secret, SecretScrubber, auth_header, mask_token, scrub_secrets,
-                     validate_api_type, validate_base_url)
+from .config import (DEFAULT_MODELS, ImageConfig, Secret, SecretScrubber, auth_header, mask_token, safe_url,
+                     scrub_secrets, validate_api_type, validate_base_url)
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
@@ -38,15 +37,6 @@ from .model import Artifact, ImageRequest, ImageResponse, InputImage, Usage, sni
 log = logging.getLogger("jupyter_imagegen")
 
 USER_AGENT = "jupyter-imagegen/0.1"
-
-
-def redact_url(url: str) -> str:
-    """scheme://host/path of a URL: query strings (signed download URLs) are dropped."""
-    try:
-        p = urlsplit(url)
-    except ValueError:   # e.g. "http://[zz]/": shown cut at its query, never raising
-        return url.split("?", 1)[0].split("#", 1)[0]
-    return f"{p.scheme}://{p.netloc}{p.path}"
 
 
 def _scheme(url: str) -> str:
@@ -656,7 +646,7 @@ class _CallContext:
                                                 call.url)
                     body = bytes(buf)
         except asyncio.TimeoutError:
-            raise APITimeoutError(None, f"timed out after {self.timeout:g} s waiting for {redact_url(call.url)}",
+            raise APITimeoutError(None, f"timed out after {self.timeout:g} s waiting for {safe_url(call.url)}",
                                   call.url) from None
         except aiohttp.ClientPayloadError as e:
             raise APIConnectionError(None, f"the connection broke while reading the response ({self._short(e)})",
@@ -706,7 +696,7 @@ class _CallContext:
         pending = []   # (artifact, what to raise when it does not decode)
         for ref in parsed.images:
             if ref.data is None and ref.url:
-                shown = redact_url(ref.url)
+                shown = safe_url(ref.url)
                 data, mime = await self._download(ref.url)
                 art = Artifact(data, mime, revised_prompt=ref.revised_prompt, source_url=shown)
                 pending.append((art, lambda problem, shown=shown, url=ref.url: ImageAPIError(
@@ -738,7 +728,7 @@ class _CallContext:
         """Fetch a URL result: http(s) only, no credentials sent, size-capped, image content only,
         and only from public addresses unless the API itself is on a loopback or private one
         (netguard: checked on every redirect hop and every address connected to)."""
-        shown = redact_url(url)
+        shown = safe_url(url)
         if self.scrub.carries(url):   # the answer put the key (or a piece of it) into the URL
             raise ImageAPIError(None, f"refused to download the image from {shown}: the URL carried your key "
                                 "(shown masked); it is not sent anywhere", url)
@@ -804,7 +794,7 @@ class _CallContext:
         first: http(s) only and, when `guarded`, an IP literal only if public (a name is checked
         by the download session's resolver, where the connection is made). One attempt has
         `download_timeout` for the whole chain and the body. The caller closes the response."""
-        shown = redact_url(url)
+        shown = safe_url(url)
         deadline = time.monotonic() + self.cfg.download_timeout
         hop = url
         for _ in range(MAX_DOWNLOAD_REDIRECTS + 1):
@@ -842,8 +832,8 @@ class _CallContext:
         api = urlsplit(self.r.base_url)
         host = f"[{api.hostname}]" if ":" in (api.hostname or "") else api.hostname
         api_shown = f"{api.scheme}://{host}" + (f":{api.port}" if api.port else "")
-        where = refused.describe(None if hop == url else redact_url(hop))
-        return ImageAPIError(None, f"refused to download the image from {redact_url(url)}: {where}, and images are "
+        where = refused.describe(None if hop == url else safe_url(hop))
+        return ImageAPIError(None, f"refused to download the image from {safe_url(url)}: {where}, and images are "
                              f"fetched only from public addresses while the API ({api_shown}) is public", url,
                              code=DOWNLOAD_REFUSED)
 
@@ -930,7 +920,7 @@ _URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
 def _without_queries(text: str) -> str:
     """`text` (a library's error message) with every URL in it cut to scheme://host/path: the
     query of a signed download URL is a credential too."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _URL_IN_TEXT.sub(lambda m: safe_url(m.group(0)), text)
 
 
 def _short(e: Any) -> str:

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -338,6 +338,23 @@ def base_url_problem(value: Any) -> Optional[str]:
         return (f"{value!r} is not an http(s) URL; write it like 'https://api.openai.com/v1' "
                 "(scheme and host included)")
     return None
+
+
+def safe_url(url: Optional[str]) -> Optional[str]:
+    """A URL as it may be shown or saved: without user:password, query string or fragment (they
+    can carry credentials: a signed download URL's query is one). Never raises: a URL that does
+    not parse is cut at its query."""
+    if not url:
+        return url
+    try:
+        p = urlsplit(str(url))
+        host = p.hostname or ""
+        port = p.port
+    except ValueError:          # "http://[zz]/", "http://a:99999/"
+        return str(url).split("?", 1)[0].split("#", 1)[0]
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((p.scheme, host + (f":{port}" if port else ""), p.path, "", ""))
 
 
 def validate_base_url(value: Any, source: str = "base_url") -> str:

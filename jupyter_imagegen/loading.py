@@ -7,7 +7,6 @@ chunks) as a `LoadedImage`; ``LoadedImage.request`` is the `ImageRequest` rebuil
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings

@@ -38,9 +38,8 @@ import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
-from urllib.parse import urlsplit, urlunsplit
 
-from .config import scrub_secrets
+from .config import safe_url, scrub_secrets
 from .providers.base import load_json_answer
 from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 
@@ -138,18 +137,6 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 # --------------------------------------------------------------------------------------------
 # the metadata document
 # --------------------------------------------------------------------------------------------
-def safe_url(url: Optional[str]) -> Optional[str]:
-    """A URL without user:password, query string or fragment (they can carry credentials)."""
-    if not url:
-        return url
-    p = urlsplit(str(url))
-    host = p.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{p.port}" if p.port else "")
-    return urlunsplit((p.scheme, netloc, p.path, "", ""))
-
-
 def _clean_params(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _clean_params(v) for k, v in value.items() if not _SECRET_KEY.match(str(k))}

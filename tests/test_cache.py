@@ -231,7 +231,7 @@ async def test_a_bad_entry_is_dropped_and_fetched_again(emulator, tmp_path, kind
     outside.write_bytes(make_png((20, 20), (1, 2, 3)))
     before = outside.read_bytes()
     async with client_for(emulator, tmp_path) as client:
-        first = await client.generate(ImageRequest("a teapot"))
+        assert (await client.generate(ImageRequest("a teapot"))).success
         [entry] = [e for e, _, _ in client.cache.entries()]
         _corrupt(kind, entry, outside)
         second = await client.generate(ImageRequest("a teapot"))      # never raises

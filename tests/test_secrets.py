@@ -201,7 +201,8 @@ async def test_client_output_never_holds_the_key(emulator, tmp_path, caplog):
             per_call = ImageRequest("a per-call key", api_type="openai_images",
                                     base_url=emulator.base_url_for("openai_images"), token=TOKEN)
             seen.append(("request repr", repr(per_call)))
-            r2 = await ImageClient(ImageConfig(api_type="openai_images", token=None)).generate(per_call)
+            async with ImageClient(ImageConfig(api_type="openai_images", token=None)) as per_call_client:
+                r2 = await per_call_client.generate(per_call)
             seen.append(("per-call response", repr(r2) + str(r2.auth_hint)))
             history.record(r2, request=per_call)
             await client.close()
