@@ -408,32 +408,8 @@ class _Scrubber:
         return self._scrub.found(text)
 
     def value(self, value: Any, *, thorough: bool = False) -> Any:
-        """`value` (a str, or decoded JSON such as an answer or `usage`) with the key out of every
-        string, dict keys included (the fast pass; `thorough` for data that is shown or stored
-        whole, such as `usage`). Containers are changed in place (they are fresh from json.loads:
-        nothing else holds them) and only where a string changes. Iterative: answers may be deep."""
-        if not self.tokens:
-            return value
-        clean_text = self.thorough if thorough else self
-        if isinstance(value, str):
-            return clean_text(value)
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            slots = list(item.items()) if isinstance(item, dict) else enumerate(item)
-            for slot, v in slots:
-                if isinstance(v, str):
-                    clean = clean_text(v)
-                    if clean is not v:
-                        item[slot] = clean
-                elif isinstance(v, (dict, list)):
-                    stack.append(v)
-            if isinstance(item, dict):
-                for k in [k for k in item if isinstance(k, str)]:
-                    clean_key = clean_text(k)
-                    if clean_key is not k:
-                        item[clean_key] = item.pop(k)
-        return value
+        """`value` (decoded JSON, fresh from json.loads) scrubbed in place: see SecretScrubber.walk."""
+        return self._scrub.walk(value, thorough=thorough)
 
     def bytes(self, body: bytes) -> bytes:
         """The same for a raw (error) body, as UTF-8 text."""

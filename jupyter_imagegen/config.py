@@ -244,6 +244,34 @@ class SecretScrubber:
                 text = masked
         return text
 
+    def walk(self, value: Any, *, thorough: bool = False) -> Any:
+        """`value` (a str, or decoded JSON such as an answer or `usage`) with the key out of every
+        string, dict keys included (the fast pass; `thorough` for data shown or stored whole).
+        Containers are changed in place, only where a string changes: pass data that is yours
+        (fresh from json.loads). Iterative: answers may be deep."""
+        if not self._pairs:
+            return value
+        clean_text = self.thorough if thorough else self
+        if isinstance(value, str):
+            return clean_text(value)
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            slots = list(item.items()) if isinstance(item, dict) else enumerate(item)
+            for slot, v in slots:
+                if isinstance(v, str):
+                    clean = clean_text(v)
+                    if clean is not v:
+                        item[slot] = clean
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+            if isinstance(item, dict):
+                for k in [k for k in item if isinstance(k, str)]:
+                    clean_key = clean_text(k)
+                    if clean_key is not k:
+                        item[clean_key] = item.pop(k)
+        return value
+
     def found(self, text: str) -> bool:
         """Whether `text` holds a key (or a piece of one), in any spelling or case, or the mask
         the fast pass put in its place."""

@@ -39,7 +39,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
-from .config import safe_url, scrub_secrets
+from .config import SecretScrubber, safe_url
 from .providers.base import load_json_answer
 from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 
@@ -236,9 +236,13 @@ def metadata_document(resp: ImageResponse, artifact: Optional[Artifact] = None, 
 
 
 def _dumps(doc: Dict[str, Any], redact: Iterable[Any] = (), *, indent: Optional[int] = None) -> str:
-    text = json.dumps(doc, ensure_ascii=indent is None, indent=indent, default=str,
+    """The document as JSON, every string of it scrubbed of the keys in `redact` (the values, not
+    the JSON text: decoding a spelled key in the text could break the JSON)."""
+    scrubber = SecretScrubber(redact)
+    if scrubber:
+        doc = scrubber.walk(json.loads(json.dumps(doc, default=str)), thorough=True)
+    return json.dumps(doc, ensure_ascii=indent is None, indent=indent, default=str,
                       separators=None if indent else (",", ":"))
-    return scrub_secrets(text, redact)
 
 
 # --------------------------------------------------------------------------------------------
