@@ -21,8 +21,8 @@ from yarl import URL
 from . import events as ev
 from . import loop_thread
 from . import netguard
-from .config import (DEFAULT_MODELS, ImageConfig, Secret, SecretScrubber, auth_header, mask_token, safe_url,
-                     scrub_secrets, validate_api_type, validate_base_url)
+from .config import DEFAULT_MODELS, ImageConfig, safe_url, validate_api_type, validate_base_url
+from .secret import Secret, SecretScrubber, auth_header, mask_token, scrub_secrets
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback

@@ -27,7 +27,7 @@ import types
 from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .config import secret_forms
+from .secret import secret_forms
 from .model import Artifact, ImageRequest, ImageResponse
 from .render import esc, preview, response_mimebundle
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .config import Secret, as_secret
+from .secret import Secret, as_secret
 from .errors import ImageAPIError, InputImageError
 from .memory import memory
 from .render import BROWSER_MIMES, DEFAULT_PREVIEW_MAX_SIDE, downscale, response_mimebundle

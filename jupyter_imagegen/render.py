@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
-from .config import SecretScrubber
+from .secret import SecretScrubber
 from .errors import MissingTokenError
 
 __all__ = [

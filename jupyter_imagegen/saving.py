@@ -39,7 +39,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
-from .config import SecretScrubber, safe_url
+from .config import safe_url
+from .secret import SecretScrubber
 from .providers.base import load_json_answer
 from .model import EXT_BY_MIME, Artifact, ImageRequest, ImageResponse, InputImage, sniff_mime
 

@@ -486,7 +486,7 @@ SPELLINGS = {
 def test_the_thorough_scrub_finds_the_key_however_it_is_spelled(name):
     """What is shown or stored goes through the thorough pass: no run of 12 characters of the
     key survives, whatever the spelling, the case, or a cut by a library."""
-    from jupyter_imagegen.config import Secret, SecretScrubber
+    from jupyter_imagegen.secret import Secret, SecretScrubber
     text = "the server said: " + SPELLINGS[name](TOKEN) + " (end)"
     out = SecretScrubber([Secret(TOKEN)]).thorough(text)
     plain = out.lower()
@@ -495,7 +495,7 @@ def test_the_thorough_scrub_finds_the_key_however_it_is_spelled(name):
 
 
 def test_the_thorough_scrub_leaves_other_text_alone_and_is_bounded():
-    from jupyter_imagegen.config import THOROUGH_MAX, Secret, SecretScrubber
+    from jupyter_imagegen.secret import THOROUGH_MAX, Secret, SecretScrubber
     sc = SecretScrubber([Secret(TOKEN)])
     for text in ("100% sure &amp; \\u0041 ok", "sk-other-key-0000", "a cat \ud800"):
         out = sc.thorough(text)
