@@ -22,7 +22,7 @@ from . import events as ev
 from . import loop_thread
 from . import netguard
 from .config import DEFAULT_MODELS, ImageConfig, safe_url, validate_api_type, validate_base_url
-from .secret import Secret, SecretScrubber, auth_header, mask_token, scrub_secrets
+from .secret import Secret, auth_header, mask_token, scrub_secrets, scrubber_for
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
@@ -388,7 +388,7 @@ class _Scrubber:
 
     def __init__(self, *tokens: Optional[Secret]):
         self.tokens = [t for t in tokens if t]
-        self._scrub = SecretScrubber(self.tokens)
+        self._scrub = scrubber_for(*self.tokens)
 
     def __call__(self, text: Optional[str]) -> str:
         """The fast pass (the key as is), for an answer's strings of any size as they come in."""

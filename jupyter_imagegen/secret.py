@@ -8,6 +8,7 @@ is shown or stored.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import html
 import json
@@ -116,7 +117,10 @@ def secret_forms(value: Union[None, str, Secret]) -> List[str]:
 _ESCAPE = re.compile(r"\\u\{([0-9a-fA-F]{1,6})\}|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})"
                      r"|%u([0-9a-fA-F]{4})|\\([\\/\"'])|\\([0-9a-fA-F]{1,6}) ?")
 #: characters that do not show and can be slipped into a key
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
+_INVISIBLE_CHARS = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE_CHARS))
+#: a text that may spell something another way (what `_decoded` undoes)
+_SPELLED = re.compile("[%\\\\&" + _INVISIBLE_CHARS + "]")
 
 
 def _unescape(text: str) -> str:
@@ -166,20 +170,26 @@ class SecretScrubber:
     characters (a text cut short keeps a piece). Lone surrogates (which no file or terminal can
     encode) become U+FFFD."""
 
-    __slots__ = ("_pairs", "_forms", "_keys")
+    __slots__ = ("_pairs", "_forms", "_keys", "_run")
 
     def __init__(self, secrets: Iterable[Union[None, str, Secret]]):
-        secrets = [s for s in secrets if s]
+        secrets = list({reveal(s): s for s in secrets if s}.values())   # each key once
         self._pairs = [(form, mask_token(secret)) for secret in secrets for form in secret_forms(secret)]
         self._forms = [form for form, _ in self._pairs]
         #: (the key in lower case, its mask, its pieces in lower case)
         self._keys = []
+        chars, shortest = set(), PIECE
         for secret in secrets:
             raw = reveal(secret)
             if raw and len(raw) >= 4:
                 low = HiddenStr(raw.lower())
                 n = min(PIECE, len(low))
                 self._keys.append((low, mask_token(secret), frozenset(low[i:i + n] for i in range(len(low) - n + 1))))
+                chars |= set(low) | set(raw.upper())
+                shortest = min(shortest, n)
+        #: a run of characters a piece could be made of: a text without one holds no piece (a
+        #: C-speed test that spares most texts the piece-by-piece look)
+        self._run = re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]{%d,}" % shortest) if chars else None
 
     def __bool__(self) -> bool:
         return bool(self._pairs)
@@ -203,14 +213,16 @@ class SecretScrubber:
         if not self._keys:
             return text
         text = self(text)
-        masked = self._mask_pieces(text)
-        if masked is not None:
-            text = masked
-        plain = _decoded(text)
-        if plain != text:
-            masked = self._mask_pieces(plain)
-            if masked is not None:      # the key was spelled another way: keep the text decoded, masked
+        if self._run.search(text):
+            masked = self._mask_pieces(text)
+            if masked is not None:
                 text = masked
+        if _SPELLED.search(text):
+            plain = _decoded(text)
+            if plain != text and self._run.search(plain):
+                masked = self._mask_pieces(plain)
+                if masked is not None:      # the key was spelled another way: keep the text decoded, masked
+                    text = masked
         return text
 
     def walk(self, value: Any, *, thorough: bool = False) -> Any:
@@ -248,7 +260,7 @@ class SecretScrubber:
             return False
         text = text[:THOROUGH_MAX]
         return (any(f in text for f in self._forms) or any(mask in text for _, mask, _ in self._keys)
-                or self._mask_pieces(text) is not None or self._mask_pieces(_decoded(text)) is not None)
+                or self.thorough(text) != _no_surrogates(text))
 
     def _mask_pieces(self, text: str) -> Optional[str]:
         """`text` with every run of PIECE or more characters of a key (any case) masked; None
@@ -291,10 +303,17 @@ def _no_surrogates(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+@functools.lru_cache(maxsize=32)
+def scrubber_for(*secrets: Union[None, str, Secret]) -> SecretScrubber:
+    """The SecretScrubber of these keys, made once (its pieces of a 160-character key cost a few
+    hundred microseconds to work out: not on every request)."""
+    return SecretScrubber(secrets)
+
+
 def scrub_secrets(text: Any, secrets: Iterable[Union[None, str, Secret]]) -> Any:
     """`text` with every key of `secrets` masked, thoroughly (see `SecretScrubber.thorough`;
     texts longer than THOROUGH_MAX get the fast pass only)."""
-    scrubber = SecretScrubber(secrets)
+    scrubber = scrubber_for(*secrets)
     if isinstance(text, str) and len(text) > THOROUGH_MAX:
         return scrubber(text)
     return scrubber.thorough(text)
