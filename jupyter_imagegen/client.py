@@ -403,6 +403,10 @@ class _Scrubber:
             return text or ""
         return self._scrub.thorough(text)
 
+    def may_hold(self, body: bytes) -> bool:
+        """Whether a raw JSON body can hold the key once decoded (see SecretScrubber.may_hold)."""
+        return self._scrub.may_hold(body)
+
     def carries(self, text: str) -> bool:
         """Whether `text` (a URL) holds the key or a piece of it, however spelled."""
         return self._scrub.found(text)
@@ -557,7 +561,7 @@ class _CallContext:
         except ValueError:
             kind = "an HTML page" if body.lstrip()[:1] == b"<" else "invalid JSON (a truncated body?)"
             raise ImageRetryableError(status, f"the server answered {status} with {kind}", url) from None
-        return self.scrub.value(payload)
+        return self.scrub.value(payload) if self.scrub.may_hold(body) else payload
 
     # -- the boundary to the providers: whatever an answer's shape, only typed errors leave --------
     def _parse(self, payload: Any, api_url: str, status: int) -> Parsed:
