@@ -517,7 +517,7 @@ class _CallContext:
         parsed.revised_prompt = self.scrub.thorough(parsed.revised_prompt) or None
         parsed.model = self.scrub.thorough(parsed.model) or None
         if parsed.usage is not None and parsed.usage.raw:
-            parsed.usage = Usage.from_api(self.scrub.value(parsed.usage.raw, thorough=True))
+            self.scrub.value(parsed.usage.raw, thorough=True)     # in place: only strings change
         for ref in parsed.images:
             ref.revised_prompt = self.scrub.thorough(ref.revised_prompt) or None
         return parsed

@@ -96,6 +96,9 @@ def _strict_decoding():
     decodes of a fan-out run in several threads at once) and set back to the user's value when
     the last one ends."""
     from PIL import ImageFile
+    if not ImageFile.LOAD_TRUNCATED_IMAGES and not _strict["decoding"]:
+        yield          # the usual case: strict already, and no other check switched it off for us
+        return
     with _STRICT:
         if _strict["decoding"] == 0:
             _strict["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES

@@ -170,7 +170,7 @@ class SecretScrubber:
     characters (a text cut short keeps a piece). Lone surrogates (which no file or terminal can
     encode) become U+FFFD."""
 
-    __slots__ = ("_pairs", "_forms", "_keys", "_run")
+    __slots__ = ("_pairs", "_forms", "_keys", "_run", "_suspect")
 
     def __init__(self, secrets: Iterable[Union[None, str, Secret]]):
         secrets = list({reveal(s): s for s in secrets if s}.values())   # each key once
@@ -189,7 +189,10 @@ class SecretScrubber:
                 shortest = min(shortest, n)
         #: a run of characters a piece could be made of: a text without one holds no piece (a
         #: C-speed test that spares most texts the piece-by-piece look)
-        self._run = re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]{%d,}" % shortest) if chars else None
+        run = "[" + "".join(re.escape(c) for c in sorted(chars)) + "]{%d,}" % shortest
+        self._run = re.compile(run) if chars else None
+        #: either of the two reasons to look closer, in one search
+        self._suspect = re.compile(f"{run}|{_SPELLED.pattern}") if chars else None
 
     def __bool__(self) -> bool:
         return bool(self._pairs)
@@ -209,10 +212,13 @@ class SecretScrubber:
             return text
         if len(text) > THOROUGH_MAX:
             text = text[:THOROUGH_MAX - 1] + "…"
-        text = _no_surrogates(text)
+        if not text.isascii():
+            text = _no_surrogates(text)
         if not self._keys:
             return text
         text = self(text)
+        if not self._suspect.search(text):     # no run a piece could be, no other spelling: done
+            return text
         if self._run.search(text):
             masked = self._mask_pieces(text)
             if masked is not None:
