@@ -7,7 +7,8 @@ and extra headers). Never the token: it is not part of the key and is never writ
 Layout: `<dir>/<key[:2]>/<key>/` holding `meta.json` and `0.png`, `1.png`, ...; an entry is
 written into a temporary folder and renamed into place, so two kernels writing at once never
 leave a half entry. Reads refresh the entry's mtime; `evict()` drops the least recently used
-entries above the size cap. Folders are 0700 and files 0600 (entries hold prompts and answers).
+entries above the size cap. The folders it creates are 0700 and files 0600 (entries hold prompts
+and answers); an existing cache folder keeps its mode.
 
 An entry is read back as if it came from the network (the folder may be shared, or written by
 an older or hostile program): only plain file names inside the entry, no links, bounded sizes

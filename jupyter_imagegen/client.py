@@ -22,7 +22,7 @@ from . import events as ev
 from . import loop_thread
 from . import netguard
 from .config import DEFAULT_MODELS, ImageConfig, safe_url, validate_api_type, validate_base_url
-from .secret import Secret, auth_header, mask_token, scrub_secrets, scrubber_for
+from .secret import Secret, auth_header, mask_token, scrubber_for
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
 from .events import Event, EventCallback
@@ -218,14 +218,16 @@ class ImageClient:
         use_cache = self.cache is not None and request.cache is not False
         key = request_key(resolved) if use_cache else None
         call = provider.build(resolved)  # once: every fan-out call and retry sends the same request
-        api_url = scrub_secrets(call.url, (request.token, self.config.token))   # as events show it
+        # the keys this call may carry (its own, or the configured one): scrubbed from all it shows
+        scrub = _Scrubber(request.token, self.config.token)
+        api_url = scrub.thorough(call.url)   # as events show it
         if use_cache and not request.fresh:
             # read and checked in a worker thread: every cached image is decoded, as an answer is
             hit = await asyncio.get_running_loop().run_in_executor(
                 None, self.cache.response, key, resolved, rid, api_url,
                 self.config.auth_hint if not request.token else None)
             if hit is not None:  # no token needed: nothing is sent
-                _Scrubber(request.token, self.config.token).response(hit)
+                scrub.response(hit)
                 await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
                                  model=resolved.model, api_url=hit.api_url, n=request.n, calls=0,
                                  prompt=request.prompt)
@@ -237,13 +239,12 @@ class ImageClient:
         max_attempts = request.max_attempts or self.config.max_attempts
         timeout = float(request.timeout or self.config.timeout)
         calls = provider.calls_needed(resolved)
-        scrub = _Scrubber(token, self.config.token)
         t0 = time.monotonic()
         if callbacks:   # (each emit builds its fields: not on the hot path of scripts and benchmarks)
             await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type, model=resolved.model,
                              api_url=api_url, n=request.n, calls=calls, prompt=request.prompt)
         ctx = _CallContext(self, provider, resolved, call, token, callbacks, rid, max_attempts, timeout, scrub,
-                           fanout=calls > 1)
+                           fanout=calls > 1, shown_url=api_url)
         try:
             if calls == 1:
                 outcomes = [await ctx.run(0)]
@@ -441,7 +442,7 @@ class _CallContext:
 
     def __init__(self, client: ImageClient, provider: Provider, r: Resolved, call: HttpCall, token: Secret,
                  callbacks: List[EventCallback], rid: str, max_attempts: int, timeout: float,
-                 scrub: _Scrubber, fanout: bool):
+                 scrub: _Scrubber, fanout: bool, shown_url: str):
         self.client, self.provider, self.r, self.call, self.token = client, provider, r, call, token
         self.callbacks, self.rid, self.max_attempts, self.timeout = callbacks, rid, max_attempts, timeout
         self.scrub, self.fanout = scrub, fanout
@@ -449,7 +450,7 @@ class _CallContext:
         #: whether the API is on a loopback/private address (then image URLs may be too): asked once
         self._api_private: Optional[bool] = None
         #: the API URL as events and errors show it (a base URL may carry the key in its path)
-        self.shown_url = scrub.thorough(call.url)
+        self.shown_url = shown_url
         # sock_connect, not connect: `connect` wraps every pool checkout in a timeout context (a
         # cost on each request, even on a kept-alive connection); the socket connect is what we bound
         self.http_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self.cfg.connect_timeout)
