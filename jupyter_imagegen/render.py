@@ -17,6 +17,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from . import events as ev
 from .secret import SecretScrubber
 from .errors import MissingTokenError
+from .theme import (FONT as _FONT, KIND_COLORS, LOG_COLORS as _LOG_COLORS, STYLE_CAPTION as _STYLE_CAPTION,
+                    STYLE_ERROR as _STYLE_ERROR, STYLE_LOG as _STYLE_LOG, STYLE_WARN)
 
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "BROWSER_MIMES", "EventLog", "preview", "downscale", "gallery_html", "response_html", "response_text",
@@ -28,18 +30,6 @@ __all__ = [
 DEFAULT_PREVIEW_MAX_SIDE = 512
 #: JPEG quality of downscaled opaque previews
 PREVIEW_JPEG_QUALITY = 85
-
-_FONT = "font-family: var(--jp-code-font-family, ui-monospace, SFMono-Regular, Menlo, monospace)"
-_STYLE_LOG = (f"{_FONT}; font-size: 12px; line-height: 1.45; margin: 2px 0 6px 0; padding: 4px 10px; "
-              "border-left: 3px solid {color}; background: rgba(127,127,127,0.06); border-radius: 2px")
-_STYLE_ERROR = ("margin: 4px 0; padding: 8px 12px; border-left: 4px solid #d32f2f; "
-                "background: rgba(211,47,47,0.08); border-radius: 3px; line-height: 1.45")
-STYLE_WARN = ("margin: 4px 0; padding: 6px 12px; border-left: 4px solid #ed6c02; "
-               "background: rgba(237,108,2,0.08); border-radius: 3px; line-height: 1.45")
-_STYLE_CAPTION = "font-size: 12px; opacity: 0.75; margin-top: 3px; line-height: 1.35; word-break: break-word"
-_LOG_COLORS = {"waiting": "#9e9e9e", "running": "#1976d2", "done": "#2e7d32", "failed": "#d32f2f",
-               "cancelled": "#ed6c02"}
-
 
 def esc(text: Any) -> str:
     return html.escape("" if text is None else str(text), quote=True)
@@ -398,8 +388,7 @@ class EventLog:
         rows = []
         for t, kind, text in self.lines:
             weight = "font-weight: 600; " if kind in ("done", "failed", "cancelled") else ""
-            kcolor = {"retry": "#ed6c02", "failed": "#d32f2f", "done": "#2e7d32", "cancelled": "#ed6c02",
-                      "warn": "#ed6c02"}.get(kind)
+            kcolor = KIND_COLORS.get(kind)
             style = weight + (f"color: {kcolor}" if kcolor else "")
             rows.append(f'<div style="{style}"><span style="opacity: 0.55">{t:5.1f}s</span> '
                         f'{icons.get(kind, "·")} {esc(text)}</div>')

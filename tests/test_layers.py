@@ -14,7 +14,7 @@ PACKAGE = Path(jupyter_imagegen.__file__).resolve().parent
 
 #: the layers, lowest first; a module may import modules of its own layer or of lower ones
 LAYERS: List[Tuple[str, Set[str]]] = [
-    ("model", {"errors", "secret", "config", "events", "memory", "model", "render", "retry", "sse"}),
+    ("model", {"errors", "secret", "config", "events", "memory", "model", "render", "retry", "sse", "theme"}),
     ("client", {"cache", "client", "loop_thread", "netguard", "providers"}),
     ("runtime", {"runtime", "history", "saving", "loading"}),
     ("ui", {"display", "compare", "magic_options", "magic", "form_fields", "form_cards", "widget", "cli",
