@@ -25,13 +25,13 @@ import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import events as ev
-from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, clear_shown, error_html, error_text, esc, gallery_html,
-                     mark_shown, preview, refusal_message, response_html, response_mimebundle, response_text,
-                     truncate)
+from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, Output, clear_shown, error_html, error_text, esc,
+                     gallery_html, mark_shown, preview, refusal_message, response_html, response_mimebundle,
+                     response_outputs, response_text, truncate)
 
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "GenerationView", "EventLog", "preview", "gallery_html", "response_html",
-    "response_text", "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown",
+    "response_text", "response_mimebundle", "response_outputs", "error_html", "error_text", "mark_shown", "clear_shown",
     "refusal_message", "NotebookSurface", "OutputSurface", "TerminalSurface", "rich_frontend",
 ]
 
@@ -42,12 +42,13 @@ __all__ = [
 class NotebookSurface:
     """IPython display handles: display_data once, then update_display_data (same display_id)."""
 
-    def new(self, bundle: Dict[str, str], log: Optional["EventLog"] = None):
+    def new(self, bundle: Dict[str, Any], log: Optional["EventLog"] = None, metadata: Optional[Dict[str, Any]] = None):
         from IPython.display import display
-        return display(bundle, raw=True, display_id=True)
+        return display(bundle, raw=True, metadata=metadata or {}, display_id=True)
 
-    def update(self, slot, bundle: Dict[str, str], log: Optional["EventLog"] = None) -> None:
-        slot.update(bundle, raw=True)
+    def update(self, slot, bundle: Dict[str, Any], log: Optional["EventLog"] = None,
+               metadata: Optional[Dict[str, Any]] = None) -> None:
+        slot.update(bundle, raw=True, metadata=metadata or {})
 
     def clear(self) -> None:  # the notebook's own cell clearing handles this
         pass
@@ -59,19 +60,20 @@ class OutputSurface:
 
     def __init__(self, output):
         self.output = output
-        self.slots: List[Dict[str, Any]] = []
+        self.slots: List[Output] = []
 
     def _sync(self) -> None:
-        self.output.outputs = tuple({"output_type": "display_data", "data": dict(s), "metadata": {}}
-                                    for s in self.slots)
+        self.output.outputs = tuple({"output_type": "display_data", "data": dict(data), "metadata": dict(md)}
+                                    for data, md in self.slots)
 
-    def new(self, bundle: Dict[str, str], log: Optional["EventLog"] = None):
-        self.slots.append(dict(bundle))
+    def new(self, bundle: Dict[str, Any], log: Optional["EventLog"] = None, metadata: Optional[Dict[str, Any]] = None):
+        self.slots.append((dict(bundle), metadata or {}))
         self._sync()
         return len(self.slots) - 1
 
-    def update(self, slot, bundle: Dict[str, str], log: Optional["EventLog"] = None) -> None:
-        self.slots[slot] = dict(bundle)
+    def update(self, slot, bundle: Dict[str, Any], log: Optional["EventLog"] = None,
+               metadata: Optional[Dict[str, Any]] = None) -> None:
+        self.slots[slot] = (dict(bundle), metadata or {})
         self._sync()
 
     def clear(self) -> None:
@@ -89,7 +91,7 @@ class TerminalSurface:
     def _out(self):
         return self.stream or sys.stdout
 
-    def new(self, bundle: Dict[str, str], log: Optional[EventLog] = None):
+    def new(self, bundle: Dict[str, Any], log: Optional[EventLog] = None, metadata: Optional[Dict[str, Any]] = None):
         slot = len(self._printed)
         self._printed[slot] = 0
         out = self._out()
@@ -98,14 +100,15 @@ class TerminalSurface:
         self.update(slot, bundle, log=log)
         return slot
 
-    def update(self, slot, bundle: Dict[str, str], log: Optional[EventLog] = None) -> None:
+    def update(self, slot, bundle: Dict[str, Any], log: Optional[EventLog] = None,
+               metadata: Optional[Dict[str, Any]] = None) -> None:
         out = self._out()
         if log is not None:
             for t, _, text in log.lines[self._printed.get(slot, 0):]:
                 print(f"  {t:5.1f}s  {text}", file=out)
             self._printed[slot] = len(log.lines)
-        else:
-            print(bundle.get("text/plain", ""), file=out)
+        elif bundle.get("text/plain"):
+            print(bundle["text/plain"], file=out)
         out.flush()
 
     def clear(self) -> None:
@@ -164,32 +167,40 @@ class GenerationView:
         else:
             raise ValueError(f"mode={mode!r}: use 'auto', 'notebook', 'output' or 'terminal'")
         self._log_slot = None
-        self._result_slot = None
+        self._result_slots: List[Any] = []
         #: the latest partial image of each image index (``-n 2`` streams partials of both)
         self._partials: Dict[int, Any] = {}
 
     # -- slots ------------------------------------------------------------------------------
-    def _show(self, which: str, bundle: Dict[str, str]) -> None:
-        slot = self._log_slot if which == "log" else self._result_slot
-        log = self.log if which == "log" else None   # the terminal prints only the new log lines
-        if slot is None:
-            slot = self._surface.new(bundle, log)
-            if which == "log":
-                self._log_slot = slot
-            else:
-                self._result_slot = slot
+    def _show_log(self) -> None:
+        # the terminal prints only the new log lines
+        bundle = self.log.bundle()
+        if self._log_slot is None:
+            self._log_slot = self._surface.new(bundle, self.log)
         else:
-            self._surface.update(slot, bundle, log)
+            self._surface.update(self._log_slot, bundle, self.log)
+
+    def _show_result(self, outputs: Sequence[Output]) -> None:
+        """The result area: one slot per output (a partial preview, or one per image), updated in
+        place; slots left over from a longer result before are emptied."""
+        for i, (data, md) in enumerate(outputs):
+            if i < len(self._result_slots):
+                self._surface.update(self._result_slots[i], data, None, md)
+            else:
+                self._result_slots.append(self._surface.new(data, None, md))
+        for slot in self._result_slots[len(outputs):]:
+            self._surface.update(slot, {"text/plain": "", "text/html": ""}, None, {})
 
     def _refresh_log(self) -> None:
         if not self.quiet:
-            self._show("log", self.log.bundle())
+            self._show_log()
 
     # -- public -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Start over (the widget reuses one view per Output): clear the slots and the log."""
         self._surface.clear()
-        self._log_slot = self._result_slot = None
+        self._log_slot = None
+        self._result_slots = []
         self._partials = {}
         self.log = EventLog(self.title, redact=self.redact)
         self.response = None
@@ -218,10 +229,10 @@ class GenerationView:
             else:
                 text = f"partial images of {len(arts)} images (latest: image {index + 1}, " \
                        f"partial {event.data.get('partial_index', 0) + 1})"
-            self._show("result", {
+            self._show_result([({
                 "text/plain": text,
                 "text/html": gallery_html(arts, max_side=self.preview_max_side, alt="partial image"),
-            })
+            }, {})])
         self._refresh_log()
 
     def note(self, text: str, kind: str = "info") -> None:
@@ -236,10 +247,8 @@ class GenerationView:
         if self.log.state in ("waiting", "running"):
             self.log.state = "done" if resp.success else "failed"
             self._refresh_log()
-        bundle = {"text/plain": response_text(resp, redact=self.redact),
-                  "text/html": response_html(resp, max_side=self.preview_max_side, redact=self.redact,
-                                             extra_errors=extra_errors)}
-        self._show("result", bundle)
+        self._show_result(response_outputs(resp, max_side=self.preview_max_side, redact=self.redact,
+                                           extra_errors=extra_errors))
 
     def show_error(self, message: str, *, title: str = "Image generation failed",
                    suggestions: Sequence[str] = (), auth_hint: Optional[str] = None) -> None:
@@ -248,18 +257,18 @@ class GenerationView:
             self.log.state = "failed"
             self.log.add("failed", message)
             self._refresh_log()
-        self._show("result", {
+        self._show_result([({
             "text/plain": error_text(message, title=title, suggestions=suggestions, auth_hint=auth_hint,
                                      redact=self.redact),
             "text/html": error_html(message, title=title, suggestions=suggestions, auth_hint=auth_hint,
                                     redact=self.redact),
-        })
+        }, {})])
 
     def cancelled(self, text: Optional[str] = None) -> None:
         """Mark the run as cancelled (interrupt / Cancel button). Always shown, even when quiet."""
         self.log.cancel(text)
         if self.quiet:
-            self._show("result", {"text/plain": self.log.lines[-1][2],
-                                  "text/html": f'<div style="{STYLE_WARN}">{esc(self.log.lines[-1][2])}</div>'})
+            self._show_result([({"text/plain": self.log.lines[-1][2],
+                                 "text/html": f'<div style="{STYLE_WARN}">{esc(self.log.lines[-1][2])}</div>'}, {})])
         else:
             self._refresh_log()

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .secret import Secret, as_secret
 from .errors import ImageAPIError, InputImageError
 from .memory import memory
-from .render import BROWSER_MIMES, DEFAULT_PREVIEW_MAX_SIDE, downscale, response_mimebundle
+from .render import (PREVIEW_MIMES, DEFAULT_PREVIEW_MAX_SIDE, display_unless_shown, downscale, response_mimebundle,
+                     response_outputs)
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp",
                   "gif": "image/gif"}
@@ -337,9 +338,9 @@ class Artifact:
 
     def preview(self, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE
                 ) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
-        """(mime, bytes, (w, h)) of a browser-friendly preview no longer than `max_side` px.
+        """(mime, bytes, (w, h)) of a PNG or JPEG preview no longer than `max_side` px.
 
-        The original bytes when the image fits and browsers show its format; otherwise a
+        The original bytes when the image fits and is a PNG or JPEG (`PREVIEW_MIMES`); otherwise a
         downscaled copy (PNG with transparency, else JPEG), made once and kept (within the memory
         budget). The pixels the client decoded are let go once a preview is made."""
         key = max_side or 0
@@ -349,7 +350,7 @@ class Artifact:
             return hit
         w, h = self.size
         if (not max_side or (w is not None and h is not None and max(w, h) <= max_side)) \
-                and self.mime_type in BROWSER_MIMES:
+                and self.mime_type in PREVIEW_MIMES:
             result = (self.mime_type, self.data, (w, h))   # the bytes themselves: nothing to keep
         else:
             try:
@@ -621,5 +622,9 @@ class ImageResponse:
             raise ImageAPIError(self.status_code, message, self.api_url)
         return self
 
+    def _ipython_display_(self) -> None:
+        # one output per image, under standard image MIME types (`render.response_outputs`)
+        display_unless_shown(self, lambda: response_outputs(self))
+
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return response_mimebundle(self)
+        return response_mimebundle(self, include, exclude)

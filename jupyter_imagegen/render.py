@@ -10,18 +10,22 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+import os
 import re
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import urllib.parse
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import events as ev
 from .secret import SecretScrubber
 from .errors import MissingTokenError
-from .theme import (FONT as _FONT, KIND_COLORS, LOG_COLORS as _LOG_COLORS, STYLE_CAPTION as _STYLE_CAPTION,
+from .theme import (KIND_COLORS, LOG_COLORS as _LOG_COLORS, STYLE_CAPTION as _STYLE_CAPTION,
                     STYLE_ERROR as _STYLE_ERROR, STYLE_LOG as _STYLE_LOG, STYLE_WARN)
 
 __all__ = [
-    "DEFAULT_PREVIEW_MAX_SIDE", "BROWSER_MIMES", "EventLog", "preview", "downscale", "gallery_html", "response_html", "response_text",
+    "DEFAULT_PREVIEW_MAX_SIDE", "PREVIEW_MIMES", "Output", "response_outputs", "image_output", "layout_outputs",
+    "publish_outputs", "display_unless_shown", "gallery_columns", "file_link", "EventLog", "preview", "downscale", "gallery_html", "response_html", "response_text",
     "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
     "esc", "truncate", "human_bytes", "redactor", "is_shown", "select_mimetypes",
 ]
@@ -51,14 +55,19 @@ def truncate(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------------------------
 # previews
 # --------------------------------------------------------------------------------------------
-BROWSER_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+#: the image types of previews: what every notebook consumer shows as an image output (JupyterLab,
+#: nbconvert's LaTeX/PDF and markdown, GitHub, VS Code); a WebP or GIF image is previewed as one of these
+PREVIEW_MIMES = ("image/png", "image/jpeg")
+
+#: one cell output: (data, metadata) of a display_data message
+Output = Tuple[Dict[str, Any], Dict[str, Any]]
 
 
 def preview(artifact, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> Tuple[str, bytes, Tuple[Optional[int], Optional[int]]]:
-    """(mime, bytes, (w, h)) of a browser-friendly preview of `artifact` (`Artifact.preview`).
+    """(mime, bytes, (w, h)) of a PNG or JPEG preview of `artifact` (`Artifact.preview`).
 
     The original bytes are used when the image already fits in `max_side` (or `max_side` is
-    0/None) and browsers can show its format; otherwise a downscaled copy: PNG when the image has
+    0/None) and is a PNG or JPEG; otherwise a downscaled copy: PNG when the image has
     transparency, else JPEG. The artifact keeps what it made, so showing a response twice is cheap.
     """
     return artifact.preview(max_side)
@@ -114,6 +123,20 @@ def _dims(artifact) -> str:
     return f"{w}×{h}" if w else "?×?"
 
 
+def file_link(path: str) -> str:
+    """A saved file's caption: a link JupyterLab opens (relative to the kernel's working folder,
+    which is the notebook's folder in JupyterLab) when the file is under that folder, else the
+    path as text."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:   # another drive (Windows)
+        rel = ""
+    if not rel or os.path.isabs(rel) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return f"<code>{esc(path)}</code>"
+    href = urllib.parse.quote(rel.replace(os.sep, "/"))
+    return f'<a href="{esc(href)}" title="open {esc(path)}"><code>{esc(rel)}</code></a>'
+
+
 def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: str, scrub, single: bool) -> str:
     mime, data, (pw, ph) = preview(artifact, max_side)
     parts = []
@@ -126,7 +149,7 @@ def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: st
     if artifact.revised_prompt:
         caption.append(f"<i>revised prompt:</i> {esc(scrub(artifact.revised_prompt))}")
     if artifact.path:
-        caption.append(f"saved: <code>{esc(artifact.path)}</code>")
+        caption.append(f"saved: {file_link(artifact.path)}")
     if data:
         size_attrs = f' width="{pw}" height="{ph}"' if pw and ph else ""
         style = "max-width: 100%; height: auto; border-radius: 3px; display: block"
@@ -138,21 +161,29 @@ def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: st
             f'<figcaption style="{_STYLE_CAPTION}">{"<br>".join(caption)}</figcaption></figure>')
 
 
+def gallery_columns(n: int) -> int:
+    """Columns of an even gallery: 2 and 3 images side by side, then a square-ish grid
+    (4 as 2x2, 5-9 as three columns, 10-16 as four)."""
+    return max(1, n) if n <= 3 else math.ceil(math.sqrt(n))
+
+
 def gallery_html(artifacts: Sequence, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, alt: str = "",
                  redact: Iterable[Optional[str]] = ()) -> str:
-    """The images as HTML: one figure, or a responsive grid when there are several."""
+    """The images as HTML: one figure, or an even grid (`gallery_columns`) when there are several.
+    Columns shrink together on a narrow page; their count stays."""
     scrub = redactor(redact)
     arts = list(artifacts)
     if not arts:
         return ""
     if len(arts) == 1:
         return f'<div class="imagegen-gallery">{_figure(arts[0], None, max_side=max_side, alt=alt, scrub=scrub, single=True)}</div>'
-    col = min(max_side or DEFAULT_PREVIEW_MAX_SIDE, 240)
-    style = (f"display: grid; grid-template-columns: repeat(auto-fill, minmax(min({col}px, 100%), 1fr)); "
+    cols = gallery_columns(len(arts))
+    col = min(max_side or DEFAULT_PREVIEW_MAX_SIDE, {2: 384, 3: 300}.get(cols, 240))
+    style = (f"display: grid; grid-template-columns: repeat({cols}, minmax(0, {col}px)); "
              "gap: 12px; align-items: start")
     figs = "".join(_figure(a, i + 1, max_side=max_side, alt=alt, scrub=scrub, single=False)
                    for i, a in enumerate(arts))
-    return f'<div class="imagegen-gallery" style="{style}">{figs}</div>'
+    return f'<div class="imagegen-gallery" data-columns="{cols}" style="{style}">{figs}</div>'
 
 
 def error_html(message: str, *, title: str = "Image generation failed", suggestions: Sequence[str] = (),
@@ -261,10 +292,63 @@ def response_text(resp, *, redact: Iterable[Optional[str]] = (), compact: bool =
     return "\n".join(lines)
 
 
+def image_output(artifact, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, *,
+                 html: Optional[str] = None, text: Optional[str] = None) -> Output:
+    """One image as a cell output: its PNG/JPEG preview under the standard image MIME type (with
+    its width and height in the metadata), and the given HTML / text beside it."""
+    mime, data, (w, h) = preview(artifact, max_side)
+    out: Dict[str, Any] = {}
+    md: Dict[str, Any] = {}
+    if data and mime in PREVIEW_MIMES:
+        out[mime] = base64.b64encode(data).decode("ascii")
+        if w and h:
+            md[mime] = {"width": w, "height": h}
+    if html is not None:
+        out["text/html"] = html
+    if text is not None or not out:
+        out["text/plain"] = text or ""
+    return out, md
+
+
+def layout_outputs(artifacts: Sequence, html: str, text: str, *,
+                   max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE) -> List[Output]:
+    """Cell outputs for an HTML layout of `artifacts` (a gallery, a grid): every image is an
+    output of its own under a standard image MIME type, so every notebook consumer has it.
+
+    The first output carries the layout (`html`, showing all the images, with captions) and
+    `text`; each other image's output carries an HTML comment instead. A consumer that prefers
+    HTML (JupyterLab, nbconvert's HTML and markdown) shows the layout once; one that prefers
+    images (nbconvert's LaTeX/PDF) shows each image once. Either way no image is shown twice."""
+    arts = list(artifacts)
+    if not arts:
+        return [({"text/plain": text, "text/html": html}, {})]
+    outputs = [image_output(arts[0], max_side, html=html, text=text)]
+    for i, art in enumerate(arts[1:], start=2):
+        outputs.append(image_output(art, max_side, html=f"<!-- image {i} of {len(arts)}: in the layout above -->"))
+    return outputs
+
+
+def response_outputs(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, redact: Iterable[Optional[str]] = (),
+                     extra_errors: Sequence[str] = ()) -> List[Output]:
+    """The cell outputs of a response (what the magic shows and what displaying it shows): see
+    `layout_outputs`; a response without images is one output (text and the error box)."""
+    redact = list(redact)
+    return layout_outputs(resp.artifacts, response_html(resp, max_side=max_side, redact=redact, extra_errors=extra_errors),
+                          response_text(resp, redact=redact), max_side=max_side)
+
+
+def publish_outputs(outputs: Sequence[Output]) -> None:
+    """Display each output in the current cell (IPython's display publisher)."""
+    from IPython.display import display
+    for data, md in outputs:
+        display(data, raw=True, metadata=md)
+
+
 # The magic renders the gallery itself (so `x = %imagegen ...` shows images too) and returns the
-# response so `_` works. The displayhook would then render the same gallery a second time as
-# Out[n]; a response marked "shown" renders as one line instead, until the cell finishes
-# (the magic clears the marks in a post_run_cell hook). Displaying it later shows the gallery.
+# response so `_` and Out[n] work. The displayhook would then render the same gallery a second time
+# as Out[n]; a response marked "shown" displays nothing instead (`display_unless_shown`, its
+# `_ipython_display_`), until the cell finishes (the magic clears the marks in a post_run_cell
+# hook): the cell shows the view and no Out[] line. Displaying it later shows the gallery.
 _SHOWN_ATTR = "_imagegen_shown"
 
 
@@ -291,6 +375,14 @@ def response_mimebundle(resp, include=None, exclude=None, *,
         return {"text/plain": response_text(resp, compact=True)}
     return select_mimetypes({"text/plain": response_text(resp), "text/html": response_html(resp, max_side=max_side)},
                             include, exclude)
+
+
+def display_unless_shown(obj: Any, outputs: Callable[[], Sequence[Output]]) -> None:
+    """`_ipython_display_` of a response or a grid: its `outputs()` in the cell, or nothing while
+    it is marked as on screen (then the displayhook sends no Out[] either: IPython leaves the
+    output to `_ipython_display_`, and still sets `_` and Out[n])."""
+    if not is_shown(obj):
+        publish_outputs(outputs())
 
 
 def is_shown(obj: Any) -> bool:

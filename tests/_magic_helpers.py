@@ -29,15 +29,21 @@ class RecordingPublisher(DisplayPublisher):
             "msg_type": "update_display_data" if update else "display_data",
             "display_id": (transient or {}).get("display_id"),
             "data": data,
+            "metadata": metadata or {},
             "probe": self.probe() if self.probe is not None else None,
         })
 
     def clear_output(self, wait=False):
-        self.messages.append({"msg_type": "clear_output", "display_id": None, "data": {}, "probe": None})
+        self.messages.append({"msg_type": "clear_output", "display_id": None, "data": {}, "metadata": {},
+                              "probe": None})
 
     # -- views -------------------------------------------------------------------------------
     def of_type(self, msg_type: str) -> List[Dict[str, Any]]:
         return [m for m in self.messages if m["msg_type"] == msg_type]
+
+    def images(self) -> List[Dict[str, Any]]:
+        """The messages that carry an image under a standard image MIME type."""
+        return [m for m in self.messages if {"image/png", "image/jpeg"} & set(m["data"])]
 
     def galleries(self) -> List[Dict[str, Any]]:
         return [m for m in self.messages if "<img " in m["data"].get("text/html", "")]

@@ -2,16 +2,18 @@
 (notebook display handles, an ipywidgets.Output, a terminal)."""
 from __future__ import annotations
 
+import base64
 import io
 
 import pytest
+from IPython.display import display
 from IPython.testing import globalipapp
 
 from _image_helpers import make_png
 from _magic_helpers import recording_display
 from jupyter_imagegen import events as ev
 from jupyter_imagegen.display import (EventLog, GenerationView, clear_shown, error_html, gallery_html, mark_shown,
-                                      preview, response_html, response_mimebundle, response_text)
+                                      preview, response_html, response_mimebundle, response_outputs, response_text)
 from jupyter_imagegen.events import Event
 from jupyter_imagegen.model import Artifact, ImageRequest, ImageResponse
 
@@ -123,11 +125,40 @@ def test_mimebundle_and_the_shown_mark():
     assert set(response_mimebundle(resp, include=["text/plain"])) == {"text/plain"}
 
 
-def test_ipython_formatter_uses_the_mimebundle():
+def test_displaying_a_response_gives_every_image_a_standard_image_output():
+    """display(resp): one display_data per image under image/png or image/jpeg (what nbconvert's
+    LaTeX, GitHub and VS Code show), with its size in the metadata; the first also carries the
+    gallery (for HTML consumers), the others an HTML comment, so no consumer shows an image twice."""
     shell = globalipapp.get_ipython()
-    data, _ = shell.display_formatter.format(ok_response(n=2))
-    assert data["text/html"].count("<img ") == 2
-    assert data["text/plain"].startswith("ImageResponse: 2 images")
+    resp = ok_response(n=3)
+    with recording_display(shell) as rec:
+        display(resp)
+    msgs = rec.of_type("display_data")
+    assert len(msgs) == 3 and len(rec.images()) == 3
+    for m, art in zip(msgs, resp.artifacts):
+        assert m["data"]["image/png"] == base64.b64encode(art.data).decode()      # small: the bytes themselves
+        assert m["metadata"]["image/png"] == {"width": 64, "height": 48}
+    assert msgs[0]["data"]["text/html"].count("<img ") == 3
+    assert msgs[0]["data"]["text/plain"].startswith("ImageResponse: 3 images")
+    assert all("<img" not in m["data"]["text/html"] and "text/plain" not in m["data"] for m in msgs[1:])
+    # marked as shown (the magic's return value while its cell runs): nothing at all, so no Out[]
+    mark_shown(resp)
+    with recording_display(shell) as rec:
+        display(resp)
+        data, _ = shell.display_formatter.format(resp)
+    assert rec.messages == [] and data == {}
+
+
+def test_webp_and_large_images_are_previewed_as_png_or_jpeg():
+    from PIL import Image
+    big = Image.new("RGB", (1500, 900), "teal")
+    buf = io.BytesIO()
+    big.save(buf, format="WEBP")
+    art = Artifact(data=buf.getvalue(), mime_type="image/webp")
+    (data, md), = response_outputs(ImageResponse("r", success=True, artifacts=[art]))
+    assert set(data) == {"image/jpeg", "text/html", "text/plain"}
+    assert md["image/jpeg"] == {"width": 512, "height": 307}
+    assert Image.open(io.BytesIO(base64.b64decode(data["image/jpeg"]))).size == (512, 307)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,11 +206,14 @@ def test_notebook_view_updates_one_handle(recorder):
         view.on_event(e)
     view.show_response(ok_response(n=2))
     kinds = [m["msg_type"] for m in recorder.messages]
-    assert kinds == ["display_data"] + ["update_display_data"] * (len(RETRY_RUN) - 1) + ["display_data"]
+    # the log: one output updated in place; then one output per image
+    assert kinds == ["display_data"] + ["update_display_data"] * (len(RETRY_RUN) - 1) + ["display_data"] * 2
     log_id = recorder.messages[0]["display_id"]
-    assert {m["display_id"] for m in recorder.messages[:-1]} == {log_id}
-    assert recorder.messages[-1]["display_id"] != log_id
-    assert recorder.messages[-1]["data"]["text/html"].count("<img ") == 2
+    assert {m["display_id"] for m in recorder.messages[:-2]} == {log_id}
+    first, second = recorder.messages[-2:]
+    assert log_id not in (first["display_id"], second["display_id"])
+    assert first["data"]["text/html"].count("<img ") == 2 and "image/png" in first["data"]
+    assert "<img" not in second["data"]["text/html"] and "image/png" in second["data"]
 
 
 def test_notebook_view_quiet_and_error(recorder):
@@ -216,7 +250,10 @@ def test_output_widget_view_rewrites_outputs_in_place():
         assert len(out.outputs) == 1       # the log is replaced, not appended
     assert "done: 1 image" in out.outputs[0]["data"]["text/plain"]
     view.show_response(ok_response(n=2))
-    assert len(out.outputs) == 2 and out.outputs[1]["data"]["text/html"].count("<img ") == 2
+    assert len(out.outputs) == 3 and out.outputs[1]["data"]["text/html"].count("<img ") == 2
+    assert all("image/png" in o["data"] for o in out.outputs[1:])
+    view.show_response(ok_response(n=1))      # a shorter result empties the slot left over
+    assert len(out.outputs) == 3 and out.outputs[2]["data"] == {"text/plain": "", "text/html": ""}
     view.reset()
     assert out.outputs == ()
     view.show_error("bad prompt", suggestions=["write more"])
@@ -267,7 +304,8 @@ def test_notebook_view_keeps_the_latest_partial_of_each_image(recorder):
     assert last.index('width="40"') < last.index('width="48"')
     # the final response still replaces the partials in the same handle
     view.show_response(ok_response(n=2))
-    assert recorder.messages[-1]["display_id"] == results[0]["display_id"]
+    final = [m for m in recorder.messages if m["display_id"] == results[0]["display_id"]][-1]
+    assert final["data"]["text/html"].count("<img ") == 2 and "image/png" in final["data"]
     # a reset view starts without the old partials
     view.reset()
     view.on_event(partial(1, 2))
