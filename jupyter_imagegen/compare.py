@@ -30,8 +30,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import events as ev
 from . import history
 from .cache import request_key
-from .display import OutputSurface, rich_frontend
-from .render import error_html, esc, gallery_html, is_shown, mark_shown, redactor, select_mimetypes, truncate
+from .display import NotebookSurface, OutputSurface, rich_frontend
+from .render import (Output, display_unless_shown, error_html, esc, gallery_html, is_shown, layout_outputs, mark_shown,
+                     redactor, select_mimetypes, truncate)
 from .errors import ConfigError, RequestError
 from .model import ImageRequest, ImageResponse
 from .runtime import runtime
@@ -331,6 +332,17 @@ class CompareResult:
         rows, cols = self.shape
         return f"<CompareResult {rows}x{cols}: {self.ok} ok, {self.failed} failed>"
 
+    def outputs(self, max_side: Optional[int] = None) -> List[Output]:
+        """The grid as cell outputs: the table on the first, and every image of the grid (in
+        grid order) as a standard image output of its own (`render.layout_outputs`)."""
+        max_side = self.max_side if max_side is None else max_side
+        arts = [a for c in sorted(self.cells, key=lambda c: (c.row, c.col)) if c.response is not None
+                for a in c.response.artifacts]
+        return layout_outputs(arts, self.html(max_side), self.text(), max_side=max_side)
+
+    def _ipython_display_(self) -> None:
+        display_unless_shown(self, self.outputs)
+
     def _repr_html_(self) -> Optional[str]:
         if is_shown(self):
             return None  # on screen already (see _repr_mimebundle_)
@@ -352,28 +364,22 @@ class _GridView:
         self.interval = interval
         self.stream = stream
         self._last = 0.0
-        self._slot = None
+        self._slots: List[Any] = []
         if mode == "auto":
             mode = "output" if output is not None else ("notebook" if rich_frontend() else "terminal")
         self.mode = mode
-        self._surface = OutputSurface(output) if mode == "output" else None
+        self._surface: Any = OutputSurface(output) if mode == "output" else NotebookSurface()
 
-    def _bundle(self) -> Dict[str, str]:
-        return {"text/plain": self.result.text(), "text/html": self.result.html()}
-
-    def _push(self) -> None:
-        bundle = self._bundle()
-        if self.mode == "notebook":
-            from IPython.display import display
-            if self._slot is None:
-                self._slot = display(bundle, raw=True, display_id=True)
+    def _push(self, final: bool = False) -> None:
+        """Show the grid: one output (the table) while it runs; at the end the table and one
+        standard image output per image (`CompareResult.outputs`)."""
+        outputs = self.result.outputs() if final else [({"text/plain": self.result.text(),
+                                                         "text/html": self.result.html()}, {})]
+        for i, (data, md) in enumerate(outputs):
+            if i < len(self._slots):
+                self._surface.update(self._slots[i], data, None, md)
             else:
-                self._slot.update(bundle, raw=True)
-        elif self.mode == "output":
-            if self._slot is None:
-                self._slot = self._surface.new(bundle)
-            else:
-                self._surface.update(self._slot, bundle)
+                self._slots.append(self._surface.new(data, None, md))
         self._last = time.monotonic()
 
     def start(self) -> None:
@@ -403,7 +409,7 @@ class _GridView:
         if self.mode == "terminal":
             self._print(self.result._summary())
         else:
-            self._push()
+            self._push(final=True)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> None:

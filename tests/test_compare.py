@@ -1,6 +1,7 @@
 """compare(): every combination concurrently, one labelled grid, per-cell errors (real HTTP to the emulator)."""
 from __future__ import annotations
 
+import base64
 import re
 import sys
 from pathlib import Path
@@ -198,11 +199,21 @@ async def test_live_grid_is_one_display_updated_in_place(emulator):
         async with client_for(emulator) as client:
             result = await acompare(prompts=PROMPTS, models=MODELS, client=client, live=True, record=False)
     new = rec.of_type("display_data")
-    assert len(new) == 1 and "imagegen-compare" in new[0]["data"]["text/html"]
+    # the grid: one output updated in place; when done, each of the 6 images also gets a standard
+    # image output (in grid order; the grid's HTML rides on the first)
+    assert len(new) == 6 and "imagegen-compare" in new[0]["data"]["text/html"]
+    assert len(rec.images()) == 6 and all("<img" not in m["data"]["text/html"] for m in new[1:])
     updates = rec.of_type("update_display_data")
     assert updates and {u["display_id"] for u in updates} == {new[0]["display_id"]}
     assert updates[-1]["data"]["text/html"].count("<img ") == 6
-    # on screen already: its Out[] is one line, not a second grid
+    cells = sorted(result.cells, key=lambda c: (c.row, c.col))
+    previews = [c.response.artifacts[0].preview(result.max_side) for c in cells]
+    assert [m["data"][p[0]] for m, p in zip([updates[-1]] + new[1:], previews)] == \
+        [base64.b64encode(p[1]).decode() for p in previews]
+    # on screen already: displaying it shows nothing (no Out[] after the grid)
+    with recording_display(globalipapp.get_ipython()) as rec:
+        globalipapp.get_ipython().display_formatter.format(result)
+    assert rec.messages == []
     assert "shown above" in result._repr_mimebundle_()["text/plain"]
     assert "text/html" not in result._repr_mimebundle_() and result._repr_html_() is None
 
@@ -269,13 +280,14 @@ def test_notebook_compare_3_models_x_2_prompts_then_rerun_is_free(emulator_threa
     nb = _run_notebook(cells, tmp_path, env, tmp_path / "k")
     assert emulator_thread.request_count == before + 6      # the Python cell was answered from the cache
     magic_cell, python_cell = nb.cells[1], nb.cells[2]
-    # the magic: ONE labelled grid (updated in place while it ran), Out[] is a single line
+    # the magic: ONE labelled grid (updated in place while it ran), each image also a standard
+    # image output, and no Out[] at all
     assert len(grids(magic_cell)) == 1
+    assert sum(bool({"image/png", "image/jpeg"} & set(o.get("data", {}))) for o in magic_cell.outputs) == 6
     html = grids(magic_cell)[0]["data"]["text/html"]
     assert html.count("<table") == 1 and html.count("<img ") == 6 and "prompt \\ model" in html
     assert all(f">{m}</th>" in html for m in MODELS) and all(p in html for p in PROMPTS)
-    results = [o for o in magic_cell.outputs if o["output_type"] == "execute_result"]
-    assert len(results) == 1 and set(results[0]["data"]) == {"text/plain"}
+    assert not [o for o in magic_cell.outputs if o["output_type"] == "execute_result"]
     assert len(grids(python_cell)) == 1 and "6 from cache" in grids(python_cell)[0]["data"]["text/html"]
     saved = sorted((tmp_path / "renders").glob("*.png"))
     assert len(saved) == 6 and sorted(load(p).prompt for p in saved) == sorted(PROMPTS * 3)
