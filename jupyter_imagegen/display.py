@@ -32,7 +32,7 @@ from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, Output, cle
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "GenerationView", "EventLog", "preview", "gallery_html", "response_html",
     "response_text", "response_mimebundle", "response_outputs", "error_html", "error_text", "mark_shown", "clear_shown",
-    "refusal_message", "NotebookSurface", "OutputSurface", "TerminalSurface", "rich_frontend",
+    "refusal_message", "show_refusal", "NotebookSurface", "OutputSurface", "TerminalSurface", "rich_frontend",
 ]
 
 
@@ -113,6 +113,14 @@ class TerminalSurface:
 
     def clear(self) -> None:
         pass
+
+
+def show_refusal(message: str) -> None:
+    """A mistake in a cell, nothing sent: an error box in the cell's output (text/plain
+    "UsageError: ..." for text consumers), which does not fail the cell."""
+    from IPython.display import display
+    display({"text/plain": f"UsageError: {message}",
+             "text/html": error_html(message, title="Nothing was sent")}, raw=True)
 
 
 def rich_frontend() -> bool:
@@ -263,6 +271,14 @@ class GenerationView:
             "text/html": error_html(message, title=title, suggestions=suggestions, auth_hint=auth_hint,
                                     redact=self.redact),
         }, {})])
+
+    def refused(self) -> None:
+        """The request was refused before sending (the error is shown after the view): a log
+        already on screen (e.g. with a note) ends as failed instead of "waiting"."""
+        if self._log_slot is not None and self.log.state in ("waiting", "running"):
+            self.log.state = "failed"
+            self.log.add("failed", "not sent: see the error below")
+            self._refresh_log()
 
     def cancelled(self, text: Optional[str] = None) -> None:
         """Mark the run as cancelled (interrupt / Cancel button). Always shown, even when quiet."""

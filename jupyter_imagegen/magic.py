@@ -36,10 +36,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 from IPython.display import display
+from traitlets import Bool
 
 from . import history
 from .compare import GRID_PREVIEW_MAX_SIDE, acompare, split_prompts
-from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown, refusal_message
+from .display import DEFAULT_PREVIEW_MAX_SIDE, GenerationView, clear_shown, mark_shown, refusal_message, show_refusal
 from .errors import ConfigError, GenerationCancelled, RequestError
 from .loading import load
 from .magic_options import (BACKGROUNDS, FORMATS, FaultSequence, apply_overrides, build_request,
@@ -89,9 +90,21 @@ VAR.grid[row][col] is an ImageResponse).
 class ImageGenMagics(Magics):
     """The %%imagegen magic. One instance per shell."""
 
+    raise_errors = Bool(False, help=(
+        "Raise UsageError for a mistake in a magic's options or prompt (the cell fails, so Run All "
+        "stops there) instead of showing it as an error box (the default: the next cells still run). "
+        "`%config ImageGenMagics.raise_errors = True`; --raise-error does it for one cell.")).tag(config=True)
+
     def __init__(self, shell=None):
         super().__init__(shell)
         self._shown: List[ImageResponse] = []
+
+    def _refused(self, error: UsageError, line: str) -> None:
+        """A mistake in a cell (nothing was sent): shown as an error box, so Run All goes on past
+        it, or raised (`raise_errors`, --raise-error) so the cell fails."""
+        if self.raise_errors or _RAISE_ERROR.search(line or ""):
+            raise error
+        show_refusal(str(error))
 
     @no_var_expand
     @magic_arguments()
@@ -123,6 +136,9 @@ class ImageGenMagics(Magics):
     @argument("--fresh", action="store_true", help="ignore a cached answer: call the API and store the new result")
     @argument("--no-cache", dest="no_cache", action="store_true",
               help="neither read nor write the request cache (IMAGE_CACHE=0 turns it off for good)")
+    @argument("--raise-error", dest="raise_error", action="store_true",
+              help="a mistake in this cell (an unknown option, a bad size, no key) raises UsageError, "
+                   "so the cell fails and Run All stops; by default it is shown and the next cells run")
     @argument("--fault", action="append", default=[], metavar="SPEC",
               help="emulator only (real APIs ignore it): make the built-in emulator fail an attempt, e.g. "
                    "'429:retry_after=2', '503' or 'reset'. Repeatable: the first attempt gets the first "
@@ -138,6 +154,8 @@ class ImageGenMagics(Magics):
         __tracebackhide__ = True
         try:
             return self._run(line, cell)
+        except UsageError as e:
+            return self._refused(e, line)
         except GenerationCancelled as e:
             # re-raised here so the traceback ends at the magic, not deep in the runtime (in a
             # kernel, `_show_cancelled` shows it as one line)
@@ -234,6 +252,7 @@ class ImageGenMagics(Magics):
             resp = runtime.run(request, view=view, client=client, save=args.save, source="magic",
                                on_event=faults.on_event)
         except (RequestError, ConfigError) as e:  # bad request / no token: nothing was sent
+            view.refused()
             raise UsageError(refusal_message(e)) from None
         if args.out:
             ns[args.out] = resp
@@ -287,7 +306,7 @@ class ImageGenMagics(Magics):
         try:
             args = parse_argstring(self.imagegen_history, line)
         except UsageError as e:
-            raise UsageError(f"{e}  (%imagegen_history? lists the options)") from None
+            return self._refused(UsageError(f"{e}  (%imagegen_history? lists the options)"), line)
         if args.clear:
             n = len(history)
             history.clear()
@@ -307,16 +326,19 @@ class ImageGenMagics(Magics):
         form in VAR (VAR.value is the latest ImageResponse, VAR.results every result).
         """
         ns = self.shell.user_ns
-        args, rest, _ = parse_line(self.imagegen_form.parser, line, ns, "%imagegen_form")
-        images = [resolve_image(spec, ns) for spec in args.image]
-        prompt = expand_variables(rest, ns) if rest else ""
         try:
-            form = ImageGenForm(prompt=prompt, api_type=args.api, model=args.model, size=args.size,
-                                aspect_ratio=args.aspect, n=args.n, quality=args.quality, images=images,
-                                save_dir=args.save, show_progress=args.stream or args.partials is not None,
-                                **({} if args.partials is None else {"partial_images": args.partials}))
-        except (RequestError, ConfigError) as e:
-            raise UsageError(f"%imagegen_form: {e}") from None
+            args, rest, _ = parse_line(self.imagegen_form.parser, line, ns, "%imagegen_form")
+            images = [resolve_image(spec, ns) for spec in args.image]
+            prompt = expand_variables(rest, ns) if rest else ""
+            try:
+                form = ImageGenForm(prompt=prompt, api_type=args.api, model=args.model, size=args.size,
+                                    aspect_ratio=args.aspect, n=args.n, quality=args.quality, images=images,
+                                    save_dir=args.save, show_progress=args.stream or args.partials is not None,
+                                    **({} if args.partials is None else {"partial_images": args.partials}))
+            except (RequestError, ConfigError) as e:
+                raise UsageError(f"%imagegen_form: {e}") from None
+        except UsageError as e:
+            return self._refused(e, line)
         if args.out:
             ns[args.out] = form
         display(form)
@@ -335,6 +357,23 @@ def _show_cancelled(shell, etype, value, tb, tb_offset=None):
     shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
 
 
+#: --raise-error written on a magic's line (found even when the line does not parse)
+_RAISE_ERROR = re.compile(r"(?:^|\s)--raise-error(?=\s|$)")
+
+
+def _usage_first(magic, usage: str) -> None:
+    """`%%imagegen?` starts with the usage line (`%%imagegen [options]`), then the description
+    and the options, instead of magic_arguments' `::` block that lists every option in one go."""
+    parser = magic.parser
+    parser.usage = usage.replace("%", "%%")   # argparse formats the usage with %(prog)s
+    help_text = parser.format_help()
+    magic.__doc__ = help_text[help_text.index(usage):] if usage in help_text else help_text
+
+
+_usage_first(ImageGenMagics.imagegen, "%%imagegen [options]\n  PROMPT (the cell body)\n%imagegen [options] PROMPT")
+_usage_first(ImageGenMagics.imagegen_history, "%imagegen_history [-n N] [--all] [--clear]")
+_usage_first(ImageGenMagics.imagegen_form, "%imagegen_form [options] [PROMPT]")
+
 # Abbreviated long options (--qual for --quality) would make typos silently mean something else.
 ImageGenMagics.imagegen.parser.allow_abbrev = False
 ImageGenMagics.imagegen_history.parser.allow_abbrev = False
@@ -349,6 +388,7 @@ def load_ipython_extension(ipython) -> None:
         return
     magics = ImageGenMagics(ipython)
     ipython.register_magics(magics)
+    ipython.configurables.append(magics)   # %config ImageGenMagics.raise_errors = True
     ipython.events.register("post_run_cell", magics._post_run_cell)
     if not ipython.custom_exceptions:  # never replace a handler someone else set
         ipython.set_custom_exc((GenerationCancelled,), _show_cancelled)

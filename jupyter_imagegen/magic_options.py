@@ -6,6 +6,7 @@ mistake is one readable `UsageError` line and nothing is sent.
 from __future__ import annotations
 
 import argparse
+import difflib
 import keyword
 import os
 import re
@@ -201,6 +202,7 @@ def split_options(line: str, parser: argparse.ArgumentParser) -> Tuple[List[str]
             return argv, line[m.start(1):].strip()
         pos = m.end()
         argv.append(raw)
+        _check_known(raw, parser)
         if "=" in raw:
             continue
         action = actions.get(raw)
@@ -210,6 +212,21 @@ def split_options(line: str, parser: argparse.ArgumentParser) -> Tuple[List[str]
         if v:
             argv.append(_unquote(v.group(1)))
             pos = v.end()
+
+
+def _check_known(token: str, parser: argparse.ArgumentParser) -> None:
+    """An option the magic does not have is a UsageError that names the closest one it has:
+    "unknown option --sise; did you mean --size?"."""
+    name = token.split("=", 1)[0]
+    actions = parser._option_string_actions
+    if name in actions or (not name.startswith("--") and name[:2] in actions):   # -n2: a short option's value
+        return
+    close = [name[1:]] if name.startswith("--") and name[1:] in actions else \
+        difflib.get_close_matches(name, [o for o in actions if o.startswith("--")], n=1, cutoff=0.6)
+    if not close and not name.startswith("--"):
+        close = difflib.get_close_matches("-" + name, [o for o in actions if o.startswith("--")], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise UsageError(f"unknown option {name}{hint}")
 
 
 def _pil_like(value: Any) -> bool:
@@ -418,9 +435,9 @@ def parse_line(parser: argparse.ArgumentParser, line: str, ns: Dict[str, Any],
                magic: str) -> Tuple[argparse.Namespace, str, set]:
     """Split `line` into options and the rest (kept verbatim), expand `{variables}` in the
     options, parse them: (args, the rest, the options written on the line). UsageError."""
-    argv, rest = split_options(line, parser)
-    argv = [expand_variables(tok, ns, where="the options") for tok in argv]
     try:
+        argv, rest = split_options(line, parser)
+        argv = [expand_variables(tok, ns, where="the options") for tok in argv]
         args = parser.parse_args(argv)
     except UsageError as e:
         raise UsageError(f"{e}  ({magic}? lists the options)") from None

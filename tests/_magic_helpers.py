@@ -49,6 +49,20 @@ class RecordingPublisher(DisplayPublisher):
         return [m for m in self.messages if "<img " in m["data"].get("text/html", "")]
 
 
+def refused(res, rec: "RecordingPublisher") -> str:
+    """The message of a magic cell refused before anything was sent: the cell did not fail (Run
+    All goes on past it) and showed exactly one error box whose text is one line
+    "UsageError: <message>"; returns <message>. Clears the recorded messages."""
+    assert res.error_in_exec is None, res.error_in_exec
+    shown = [m for m in rec.messages if m["data"].get("text/plain", "").startswith("UsageError: ")]
+    assert len(shown) == 1 and not [m for m in rec.messages if "<img" in m["data"].get("text/html", "")], rec.messages
+    assert all("imagegen-log" in m["data"].get("text/html", "") for m in rec.messages if m not in shown), rec.messages
+    text = shown[0]["data"]["text/plain"]
+    assert "\n" not in text and "Nothing was sent" in shown[0]["data"]["text/html"], text
+    rec.messages.clear()
+    return text[len("UsageError: "):]
+
+
 @contextlib.contextmanager
 def recording_display(shell, probe: Optional[Callable[[], Any]] = None):
     """Swap `shell`'s display publisher for a RecordingPublisher; restore the old one after."""

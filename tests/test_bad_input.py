@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from _image_helpers import make_png
+from _magic_helpers import refused
 from _reliab_helpers import Recorder, TinyServer, bomb_png
 from jupyter_imagegen import ImageClient, ImageConfig, ImageRequest
 from jupyter_imagegen.errors import ConfigError, RequestError
@@ -180,7 +181,13 @@ MAGIC_CASES = [
 
 def _one_line_usage_error(shell, rec, emulator_thread, capsys, code, message):
     from IPython.core.error import UsageError
+    # shown as one error box, the cell does not fail (Run All goes on), nothing is sent
     res = shell.run_cell(code, store_history=False)
+    text = refused(res, rec)
+    assert message in text and "object at 0x" not in text, text
+    assert capsys.readouterr().err == "" and emulator_thread.request_count == 0
+    # the same with --raise-error: the cell fails with the one line
+    res = shell.run_cell(code.replace("imagegen", "imagegen --raise-error", 1), store_history=False)
     err = capsys.readouterr().err
     assert isinstance(res.error_in_exec, UsageError), (res.error_in_exec, err)
     text = str(res.error_in_exec)

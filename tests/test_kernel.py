@@ -60,17 +60,17 @@ def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
     final_log = updates[-1]["content"]["data"]["text/plain"]
     assert "429" in final_log and "retrying in" in final_log and "done: 2 images" in final_log
 
-    # the gallery: a second display_data with two inline images
+    # the gallery: a second display_data with two inline images; each image is also a standard
+    # image output (the gallery's own output carries the first)
     gallery = [m for m in shown if "<img" in m["content"]["data"].get("text/html", "")]
     assert len(gallery) == 1
     html = gallery[0]["content"]["data"]["text/html"]
     assert html.count("<img ") == 2 and "data:image/" in html
+    images = [m for m in shown if {"image/png", "image/jpeg"} & set(m["content"]["data"])]
+    assert len(images) == 2 and images[0] is gallery[0]
 
-    # the return value: one compact line, not the gallery a second time
-    results = outputs(msgs, "execute_result")
-    assert len(results) == 1
-    assert set(results[0]["content"]["data"]) == {"text/plain"}
-    assert "shown above" in results[0]["content"]["data"]["text/plain"]
+    # the return value: nothing more on screen (no Out[]), though `_` holds it (below)
+    assert outputs(msgs, "execute_result") == []
 
     # the token never reaches the notebook
     assert TOKEN not in json.dumps([m["content"] for m in msgs])
@@ -86,19 +86,29 @@ def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
     png = outputs(msgs, "execute_result")[0]["content"]["data"]
     assert "image/png" in png
 
-    # a later display of the response renders the full gallery again
+    # a later display of the response renders the full gallery again (display_data: one output per
+    # image, IPython leaves the display to the response's _ipython_display_)
     reply, msgs = execute(kc, "fox")
-    assert "<img" in outputs(msgs, "execute_result")[0]["content"]["data"]["text/html"]
+    shown = outputs(msgs, "display_data")
+    assert "<img" in shown[0]["content"]["data"]["text/html"] and len(shown) == 2
 
 
 def test_bad_option_is_one_line_in_the_kernel(kernel):
     km, kc, workdir = kernel
     execute(kc, "%load_ext jupyter_imagegen")
+    # shown as one error box and the cell does not fail, so Run All goes on past it
     reply, msgs = execute(kc, "%%imagegen --sizee 12\na cat")
+    assert reply["status"] == "ok", reply
+    shown = outputs(msgs, "display_data", "update_display_data")
+    assert len(shown) == 1 and not outputs(msgs, "stream", "error")
+    text = shown[0]["content"]["data"]["text/plain"]
+    assert text.startswith("UsageError: unknown option --sizee; did you mean --size?") and "\n" not in text
+    # --raise-error: the cell fails with that one line (stderr), as a script or CI may want
+    reply, msgs = execute(kc, "%%imagegen --raise-error --sizee 12\na cat")
     assert reply["status"] == "error" and reply["ename"] == "UsageError"
     assert not outputs(msgs, "display_data", "update_display_data")
     stderr = "".join(m["content"]["text"] for m in outputs(msgs, "stream"))
-    assert stderr.strip().count("\n") == 0 and "unrecognized arguments: --sizee" in stderr
+    assert stderr.strip().count("\n") == 0 and "unknown option --sizee; did you mean --size?" in stderr
 
 
 #: run in the kernel: wait (5 s at most) until the background loop has no task left, i.e. the

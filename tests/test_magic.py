@@ -18,7 +18,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from _image_helpers import make_png
-from _magic_helpers import background_tasks, interrupt_when
+from _magic_helpers import background_tasks, interrupt_when, refused
 from jupyter_imagegen.errors import GenerationCancelled
 from jupyter_imagegen.runtime import runtime
 from jupyter_imagegen.magic import ImageGenMagics
@@ -102,15 +102,20 @@ def test_help_lists_every_option(ip, capsys):
         assert re.search(rf"(^|\s){re.escape(opt)}\b", doc), opt
     assert "emulator only" in doc
     run(shell, "%%imagegen?")
-    assert "--aspect" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--aspect" in out and "::" not in out
+    # after IPython's "Docstring:" label, the help starts with the usage line
+    assert re.search(r"Docstring:\s*(\x1b\[[0-9;]*m)*\s*%%imagegen \[options\]\n", out), out[:300]
 
 
 # ---------------------------------------------------------------------------------------------
 # option parsing and input errors: one line, nothing sent, nothing displayed
 # ---------------------------------------------------------------------------------------------
 BAD = [
-    ("%%imagegen --colour red\na cat", "unrecognized arguments: --colour"),
-    ("%%imagegen --qual low\na cat", "unrecognized arguments: --qual"),
+    ("%%imagegen --colour red\na cat", "unknown option --colour"),
+    ("%%imagegen --qual low\na cat", "unknown option --qual; did you mean --quality?"),
+    ("%%imagegen --sise 10\na cat", "unknown option --sise; did you mean --size?"),
+    ("%%imagegen --n 2\na cat", "unknown option --n; did you mean -n?"),
     ("%%imagegen -n x\na cat", "argument -n: expected a whole number"),
     ("%%imagegen -n 0\na cat", "at least 1 image"),
     ("%%imagegen --size big\na cat", "size 'big' is not available for gpt-image-1"),
@@ -141,6 +146,11 @@ def test_bad_input_is_one_line_and_nothing_is_sent(ip, emulator_thread, capsys, 
     shell.user_ns["not_an_image"] = {"a": 1}
     before = emulator_thread.request_count
     res = run(shell, code)
+    assert message in refused(res, rec)             # shown, and the cell does not fail
+    assert capsys.readouterr().err == ""
+    assert emulator_thread.request_count == before
+    # --raise-error: the cell fails with the same one line (a script, or Run All that should stop)
+    res = run(shell, code.replace("imagegen", "imagegen --raise-error", 1))
     assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
     err = capsys.readouterr().err
     assert message in str(res.error_in_exec)
@@ -155,16 +165,16 @@ def test_missing_token_names_the_variable_and_sends_nothing(ip, emulator_thread,
     monkeypatch.delenv("IMAGE_AUTH_TOKEN")
     before = emulator_thread.request_count
     res = run(shell, "%imagegen a lighthouse")
-    assert isinstance(res.error_in_exec, UsageError)
-    assert "IMAGE_AUTH_TOKEN" in str(res.error_in_exec) and "nothing was sent" in str(res.error_in_exec)
-    assert emulator_thread.request_count == before and rec.messages == []
+    message = refused(res, rec)
+    assert "IMAGE_AUTH_TOKEN" in message and "nothing was sent" in message
+    assert emulator_thread.request_count == before
 
 
 def test_bad_environment_is_one_line(ip, emulator_thread, monkeypatch):
     shell, rec = ip
     monkeypatch.setenv("IMAGE_API_TYPE", "dalle")
     res = run(shell, "%imagegen a lighthouse")
-    assert isinstance(res.error_in_exec, UsageError) and "IMAGE_API_TYPE" in str(res.error_in_exec)
+    assert "IMAGE_API_TYPE" in refused(res, rec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +266,7 @@ def test_save_into_an_impossible_directory_is_one_line(ip, emulator_thread, tmp_
     blocker.write_text("x")
     before = emulator_thread.request_count
     res = run(shell, f"%imagegen --save {blocker}/sub a fox")
-    assert isinstance(res.error_in_exec, UsageError) and "--save" in str(res.error_in_exec)
+    assert "--save" in refused(res, rec)
     assert emulator_thread.request_count == before
 
 
@@ -285,7 +295,7 @@ def test_image_from_an_empty_response_is_one_line(ip, emulator_thread):
     shell, rec = ip
     shell.user_ns["empty"] = ImageResponse(request_id="x", success=False, error="HTTP 500")
     res = run(shell, "%imagegen --image empty edit it")
-    assert isinstance(res.error_in_exec, UsageError) and "has no images" in str(res.error_in_exec)
+    assert "has no images" in refused(res, rec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,14 +463,16 @@ def test_compare_models_and_prompts_renders_one_grid(ip, emulator_thread, capsys
     assert sorted((r["prompt"], r["model"]) for r in sent) == \
         sorted((p, m) for p in ("a red fox in snow", "a lighthouse at {dusk}") for m in COMPARE_MODELS)
     assert all(r["quality"] == "low" for r in sent)
-    # one output, updated in place; the final state holds the six images
+    # one output, updated in place; the final state holds the six images, and each image is also
+    # a standard image output of its own
     shown = rec.of_type("display_data")
-    assert len(shown) == 1 and "imagegen-compare" in shown[0]["data"]["text/html"]
+    assert len(shown) == 6 and "imagegen-compare" in shown[0]["data"]["text/html"]
+    assert len(rec.images()) == 6
     final = ([shown[0]] + rec.of_type("update_display_data"))[-1]["data"]["text/html"]
     assert final.count("<img ") == 6 and final.count("<table") == 1
     assert "prompt \\ model" in final
     out = capsys.readouterr().out
-    assert "shown above" in out and "[1,2]" not in out                    # no second grid as Out[]
+    assert "[1,2]" not in out                                              # no second grid as Out[]
     assert "<table" in grid._repr_mimebundle_()["text/html"]               # displayed later: in full
     # recorded in the history, one entry per cell
     from jupyter_imagegen import history
@@ -479,8 +491,8 @@ def test_compare_keeps_a_failing_cell_in_place_and_saves_the_rest(ip, emulator_t
     assert g.row_labels == ["gpt-image-1", "no-such-model"] and g.col_labels == ["1024x1024", "1536x1024"]
     assert (g.ok, g.failed) == (2, 2)
     assert all(r.success for r in g.grid[0]) and all(r.status_code == 400 for r in g.grid[1])
-    html = rec.messages[-1]["data"]["text/html"]
-    assert html.count("imagegen-error") == 2 and html.count("<img ") == 2
+    html = rec.galleries()[-1]["data"]["text/html"]
+    assert html.count("imagegen-error") == 2 and html.count("<img ") == 2 and len(rec.images()) == 2
     files = sorted(out.glob("*.png"))
     assert len(files) == 2 and all(load(p).prompt == "a red fox" for p in files)
 
@@ -499,9 +511,8 @@ def test_bad_compare_and_rerun_input_is_one_line(ip, emulator_thread, capsys, co
     shell, rec = ip
     before = emulator_thread.request_count
     res = run(shell, code)
-    assert isinstance(res.error_in_exec, UsageError), res.error_in_exec
-    assert message in str(res.error_in_exec)
-    assert emulator_thread.request_count == before and rec.messages == []
+    assert message in refused(res, rec)
+    assert emulator_thread.request_count == before
 
 
 def test_from_reruns_exactly_the_saved_request(ip, emulator_thread, tmp_path):
@@ -536,8 +547,9 @@ def test_from_reruns_exactly_the_saved_request(ip, emulator_thread, tmp_path):
     # an image without metadata says so
     plain = tmp_path / "plain.png"
     plain.write_bytes(make_png())
+    rec.messages.clear()
     res = run(shell, f"%imagegen --from {plain}")
-    assert isinstance(res.error_in_exec, UsageError) and "no jupyter-imagegen metadata" in str(res.error_in_exec)
+    assert "no jupyter-imagegen metadata" in refused(res, rec)
 
 
 def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emulator_thread, capsys):
@@ -572,8 +584,9 @@ def test_history_records_the_magic_and_reruns_and_feeds_inputs(ip, emulator_thre
     rec.messages.clear()
     run(shell, "%imagegen_history -n 2")
     assert "latest 2 of 5" in rec.messages[0]["data"]["text/html"]
+    rec.messages.clear()
     res = run(shell, "%imagegen_history --bogus")
-    assert isinstance(res.error_in_exec, UsageError)
+    assert "unrecognized arguments: --bogus" in refused(res, rec)
     run(shell, "%imagegen_history --clear")
     assert len(history) == 0 and "5 entries forgotten" in capsys.readouterr().out
 
@@ -681,8 +694,8 @@ def test_bad_stream_options_are_one_line(ip, emulator_thread, capsys, code, mess
     shell, rec = ip
     before = emulator_thread.request_count
     res = run(shell, code)
-    assert isinstance(res.error_in_exec, UsageError) and message in str(res.error_in_exec)
-    assert emulator_thread.request_count == before and rec.messages == []
+    assert message in refused(res, rec)
+    assert emulator_thread.request_count == before
     capsys.readouterr()
 
 
