@@ -80,7 +80,7 @@ def history_card(entry: FormRun, thumbnail_size: int, *, on_use: Callable[[Artif
     entry.reuse_button = reuse
     card = W.VBox([head, W.HBox(figures, layout=W.Layout(flex_flow="row wrap")), reuse],
                   layout=W.Layout(border="1px solid rgba(127,127,127,0.35)", padding="6px", margin="4px 0",
-                                  width="100%"))
+                                  width="auto"))   # 100% plus the padding and border would stick out
     card.add_class("imagegen-history-entry")
     entry.widget = card
     return card

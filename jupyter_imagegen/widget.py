@@ -23,18 +23,33 @@ with "use as input" under each image and "reuse settings" for the run.
 Configuration is read when Generate is pressed, as the magic does: ``ImageConfig.from_env()``
 with the request cache on unless ``IMAGE_CACHE`` says otherwise, through the kernel's shared
 client. ``config=`` (used as given) or ``client=`` replace that.
+
+What stays in the notebook: the form itself is a live widget (after a kernel restart, or in a
+saved notebook opened without its kernel, JupyterLab can only say "Error displaying widget:
+model not found"). So every run that produced images also leaves an ordinary output in the cell
+that displayed the form, below it: the same view the magic makes (gallery and summary, every
+image a standard image/png or image/jpeg output). Those outputs are saved with the notebook,
+survive a restart, and are read by nbconvert, GitHub and VS Code like any other; clearing the
+cell's outputs or running the cell again removes them, as for any cell. Displayed in plain Python
+(no kernel cell), the form publishes nothing of the kind.
+
+Messages follow the fields: a wrong field is named in red next to the buttons (in the form's
+words: "Size", not the magic's ``--size``) and the message goes away as soon as that field is
+fixed; the upload button's count is the number of input images that will be sent, including
+those added with "use as input".
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import html
 import logging
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import ipywidgets as W
 
@@ -49,8 +64,10 @@ from .form_fields import (API_LABELS, DEFAULT_PARTIALS, MAX_N, QUALITY_CHOICES, 
                           FormSettings, InputSlot, join_size, parse_compare_field, split_size)
 from .loop_thread import Job, caller_poster
 from .model import EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, InputImage
+from . import render
 from .render import esc, truncate
 from .runtime import Outcome, runtime, save_dir_problem, show_outcome
+from .theme import KIND_COLORS
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -58,6 +75,115 @@ __all__ = ["ImageGenForm", "FormSettings", "FormRun", "InputSlot", "MAX_N", "API
            "QUALITY_CHOICES", "DEFAULT_PARTIALS", "split_size", "parse_compare_field"]
 
 _DESC = {"description_width": "72px"}
+
+#: the field a problem is about (its message clears when that field is fixed): the keys of
+#: `ImageGenForm._field_widgets`, plus "request" (found by the provider's checks, no single field)
+FIELDS = ("prompt", "api", "model", "size", "n", "quality", "save", "compare", "inputs", "progress")
+
+#: the magic's words in a message -> the form's (the providers and compare speak the magic's)
+_MAGIC_WORDS = [
+    (re.compile(r"\(or --aspect to pick the nearest\)"),
+     "(or write an aspect ratio such as 16:9 in Size: the nearest size is used)"),
+    (re.compile(r"partial images need streaming: set stream=True \(--stream\)"),
+     "partial images need streaming: tick show progress"),
+    (re.compile(r"^--compare (?=')"), "Compare "),
+    (re.compile(r"\(--timeout, IMAGE_TIMEOUT\)"),
+     "(request_options={'timeout': seconds} or IMAGE_TIMEOUT)"),
+]
+_OPTION_WORDS = {"aspect": "Size (an aspect ratio W:H)", "size": "Size", "quality": "Quality", "model": "Model",
+                 "api": "API", "n": "n", "fresh": "ignore cache", "stream": "show progress",
+                 "partials": "show progress", "compare": "Compare", "save": "Save to",
+                 "image": "Add input images", "timeout": "request_options timeout"}
+
+
+def form_words(text: str) -> str:
+    """A message in the form's words: the magic's options (``--aspect``, ``--stream``...) become
+    the form's fields, and API ids (``openai_images``) their labels."""
+    for pattern, repl in _MAGIC_WORDS:
+        text = pattern.sub(repl, text)
+    text = re.sub(r"(?<![\w-])--?([a-z][\w-]*)", lambda m: _OPTION_WORDS.get(m.group(1), m.group(0)), text)
+    return re.sub(r"\bwith (%s)\b" % "|".join(API_LABELS), lambda m: f"with {API_LABELS[m.group(1)]}", text)
+
+
+def _field_of(message: str) -> str:
+    """Which field a provider's refusal is about ("request" when it names none alone)."""
+    low = message.lower()
+    for prefix, name in (("size", "size"), ("aspect ratio", "size"), ("quality", "quality"), ("n=", "n"),
+                         ("the prompt", "prompt"), ("compare", "compare")):
+        if low.startswith(prefix):
+            return name
+    return "request"
+
+
+# --------------------------------------------------------------------------------------------
+# the cell that displays the form: where each run's ordinary outputs go
+# --------------------------------------------------------------------------------------------
+def _kernel_shell():
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return None
+    shell = get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
+
+
+def cell_parent() -> Optional[Dict[str, Any]]:
+    """The header of the execute_request (the notebook cell) being run now, or None (no kernel,
+    or not inside a cell: a widget callback runs under a comm message).
+
+    The display publisher's parent is what `display()` uses (ipykernel 6: an attribute; 7: a
+    context variable behind the same property); the kernel's ``get_parent()`` is asked too."""
+    shell = _kernel_shell()
+    if shell is None:
+        return None
+    candidates = [getattr(getattr(shell, "display_pub", None), "parent_header", None)]
+    get_parent = getattr(shell.kernel, "get_parent", None)
+    if callable(get_parent):
+        try:
+            parent = get_parent("shell")
+            candidates.append(parent.get("header") if isinstance(parent, dict) else None)
+        except Exception:  # pragma: no cover - a kernel without channels
+            pass
+    for header in candidates:
+        if isinstance(header, dict) and header.get("msg_type") == "execute_request" and header.get("msg_id"):
+            return dict(header)
+    return None
+
+
+def publish_to_cell(parent: Dict[str, Any], outputs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]]) -> int:
+    """Send `outputs` ((data, metadata) pairs) as ordinary display_data messages whose parent is
+    the execute_request `parent`: the frontend appends them to that cell's outputs, even after the
+    cell finished (JupyterLab keeps a cell's last execution listening until it runs again or is
+    cleared). Returns how many were sent (0 outside a kernel)."""
+    shell = _kernel_shell()
+    pub = getattr(shell, "display_pub", None)
+    session, socket = getattr(pub, "session", None), getattr(pub, "pub_socket", None)
+    if session is None or socket is None:
+        return 0
+    flush = getattr(pub, "_flush_streams", None)
+    if callable(flush):   # what the cell printed comes first
+        try:
+            flush()
+        except Exception:  # pragma: no cover
+            pass
+    sent = 0
+    for data, md in outputs:
+        msg = session.msg("display_data", {"data": dict(data), "metadata": dict(md or {}), "transient": {}},
+                          parent=parent)
+        session.send(socket, msg, ident=getattr(pub, "topic", b"display_data"))
+        sent += 1
+    return sent
+
+
+def _response_outputs(resp: ImageResponse, *, max_side: Optional[int], redact: Sequence[str],
+                      extra_errors: Sequence[str] = ()) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """The magic's view of a response as cell outputs (`render.response_outputs`; older render
+    modules: the response's mimebundle as one output)."""
+    outputs = getattr(render, "response_outputs", None)
+    if outputs is not None:
+        return list(outputs(resp, max_side=max_side, redact=list(redact), extra_errors=list(extra_errors)))
+    bundle = dict(render.response_mimebundle(resp, max_side=max_side))  # pragma: no cover - older render
+    return [(bundle, {})]
 
 # --------------------------------------------------------------------------------------------
 # the form
@@ -105,7 +231,13 @@ class ImageGenForm(W.VBox):
         self.value: Optional[ImageResponse] = None
         self.history: List[FormRun] = []
         self.inputs: List[InputSlot] = []
-        self._input_problem_shown = False   # the message names a refused input image
+        #: the fields the validation message is about now (it is re-checked when one changes)
+        self._shown_fields: Set[str] = set()
+        self._shown_deep = False            # the message came from the provider's checks too
+        self._syncing_upload = False        # the form itself is setting upload.value
+        #: the header of the execute_request of the cell that displayed the form last (None:
+        #: not displayed in a kernel cell); each run's ordinary outputs go there
+        self.display_parent: Optional[Dict[str, Any]] = None
 
         base = self._base_config()
         start_api = validate_api_type(api_type, "api_type") if api_type else base.api_type
@@ -123,24 +255,25 @@ class ImageGenForm(W.VBox):
         self.partial_images = partial_images
 
         # -- fields ---------------------------------------------------------------------------
-        full = W.Layout(width="100%")
+        full = W.Layout(width="auto")   # the column's width (100% plus the widget's margin would stick out)
         self.prompt_text = W.Textarea(value=prompt or "", placeholder="What should the image show?",
                                       description="Prompt", rows=3, layout=full, style=_DESC)
         self.api_select = W.Dropdown(options=[(API_LABELS[a], a) for a in API_TYPES], value=start_api,
-                                     description="API", style=_DESC, layout=W.Layout(width="260px"))
+                                     description="API", style=_DESC, layout=W.Layout(width="260px", max_width="100%"))
         self.model_input = W.Combobox(value=model or "", options=list(SUGGESTED_MODELS[start_api]),
                                       ensure_option=False, description="Model", style=_DESC,
-                                      layout=W.Layout(width="420px"))
+                                      layout=W.Layout(width="420px", max_width="100%"))
         self.size_input = W.Combobox(value=join_size(size, aspect_ratio), options=list(SIZE_SUGGESTIONS[start_api]),
                                      ensure_option=False, description="Size", placeholder="default",
-                                     style=_DESC, layout=W.Layout(width="260px"))
+                                     style=_DESC, layout=W.Layout(width="260px", max_width="100%"))
         self.n_input = W.IntText(value=int(n), description="n", style={"description_width": "24px"},
-                                 layout=W.Layout(width="110px"))
+                                 layout=W.Layout(width="110px", max_width="100%"), continuous_update=True)
         self.quality_select = W.Dropdown(options=[("default", "")] + [(q, q) for q in QUALITY_CHOICES],
                                          value=quality or "", description="Quality", style=_DESC,
-                                         layout=W.Layout(width="220px"))
+                                         layout=W.Layout(width="220px", max_width="100%"))
         self.save_input = W.Text(value=save_dir or "", placeholder="folder to save images in (empty: not saved)",
-                                 description="Save to", style=_DESC, layout=W.Layout(width="520px"))
+                                 description="Save to", style=_DESC,
+                                 layout=W.Layout(width="520px", max_width="100%"))
         self.fresh_check = W.Checkbox(value=bool(fresh), description="ignore cache (new sample)", indent=False,
                                       layout=W.Layout(width="auto"))
         self.progress_check = W.Checkbox(value=bool(show_progress), description="show progress (partial images)",
@@ -151,20 +284,20 @@ class ImageGenForm(W.VBox):
                                     placeholder="e.g. model=gpt-image-1,gpt-image-1-mini size=1024x1024,1536x1024",
                                     tooltip="run every combination into one labelled grid (keys: model, size, "
                                             "aspect, api, quality; several specs separated by spaces or ';')",
-                                    style=_DESC, layout=W.Layout(width="100%"))
+                                    style=_DESC, layout=W.Layout(width="auto"))
         #: the grid of the last compare run (None until one ran)
         self.compare_result = None
         self.upload = W.FileUpload(accept="image/*", multiple=True, description="Add input images",
                                    layout=W.Layout(width="auto"))
-        self.inputs_box = W.HBox([], layout=W.Layout(flex_flow="row wrap"))
+        self.inputs_box = W.HBox([], layout=W.Layout(flex_flow="row wrap", max_width="100%"))
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="paint-brush",
                                         tooltip="send the request (the kernel stays free)")
         self.cancel_button = W.Button(description="Cancel", icon="stop", disabled=True,
                                       tooltip="cancel the request in flight")
-        self.message = W.HTML(value="")
-        self.output = W.Output(layout=W.Layout(width="100%"))
+        self.message = W.HTML(value="", layout=W.Layout(max_width="100%"))
+        self.output = W.Output(layout=W.Layout(width="auto"))
         self.history_title = W.HTML(value="")
-        self.history_box = W.VBox([], layout=W.Layout(width="100%"))
+        self.history_box = W.VBox([], layout=W.Layout(width="auto"))
         self.preview_max_side = preview_max_side
         #: the renderer of the current (or last) run; a new one per run, drawing into `output`
         self.view = GenerationView(output=self.output, preview_max_side=preview_max_side, title="imagegen")
@@ -179,6 +312,9 @@ class ImageGenForm(W.VBox):
         self._update_model_placeholder()
         self.api_select.observe(self._on_api_change, names="value")
         self.upload.observe(self._on_upload, names="value")
+        for name, w in self._field_widgets().items():
+            if name != "inputs":
+                w.observe(lambda _c, name=name: self._recheck(name), names="value")
         self.generate_button.on_click(lambda _b: self.generate())
         self.cancel_button.on_click(lambda _b: self.cancel())
 
@@ -279,10 +415,10 @@ class ImageGenForm(W.VBox):
 
     def _add_slot(self, slot: InputSlot) -> InputSlot:
         input_card(slot, on_remove=self.remove_input)
-        if slot.error:
-            self._say(f"input image {slot.name}: {slot.error}", about_inputs=True)
         self.inputs.append(slot)
         self._sync_inputs()
+        if slot.error:
+            self._say(f"input image {slot.name}: {slot.error}", fields={"inputs"})
         return slot
 
     def remove_input(self, slot: Union[InputSlot, int]) -> None:
@@ -292,8 +428,6 @@ class ImageGenForm(W.VBox):
         if slot in self.inputs:
             self.inputs.remove(slot)
         self._sync_inputs()
-        if self._input_problem_shown and not any(s.error for s in self.inputs):
-            self._say(None)
 
     def clear_inputs(self) -> None:
         self.inputs = []
@@ -301,10 +435,28 @@ class ImageGenForm(W.VBox):
 
     def _sync_inputs(self) -> None:
         self.inputs_box.children = tuple(s.widget for s in self.inputs)
+        self._sync_upload_count()
+        self._recheck("inputs")
+
+    def _sync_upload_count(self) -> None:
+        """The upload button shows "Add input images (N)" with N its value's length (the frontend
+        appends it): its value mirrors the input images that will be sent (name, type, size; no
+        content: the images are in `inputs`), so N counts uploads and "use as input" alike."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        value = tuple({"name": img.name, "type": img.mime_type, "size": len(img.data), "content": memoryview(b""),
+                       "last_modified": now} for img in self.input_images)
+        if len(value) == len(self.upload.value) and all(a["name"] == b.get("name") and a["size"] == b.get("size")
+                                                        for a, b in zip(value, self.upload.value)):
+            return
+        self._syncing_upload = True
+        try:
+            self.upload.value = value
+        finally:
+            self._syncing_upload = False
 
     def _on_upload(self, change) -> None:
         files = change["new"]
-        if not files:
+        if self._syncing_upload or not files:
             return
         for f in files:
             name = str(f.get("name") or "upload")
@@ -317,8 +469,17 @@ class ImageGenForm(W.VBox):
                 self._add_slot(InputSlot(name, None, "the file is empty or could not be read"))
                 continue
             self.add_input(data, name=name)
-        # forget the upload itself: the images live in self.inputs, and the same file can be chosen again
-        self.upload.value = ()
+        # forget the files themselves (the images live in self.inputs; the same file can be chosen
+        # again): the value goes back to the list of what will be sent
+        self._sync_upload_count_now()
+
+    def _sync_upload_count_now(self) -> None:
+        self._syncing_upload = True
+        try:
+            self.upload.value = ()
+        finally:
+            self._syncing_upload = False
+        self._sync_upload_count()
 
     # -- fields <-> settings / request --------------------------------------------------------
     @property
@@ -348,19 +509,47 @@ class ImageGenForm(W.VBox):
 
     def problems(self) -> List[str]:
         """What is wrong with the fields (empty when the form can send)."""
-        out: List[str] = []
+        return [text for _field, text in self.field_problems()]
+
+    def field_problems(self) -> List[Tuple[str, str]]:
+        """What is wrong with the fields, as (field, message) pairs; the field is one of `FIELDS`."""
+        out: List[Tuple[str, str]] = []
         if not self.prompt_text.value.strip():
-            out.append("the prompt is empty: write what the image should show")
+            out.append(("prompt", "the prompt is empty: write what the image should show"))
         n = self.n_input.value
         if n is None or not 1 <= int(n) <= MAX_N:
-            out.append(f"n={n}: ask for 1 to {MAX_N} images")
+            out.append(("n", f"n={n}: ask for 1 to {MAX_N} images"))
         try:
             split_size(self.size_input.value)
         except RequestError as e:
-            out.append(str(e))
+            out.append(("size", str(e)))
         for s in self.inputs:
             if s.error:
-                out.append(f"input image {s.name}: {s.error} — remove it to go on")
+                out.append(("inputs", f"input image {s.name}: {s.error} — remove it to go on"))
+        return out
+
+    def check(self, deep: bool = True) -> List[Tuple[str, str]]:
+        """Everything Generate checks before sending, as (field, message) pairs in the form's
+        words: the fields, then (`deep`, when the fields are fine) the provider's checks of the
+        request (sizes, qualities, n per model...), the save folder and the compare field."""
+        out = self.field_problems()
+        if out or not deep:
+            return out
+        settings = self.settings
+        try:
+            self._client_for_run().resolve(self.build_request(settings))
+        except ConfigError as e:
+            return [("request", str(e))]
+        except RequestError as e:
+            return [(_field_of(str(e)), form_words(str(e)))]
+        if settings.save_dir:  # checked now (created when the images are there), not after paying for them
+            problem = save_dir_problem(settings.save_dir)
+            if problem:
+                out.append(("save", f"save folder {settings.save_dir}: {problem}"))
+        try:
+            parse_compare_field(self.compare_input.value)
+        except ValueError as e:
+            out.append(("compare", form_words(str(e))))
         return out
 
     def build_request(self, settings: Optional[FormSettings] = None) -> ImageRequest:
@@ -406,19 +595,60 @@ class ImageGenForm(W.VBox):
         return self.value
 
     # -- messages -----------------------------------------------------------------------------
-    def _say(self, text: Union[None, str, Sequence[str]], kind: str = "error", *, about_inputs: bool = False) -> None:
-        """Show the inline message (None clears it); `about_inputs`: it names a refused input
-        image, so removing the last refused one clears it."""
-        self._input_problem_shown = about_inputs
+    def _field_widgets(self) -> Dict[str, W.Widget]:
+        return {"prompt": self.prompt_text, "api": self.api_select, "model": self.model_input,
+                "size": self.size_input, "n": self.n_input, "quality": self.quality_select,
+                "save": self.save_input, "compare": self.compare_input, "inputs": self.upload,
+                "progress": self.progress_check}
+
+    def _say(self, text: Union[None, str, Sequence[str]], kind: str = "error", *,
+             fields: Optional[Set[str]] = None, deep: bool = False) -> None:
+        """Show the inline message (None clears it). `fields`: the fields it is about (marked,
+        and the message is checked again whenever a field changes: it goes away once they are
+        fixed); `deep`: it came from the provider's checks (`check()` re-runs those too)."""
+        self._shown_fields = set(fields or ())
+        self._shown_deep = deep
+        widgets = self._field_widgets()
+        for name, w in widgets.items():
+            if name in self._shown_fields:
+                w.add_class("imagegen-invalid")
+            else:
+                w.remove_class("imagegen-invalid")
         if not text:
             self.message.value = ""
             return
         items = [text] if isinstance(text, str) else list(text)
-        color = {"error": "#d32f2f", "info": "inherit"}.get(kind, "inherit")
+        color = {"error": KIND_COLORS["failed"], "info": "inherit"}.get(kind, "inherit")
         icon = "✖ " if kind == "error" else ""
         body = "<br>".join(f"{icon}{esc(t)}" for t in items)
-        self.message.value = (f'<div class="imagegen-form-message" data-kind="{kind}" '
-                              f'style="color: {color}; margin-left: 8px; line-height: 1.4">{body}</div>')
+        # the wrong fields get an outline in the message's colour (gone with the message)
+        mark = (f"<style>.imagegen-form .imagegen-invalid :is(input, textarea, select, button) "
+                f"{{border-color: {color} !important; box-shadow: 0 0 0 1px {color} !important}}</style>"
+                if self._shown_fields else "")
+        self.message.value = (f'{mark}<div class="imagegen-form-message" data-kind="{kind}" '
+                              f'style="color: {color}; margin-left: 8px; line-height: 1.4; '
+                              f'overflow-wrap: anywhere">{body}</div>')
+
+    def _show_problems(self, problems: List[Tuple[str, str]], deep: bool) -> None:
+        self._say([text for _f, text in problems], fields={f for f, _t in problems}, deep=deep)
+
+    def _recheck(self, changed: str) -> None:
+        """A field changed: check the problems the message names again; what is fixed goes away."""
+        shown = self._shown_fields
+        if not shown:
+            return
+        if changed not in shown and not self._shown_deep and shown <= set(FIELDS):
+            return   # another field: the message stays as it is
+        try:
+            problems = self.check(deep=self._shown_deep)
+        except Exception:  # pragma: no cover - checking must never break typing
+            log.debug("checking the form's fields failed", exc_info=True)
+            return
+        still = [(f, t) for f, t in problems if f in shown]
+        if not still:
+            self._say(None)
+        else:
+            self._show_problems(still, self._shown_deep)
 
     @property
     def message_text(self) -> str:
@@ -437,27 +667,21 @@ class ImageGenForm(W.VBox):
         if self.running:
             self._say("a request is already running: wait for it, or press Cancel")
             return None
-        problems = self.problems()
+        problems = self.field_problems()
         if problems:
-            self._say(problems, about_inputs=any(slot.error for slot in self.inputs))
+            self._show_problems(problems, deep=False)
+            return None
+        problems = self.check()
+        if problems:
+            self._show_problems(problems, deep=True)
             return None
         settings = self.settings
         try:
             request = self.build_request(settings)
             client = self._client_for_run()
-            client.resolve(request)
-        except (RequestError, ConfigError) as e:
-            self._say(str(e))
-            return None
-        if settings.save_dir:  # checked now (created when the images are there), not after paying for them
-            problem = save_dir_problem(settings.save_dir)
-            if problem:
-                self._say(f"save folder {settings.save_dir}: {problem}")
-                return None
-        try:
             compare_dims = parse_compare_field(self.compare_input.value)
-        except ValueError as e:
-            self._say(str(e))
+        except (RequestError, ConfigError, ValueError) as e:  # pragma: no cover - check() said it is fine
+            self._say(form_words(str(e)))
             return None
         try:
             loop = asyncio.get_running_loop()
@@ -521,7 +745,7 @@ class ImageGenForm(W.VBox):
         try:
             return job.result()
         except (RequestError, ConfigError) as e:
-            msg = refusal_message(e)
+            msg = form_words(refusal_message(e))
             view.show_error(msg, title="Nothing was sent")
             self._say(msg)
         except Exception as e:  # a bug must still leave the form usable
@@ -538,9 +762,11 @@ class ImageGenForm(W.VBox):
             if outcome is not None:
                 resp = outcome.response
                 self.value = resp
-                show_outcome(view, outcome, settings.save_dir)
+                show_outcome(view, _in_form_words(outcome), settings.save_dir)
                 if resp.artifacts:
                     self._add_history(FormRun(resp, settings, request, time.time()))
+                    self._publish(_response_outputs(resp, max_side=self.preview_max_side, redact=view.redact,
+                                                    extra_errors=outcome.save_errors))
         except Exception as e:  # pragma: no cover - display problems must not lose the response
             log.exception("showing the response failed")
             view.show_error(f"{type(e).__name__}: {e}", title="Could not show the result")
@@ -557,9 +783,35 @@ class ImageGenForm(W.VBox):
                 self.compare_result = result
                 if result.failed:
                     self._say(f"{result.failed} of {len(result.cells)} cells failed (shown in place)", kind="info")
+                if result.ok:
+                    outputs = getattr(result, "outputs", None)
+                    self._publish(outputs() if callable(outputs) else [(result._repr_mimebundle_(), {})])
         finally:
             self._set_running(False)
             _settle(done, job, result)
+
+    # -- the cell's ordinary outputs ----------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget's display bundle; displaying it in a kernel cell makes that cell the one
+        each run's ordinary outputs go to (`display_parent`). Its text/plain (what a notebook
+        shows without the widget) does not count runs: it would be stale once saved."""
+        parent = cell_parent()
+        if parent is not None:
+            self.display_parent = parent
+        data = super()._repr_mimebundle_(**kwargs)
+        if data:
+            data["text/plain"] = FALLBACK_TEXT
+        return data
+
+    def _publish(self, outputs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]]) -> int:
+        """Append `outputs` to the cell that displayed the form (see the module docstring)."""
+        if self.display_parent is None:
+            return 0
+        try:
+            return publish_to_cell(self.display_parent, outputs)
+        except Exception:  # the form's own view has the result: never fail the run for this
+            log.warning("could not add the images to the notebook cell", exc_info=True)
+            return 0
 
     # -- history ------------------------------------------------------------------------------
     def _refresh_history_title(self) -> None:
@@ -612,6 +864,21 @@ class ImageGenForm(W.VBox):
     def __repr__(self) -> str:
         state = "running" if self.running else f"{len(self.history)} result{'s' if len(self.history) != 1 else ''}"
         return f"<ImageGenForm {self.api_select.value} · {state}>"
+
+
+#: the form's text/plain: what a notebook shows of it with no widget manager (GitHub, nbconvert)
+FALLBACK_TEXT = ("ImageGenForm (an interactive form: it needs a running kernel; run this cell to use it). "
+                 "Each run's images follow as outputs of this cell.")
+
+
+def _in_form_words(outcome: Outcome) -> Outcome:
+    """`outcome` for the form's view: the response's suggestions in the form's words (a copy when
+    they change; the response kept in `value` and the history is the client's)."""
+    resp = outcome.response
+    words = [form_words(s) for s in resp.suggestions]
+    if words == list(resp.suggestions):
+        return outcome
+    return dataclasses.replace(outcome, response=dataclasses.replace(resp, suggestions=words))
 
 
 def _settle(done: "asyncio.Future[Any]", job: Job, result: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import time
 from pathlib import Path
 
@@ -345,7 +346,8 @@ def test_upload_through_the_file_upload_widget():
     data = make_png(color=BLUE, fmt="JPEG")
     form.upload.value = ({"name": "photo.jpg", "type": "image/jpeg", "size": len(data),
                           "content": memoryview(data), "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
-    assert form.upload.value == ()                 # cleared: the same file can be chosen again
+    # the value now lists what will be sent (the button counts it), without the bytes
+    assert [(v["name"], v["size"], len(v["content"])) for v in form.upload.value] == [("photo.jpg", len(data), 0)]
     assert len(form.inputs) == 1 and form.inputs[0].image.mime_type == "image/jpeg"
     assert form.inputs[0].image.name == "photo.jpg"
     # its card shows a thumbnail (an Image widget) and a remove button
@@ -505,8 +507,21 @@ def test_generate_without_a_running_loop_says_so():
 # --------------------------------------------------------------------------------------------
 # %imagegen_form
 # --------------------------------------------------------------------------------------------
-def test_imagegen_form_magic(monkeypatch, capsys):
+def assert_refused(shell, capsys, line: str, match: str) -> None:
+    """%imagegen_form `line` is refused with a message naming `match`: raised as a UsageError,
+    or shown in the cell (the magic shows mistakes as an error box so Run All goes on)."""
     from IPython.core.error import UsageError
+    capsys.readouterr()
+    try:
+        shell.run_line_magic("imagegen_form", line)
+    except UsageError as e:
+        assert re.search(match, str(e)), e
+        return
+    shown = capsys.readouterr().out
+    assert re.search(match, shown) and "ImageGenForm" not in shown, shown
+
+
+def test_imagegen_form_magic(monkeypatch, capsys):
     from IPython.testing import globalipapp
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_API_TYPE", "openrouter_chat")
@@ -519,10 +534,8 @@ def test_imagegen_form_magic(monkeypatch, capsys):
         s = form.settings
         assert (s.prompt, s.api_type, s.n, s.size, s.quality) == ("a fox, watercolour", "openai_images", 2,
                                                                   "16:9", "low")
-        with pytest.raises(UsageError, match="--api"):
-            shell.run_line_magic("imagegen_form", "--api nope")
-        with pytest.raises(UsageError, match="imagegen_form"):
-            shell.run_line_magic("imagegen_form", "--bogus 1")
+        assert_refused(shell, capsys, "--api nope", "--api")
+        assert_refused(shell, capsys, "--bogus 1", "imagegen_form")
     finally:
         shell.extension_manager.unload_extension("jupyter_imagegen")
         shell.user_ns.pop("f", None)
@@ -612,8 +625,7 @@ async def test_cancel_mid_stream_drops_the_connection(emulator):
     assert resp.success
 
 
-def test_imagegen_form_magic_progress(monkeypatch):
-    from IPython.core.error import UsageError
+def test_imagegen_form_magic_progress(monkeypatch, capsys):
     from IPython.testing import globalipapp
     shell = globalipapp.get_ipython()
     monkeypatch.setenv("IMAGE_API_TYPE", "openai_images")
@@ -624,8 +636,7 @@ def test_imagegen_form_magic_progress(monkeypatch):
         assert form.progress_check.value and form.partial_images == 3
         shell.run_line_magic("imagegen_form", "--stream --out f a fox")
         assert shell.user_ns["f"].progress_check.value and shell.user_ns["f"].partial_images == 2
-        with pytest.raises(UsageError, match="partial"):
-            shell.run_line_magic("imagegen_form", "--partials 7 a fox")
+        assert_refused(shell, capsys, "--partials 7 a fox", "partial")
     finally:
         shell.extension_manager.unload_extension("jupyter_imagegen")
         shell.user_ns.pop("f", None)
