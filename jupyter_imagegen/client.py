@@ -21,7 +21,7 @@ from yarl import URL
 from . import events as ev
 from . import loop_thread
 from . import netguard
-from .config import DEFAULT_MODELS, ImageConfig, safe_url, validate_api_type, validate_base_url
+from .config import DEFAULT_MODELS, SUGGESTED_MODELS, ImageConfig, safe_url, validate_api_type, validate_base_url
 from .secret import Secret, auth_header, mask_token, scrubber_for
 from .errors import (APIConnectionError, APITimeoutError, ContentPolicyError, ImageAPIError, ImageRetryableError,
                      MissingTokenError, NoImageError, RequestError, api_error_for)
@@ -909,6 +909,15 @@ def _short(e: Any) -> str:
     return s[:200]
 
 
+def _error_param(body: Optional[str]) -> Optional[str]:
+    """OpenAI's `error.param` (the request field it refused) from an error body, if any."""
+    try:
+        err = load_json_answer(body or "").get("error")
+    except (ValueError, AttributeError):
+        return None
+    return err.get("param") if isinstance(err, dict) and isinstance(err.get("param"), str) else None
+
+
 def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageConfig) -> List[str]:
     """What a user can do about an error, in plain words."""
     s = err.status
@@ -923,11 +932,21 @@ def suggestions_for(err: ImageAPIError, r: Resolved, auth_hint: str, cfg: ImageC
         return ["The key is valid but not allowed to use this model (organisation verification, credits or "
                 "region). Check the account's settings, or try another model."]
     if s == 402:
-        return ["The account is out of credits: add credits or use another key."]
+        return ["The account is out of credits: add credits (or raise the key's limit), or use another key."]
+    known = SUGGESTED_MODELS.get(r.api_type, [])
     if s == 404:
-        return [f"Check the model name ({r.model!r}) and the base URL ({r.base_url}); "
-                f"the format is {r.api_type}."]
+        return [f"Check the model name ({r.model!r}): models for {r.api_type} include "
+                f"{', '.join(known)}; --model NAME chooses one.",
+                f"Check the base URL ({r.base_url}): it must serve the {r.api_type} format."]
     if s == 400 or s == 422:
+        said = err.message or ""
+        if _error_param(err.body) in ("size", "aspect_ratio", "image_size") or \
+                re.search(r"\bsizes?\b|\bimage_size\b|\baspect", said, re.I):
+            hint = get_provider(r.api_type).size_hint(r)
+            if hint:
+                return [f"The API refused the size: {hint}."]
+        if re.search(r"\bmodel\b", said, re.I) and known:
+            return [f"The API refused the model {r.model!r}: models for {r.api_type} include {', '.join(known)}."]
         return ["The API refused the request as written: fix the option it names and run again."]
     if s == 429:
         return ["Rate limited: wait a little, ask for fewer images at once (-n), or raise the retries."]

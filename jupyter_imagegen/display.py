@@ -154,8 +154,9 @@ class GenerationView:
 
     def __init__(self, *, output=None, quiet: bool = False,
                  preview_max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, title: str = "imagegen",
-                 redact: Iterable[Optional[str]] = (), mode: str = "auto", stream=None):
+                 redact: Iterable[Optional[str]] = (), mode: str = "auto", stream=None, debug: bool = False):
         self.quiet = quiet
+        self.debug = debug
         self.preview_max_side = preview_max_side
         self.redact = [r for r in redact if r]
         self.title = title
@@ -256,7 +257,7 @@ class GenerationView:
             self.log.state = "done" if resp.success else "failed"
             self._refresh_log()
         self._show_result(response_outputs(resp, max_side=self.preview_max_side, redact=self.redact,
-                                           extra_errors=extra_errors))
+                                           extra_errors=extra_errors, debug=self.debug))
 
     def show_error(self, message: str, *, title: str = "Image generation failed",
                    suggestions: Sequence[str] = (), auth_hint: Optional[str] = None) -> None:

@@ -132,6 +132,8 @@ class ImageGenMagics(Magics):
               help=f"longest side of the previews embedded in the notebook (default {DEFAULT_PREVIEW_MAX_SIDE}; "
                    "0 = full size); the saved and returned images are always full size")
     @argument("--quiet", action="store_true", help="no event log: only the images (and errors)")
+    @argument("--debug", action="store_true",
+              help="an error box also shows the API's answer as it was sent (its raw body, key masked)")
     @argument("--seed", type=opt_whole, metavar="N", help="a seed: another seed is another sample (and cache entry)")
     @argument("--fresh", action="store_true", help="ignore a cached answer: call the API and store the new result")
     @argument("--no-cache", dest="no_cache", action="store_true",
@@ -243,7 +245,7 @@ class ImageGenMagics(Magics):
 
         # the log appears with the first event: the client validates the request and the token
         # before its first event, so a request refused before sending shows one line only
-        view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None,
+        view = GenerationView(quiet=args.quiet, preview_max_side=args.preview_size or None, debug=args.debug,
                               redact=[client.config.token], title=f"imagegen · {label}" if label else "imagegen")
         if destination:
             view.note(destination, "warn")

@@ -186,45 +186,77 @@ def gallery_html(artifacts: Sequence, *, max_side: Optional[int] = DEFAULT_PREVI
     return f'<div class="imagegen-gallery" data-columns="{cols}" style="{style}">{figs}</div>'
 
 
+def without_status(message: str, status: Optional[int]) -> str:
+    """`message` without a leading "HTTP 402: " when the status is shown beside it anyway."""
+    if status and message.startswith(f"HTTP {status}: "):
+        return message[len(f"HTTP {status}: "):]
+    return message
+
+
+def _where(status_code: Optional[int], code: Optional[str]) -> List[str]:
+    """"HTTP 402", and the vendor's error code unless it only repeats the status (OpenRouter)."""
+    return [p for p in (f"HTTP {status_code}" if status_code else "",
+                        code if code and code != str(status_code) else "") if p]
+
+
 def error_html(message: str, *, title: str = "Image generation failed", suggestions: Sequence[str] = (),
                auth_hint: Optional[str] = None, api_url: Optional[str] = None, status_code: Optional[int] = None,
-               redact: Iterable[Optional[str]] = (), warning: bool = False) -> str:
-    """A readable error box: what failed, where, what to do, which key was used (masked)."""
+               redact: Iterable[Optional[str]] = (), warning: bool = False, code: Optional[str] = None,
+               raw: Optional[str] = None) -> str:
+    """A readable error box: what failed (the status and the vendor's error code beside the title,
+    the vendor's message once), what to do, which key was used (masked), where it was sent;
+    `raw` (the answer's body, for --debug) folded away at the end."""
     scrub = redactor(redact)
     head = f"<b>{esc(title)}</b>"
-    where = []
-    if status_code:
-        where.append(f"HTTP {status_code}")
-    if api_url:
-        where.append(f"from <code>{esc(scrub(api_url))}</code>")
+    where = [esc(w) for w in _where(status_code, code)]
     if where:
-        head += f" <span style='opacity: 0.8'>({' '.join(where)})</span>"
+        head += f" <span style='opacity: 0.8'>({' · '.join(where)})</span>"
     body = [f'<div class="imagegen-error" style="{STYLE_WARN if warning else _STYLE_ERROR}">', head,
-            f'<div style="white-space: pre-wrap; margin-top: 2px">{esc(scrub(message))}</div>']
+            f'<div style="white-space: pre-wrap; margin-top: 2px">{esc(scrub(without_status(message, status_code)))}</div>']
     if suggestions:
         items = "".join(f"<li>{esc(scrub(s))}</li>" for s in suggestions)
         body.append(f'<ul style="margin: 4px 0 0 0; padding-left: 20px">{items}</ul>')
+    details = []
     if auth_hint:
-        body.append(f'<div style="margin-top: 4px; opacity: 0.8">key: <code>{esc(scrub(auth_hint))}</code></div>')
+        details.append(f"key: <code>{esc(scrub(auth_hint))}</code>")
+    if api_url:
+        details.append(f"sent to <code>{esc(scrub(api_url))}</code>")
+    if details:
+        body.append(f'<div style="margin-top: 4px; opacity: 0.8">{" · ".join(details)}</div>')
+    if raw:
+        body.append(f'<details style="margin-top: 4px"><summary>the answer as sent (--debug)</summary>'
+                    f'<pre style="white-space: pre-wrap; margin: 2px 0">{esc(scrub(raw))}</pre></details>')
     body.append("</div>")
     return "".join(body)
 
 
 def error_text(message: str, *, title: str = "Image generation failed", suggestions: Sequence[str] = (),
                auth_hint: Optional[str] = None, api_url: Optional[str] = None,
-               status_code: Optional[int] = None, redact: Iterable[Optional[str]] = ()) -> str:
+               status_code: Optional[int] = None, redact: Iterable[Optional[str]] = (), code: Optional[str] = None,
+               raw: Optional[str] = None) -> str:
     scrub = redactor(redact)
     head = title
-    if status_code:
-        head += f" (HTTP {status_code})"
-    lines = [f"{head}: {scrub(message)}"]
-    if api_url:
-        lines.append(f"  url: {scrub(api_url)}")
+    where = _where(status_code, code)
+    if where:
+        head += f" ({', '.join(where)})"
+    lines = [f"{head}: {scrub(without_status(message, status_code))}"]
     for s in suggestions:
         lines.append(f"  - {scrub(s)}")
     if auth_hint:
         lines.append(f"  key: {scrub(auth_hint)}")
+    if api_url:
+        lines.append(f"  sent to: {scrub(api_url)}")
+    if raw:
+        lines.append(f"  the answer as sent: {scrub(raw)}")
     return "\n".join(lines)
+
+
+def _failure(resp, debug: bool) -> Dict[str, Any]:
+    """error_html / error_text arguments for a failed response."""
+    exc = getattr(resp, "exception", None)
+    return dict(suggestions=resp.suggestions, auth_hint=resp.auth_hint, api_url=resp.api_url,
+                status_code=resp.status_code, code=getattr(exc, "code", None),
+                raw=getattr(exc, "body", None) if debug else None)
 
 
 def _summary(resp) -> str:
@@ -238,7 +270,7 @@ def _summary(resp) -> str:
 
 
 def response_html(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE,
-                  redact: Iterable[Optional[str]] = (), extra_errors: Sequence[str] = ()) -> str:
+                  redact: Iterable[Optional[str]] = (), extra_errors: Sequence[str] = (), debug: bool = False) -> str:
     """Gallery + the model's text + error box(es) of an ImageResponse, as one HTML fragment."""
     redact = list(redact)
     scrub = redactor(redact)
@@ -252,9 +284,7 @@ def response_html(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE,
     if resp.revised_prompt and not any(a.revised_prompt for a in resp.artifacts):
         parts.append(f'<div style="{_STYLE_CAPTION}"><i>revised prompt:</i> {esc(scrub(resp.revised_prompt))}</div>')
     if not resp.success:
-        parts.append(error_html(resp.error or "no image was returned", suggestions=resp.suggestions,
-                                auth_hint=resp.auth_hint, api_url=resp.api_url, status_code=resp.status_code,
-                                redact=redact))
+        parts.append(error_html(resp.error or "no image was returned", redact=redact, **_failure(resp, debug)))
     elif resp.errors:
         parts.append(error_html("; ".join(resp.errors), title=f"{len(resp.errors)} of the images failed",
                                 suggestions=resp.suggestions, status_code=resp.status_code, redact=redact,
@@ -265,16 +295,14 @@ def response_html(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE,
     return "".join(parts)
 
 
-def response_text(resp, *, redact: Iterable[Optional[str]] = (), compact: bool = False) -> str:
+def response_text(resp, *, redact: Iterable[Optional[str]] = (), compact: bool = False, debug: bool = False) -> str:
     """The text/plain form: one summary line, then one line per image (paths, revised prompts)."""
     redact = list(redact)
     scrub = redactor(redact)
     if not resp.success:
         if compact:
             return f"<ImageResponse failed: {truncate(scrub(resp.error or 'no image'), 160)}>"
-        return error_text(resp.error or "no image was returned", suggestions=resp.suggestions,
-                          auth_hint=resp.auth_hint, api_url=resp.api_url, status_code=resp.status_code,
-                          redact=redact)
+        return error_text(resp.error or "no image was returned", redact=redact, **_failure(resp, debug))
     if compact:
         return f"<ImageResponse: {_summary(resp)}; shown above>"
     lines = [f"ImageResponse: {_summary(resp)}"]
@@ -329,12 +357,13 @@ def layout_outputs(artifacts: Sequence, html: str, text: str, *,
 
 
 def response_outputs(resp, *, max_side: Optional[int] = DEFAULT_PREVIEW_MAX_SIDE, redact: Iterable[Optional[str]] = (),
-                     extra_errors: Sequence[str] = ()) -> List[Output]:
+                     extra_errors: Sequence[str] = (), debug: bool = False) -> List[Output]:
     """The cell outputs of a response (what the magic shows and what displaying it shows): see
-    `layout_outputs`; a response without images is one output (text and the error box)."""
+    `layout_outputs`; a response without images is one output (text and the error box).
+    `debug` adds the raw body of an error answer."""
     redact = list(redact)
-    return layout_outputs(resp.artifacts, response_html(resp, max_side=max_side, redact=redact, extra_errors=extra_errors),
-                          response_text(resp, redact=redact), max_side=max_side)
+    html_ = response_html(resp, max_side=max_side, redact=redact, extra_errors=extra_errors, debug=debug)
+    return layout_outputs(resp.artifacts, html_, response_text(resp, redact=redact, debug=debug), max_side=max_side)
 
 
 def publish_outputs(outputs: Sequence[Output]) -> None:
@@ -457,9 +486,8 @@ class EventLog:
             else:
                 self.state = "failed"
                 status = d.get("status_code")
-                error = re.sub(r"^HTTP \d+:\s*", "", str(d.get("error") or ""))
-                self.add("failed", f"failed{f' (HTTP {status})' if status else ''} after "
-                                   f"{self._elapsed():.1f} s: {truncate(error, 90)}")
+                # the message itself is in the error box under the log: said once
+                self.add("failed", f"failed{f' (HTTP {status})' if status else ''} after {self._elapsed():.1f} s")
         else:
             self.add("info", event.describe())
 

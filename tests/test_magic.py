@@ -13,6 +13,7 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 from IPython.core.error import UsageError
@@ -728,3 +729,58 @@ def test_interrupt_mid_stream_drops_the_connection(ip, emulator_thread):
     entry = last_request(emulator_thread)
     assert entry["outcome"] == "client_disconnected" and [k for k, _ in entry["stream_images"]] == ["partial"]
     assert run(shell, "%imagegen the next one").result.success
+
+
+# ---------------------------------------------------------------------------------------------
+# API errors: once, readable, with a suggestion that fits (both vendors' shapes)
+# ---------------------------------------------------------------------------------------------
+def _final(rec) -> List[Dict[str, Any]]:
+    """What the cell shows at the end: the last version of every output."""
+    last: Dict[Any, Dict[str, Any]] = {}
+    for i, m in enumerate(rec.messages):
+        last[m["display_id"] or i] = m["data"]
+    return list(last.values())
+
+
+ERRORS = [
+    # (api, fault, what the box says, the code shown, a suggestion that fits)
+    ("openai_images", "400:kind=size", "Invalid value: '800x600'", "invalid_value",
+     "gpt-image-1 takes --size 1024x1024, 1536x1024, 1024x1536 or auto"),
+    ("openrouter_chat", "400:kind=size", "Provider returned error (Google: Unsupported image size.", None,
+     "OpenRouter takes a scale, --size 1K, 2K, 4K"),
+    ("openai_images", "401", "Incorrect API key provided", "invalid_api_key", "The API rejected the key"),
+    ("openrouter_chat", "401", "User not found.", None, "The API rejected the key"),
+    ("openai_images", "402", "You exceeded your current quota", "insufficient_quota", "add credits"),
+    ("openrouter_chat", "402", "This request requires more credits", None, "add credits"),
+    ("openai_images", "404", "The model `gpt-image-1` does not exist", "model_not_found",
+     "models for openai_images include gpt-image-1, gpt-image-1-mini, dall-e-3, dall-e-2"),
+    ("openrouter_chat", "404", "No endpoints found for google/gemini-2.5-flash-image.", None,
+     "models for openrouter_chat include google/gemini-2.5-flash-image"),
+]
+
+
+@pytest.mark.parametrize("api, fault, says, code, suggestion", ERRORS, ids=[f"{e[0]}-{e[1]}" for e in ERRORS])
+def test_an_api_error_is_shown_once_and_readable(ip, emulator_thread, emulator_env, api, fault, says, code, suggestion):
+    shell, rec = ip
+    emulator_env(emulator_thread, api=api)
+    res = run(shell, f"%%imagegen --fault {fault}\na lighthouse")
+    assert res.error_in_exec is None and res.result.success is False      # shown, not raised
+    shown = _final(rec)
+    html = "".join(d.get("text/html", "") for d in shown)
+    text = "\n".join(d.get("text/plain", "") for d in shown)
+    status = fault.split(":")[0]
+    for rendered in (html, text):
+        assert rendered.count(says.replace("'", "&#x27;") if rendered is html else says) == 1, rendered
+        assert suggestion in rendered
+        assert "HTTP 4" not in rendered.replace(f"HTTP {status}", "")           # the status, said in the title
+        assert f"HTTP {status}: " not in rendered                              # ... not before the message too
+        assert '{"error"' not in rendered and "&quot;error&quot;" not in rendered   # never the raw body
+        assert "sk-t" not in rendered or "..." in rendered
+    head = re.search(r"<b>Image generation failed</b> <span[^>]*>\(([^)]*)\)", html).group(1)
+    assert head == " · ".join(x for x in (f"HTTP {status}", code) if x)
+    assert "token sk-" in html and "from IMAGE_AUTH_TOKEN" in html          # the key that was used, masked
+    # --debug adds the answer as it was sent, folded away
+    rec.messages.clear()
+    run(shell, f"%%imagegen --debug --fault {fault}\na lighthouse")
+    html = "".join(d.get("text/html", "") for d in _final(rec))
+    assert "the answer as sent (--debug)" in html and "&quot;error&quot;" in html

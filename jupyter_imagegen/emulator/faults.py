@@ -8,7 +8,8 @@ A fault spec is ``name[:k=v[,k=v...]]``, for example ``429:retry_after=2``,
                        every status: ``retry_after=<s>`` (``Retry-After: <s>``),
                        ``retry_after_date=<s>`` (``Retry-After`` as an HTTP date ``s``
                        seconds ahead), ``retry_after_ms=<ms>`` (``retry-after-ms``),
-                       ``message=<text>`` (replaces the canned message).
+                       ``message=<text>`` (replaces the canned message); ``400`` takes
+                       ``kind=size`` (the answer to a size the API does not take).
 ``html``               502 (or ``status=<n>``) with an nginx/Cloudflare-style HTML page.
 ``reset``              the TCP connection is closed before any response byte.
 ``reset_after_headers`` 200 headers with the full Content-Length, part of the body,
@@ -58,10 +59,12 @@ POST_FAULTS = ("reset_after_headers", "truncate", "invalid_json", "no_image", "s
 #: faults that change a ``"stream": true`` answer (ignored otherwise)
 STREAM_FAULTS = ("stream_break", "stream_error", "stream_slow")
 NOOP_FAULTS = ("ok", "none")
+#: ``400:kind=size``: the API's answer to a size it does not take, instead of the canned refusal
+STATUS_KINDS = ("size",)
 FAULT_NAMES = PRE_FAULTS + POST_FAULTS + STREAM_FAULTS + NOOP_FAULTS
 
 _PARAMS: Dict[str, Tuple[str, ...]] = {
-    "status": ("retry_after", "retry_after_date", "retry_after_ms", "message"),
+    "status": ("retry_after", "retry_after_date", "retry_after_ms", "message", "kind"),
     "html": ("status", "retry_after"),
     "slow_headers": ("delay",),
     "slow_body": ("delay",),
@@ -131,7 +134,9 @@ def parse_fault(spec: Union[str, Fault]) -> Fault:
         if k not in allowed:
             raise ValueError(f"fault {text!r}: unknown parameter {k!r}"
                              + (f" (allowed: {', '.join(allowed)})" if allowed else " (it takes none)"))
-        if k != "message":
+        if k == "kind" and v not in STATUS_KINDS:
+            raise ValueError(f"fault {text!r}: kind must be one of {', '.join(STATUS_KINDS)}, got {v!r}")
+        if k not in ("message", "kind"):
             try:
                 if float(v) < 0:
                     raise ValueError
@@ -171,7 +176,11 @@ def openai_fault_error(fault: Fault, model: Optional[str], masked_key: Optional[
     status = fault.status or 500
     model = model or "gpt-image-1"
     msg, typ, code, param = None, "invalid_request_error", None, None
-    if status == 400:
+    if status == 400 and fault.params.get("kind") == "size":
+        msg = ("Invalid value: '800x600'. Supported values are: '1024x1024', '1024x1536', '1536x1024', "
+               "and 'auto'.")
+        code, param = "invalid_value", "size"
+    elif status == 400:
         msg = ("Your request was rejected as a result of our safety system. Your prompt may contain "
                "text that is not allowed by our safety system.")
         typ, code = "image_generation_user_error", "moderation_blocked"
@@ -225,8 +234,10 @@ def openrouter_fault_error(fault: Fault, model: Optional[str], has_key: bool) ->
     meta: Optional[Dict[str, Any]] = None
     if status == 400:
         msg = "Provider returned error"
-        meta = {"raw": '{"error":{"code":400,"message":"Request contains an invalid argument.",'
-                       '"status":"INVALID_ARGUMENT"}}', "provider_name": "Google"}
+        said = ("Unsupported image size. Supported sizes are 1K, 2K and 4K." if fault.params.get("kind") == "size"
+                else "Request contains an invalid argument.")
+        meta = {"raw": '{"error":{"code":400,"message":"' + said + '","status":"INVALID_ARGUMENT"}}',
+                "provider_name": "Google"}
     elif status == 401:
         msg = "User not found." if has_key else "No auth credentials found"
     elif status == 402:

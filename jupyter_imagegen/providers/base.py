@@ -285,8 +285,36 @@ def error_code(err: Dict[str, Any]) -> Optional[str]:
     return None   # a code that is an object, a list, a boolean: not a code
 
 
+def _upstream(meta: Dict[str, Any]) -> Optional[str]:
+    """OpenRouter's `metadata.raw` (what the upstream provider said) as readable words: the
+    message inside when it is a JSON error, the text itself otherwise; never raw JSON."""
+    raw = meta.get("raw")
+    if not said(raw):
+        return None
+    try:
+        inner = load_json_answer(raw)
+    except ValueError:   # plain text (AnswerTooDeep is a ValueError too)
+        return None if raw.lstrip()[:1] in ("{", "[") else raw
+    if isinstance(inner, dict):
+        err = inner.get("error")
+        msg = said(err.get("message")) if isinstance(err, dict) else said(err)
+        return msg or said(inner.get("message"))
+    return said(inner) if isinstance(inner, str) else None
+
+
+def _described(err: Dict[str, Any]) -> str:
+    """An error object without a message, in words: its type and code (never the raw JSON)."""
+    parts = [f"{k} {err[k]}" for k in ("type", "code") if said(err.get(k)) or isinstance(err.get(k), int)]
+    return "the API sent an error without a message" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def error_message_from_body(status: Optional[int], body: bytes, content_type: str = "") -> Tuple[str, Optional[str]]:
-    """A readable message (and error code) from an error body of either vendor, or an HTML page."""
+    """A readable message (and error code) from an error body of either vendor, or an HTML page.
+
+    Never the raw body when it is JSON: the vendor's message (OpenAI `error.message`, OpenRouter
+    `error.message` with what the upstream provider said from `error.metadata.raw`), or a
+    sentence saying what kind of body it was. `ImageAPIError.body` keeps the body itself (the
+    magic's --debug shows it)."""
     text = body.decode("utf-8", "replace").strip()
     if text:
         try:
@@ -298,15 +326,22 @@ def error_message_from_body(status: Optional[int], body: bytes, content_type: st
         if isinstance(payload, dict):
             err = payload.get("error")
             if isinstance(err, dict):
-                msg = said(err.get("message")) or json.dumps(err)[:300]
+                msg = said(err.get("message")) or _described(err)
                 meta = err.get("metadata")
-                if isinstance(meta, dict) and meta.get("raw") and isinstance(meta["raw"], str):
-                    msg = f"{msg} ({meta['raw'][:200]})"
+                upstream = _upstream(meta) if isinstance(meta, dict) else None
+                if upstream and upstream not in msg:
+                    who = meta.get("provider_name") if said(meta.get("provider_name")) else "upstream"
+                    msg = f"{msg} ({who}: {upstream})"
                 return msg, error_code(err)
             if isinstance(err, str) and err.strip():
                 return err, None
-            if said(payload.get("message")):
-                return payload["message"], None
+            for key in ("message", "detail", "error_description"):
+                if said(payload.get(key)):
+                    return payload[key], None
+            keys = ", ".join(str(k) for k in list(payload)[:5])
+            return f"HTTP {status} with a JSON body this client does not read (keys: {keys})", None
+        if payload is not None:
+            return f"HTTP {status} with a JSON {type(payload).__name__} this client does not read", None
         if "html" in content_type.lower() or text.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
             title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
             detail = f" ({title.group(1).strip()[:80]})" if title else ""
@@ -327,6 +362,10 @@ class Provider:
 
     def max_n(self, r: Resolved) -> int:
         return MAX_FANOUT_N if self.one_image_per_call else MAX_N
+
+    def size_hint(self, r: Resolved) -> str:
+        """The sizes this API takes for r's model, in words (for an error's suggestion)."""
+        return ""
 
     def validate(self, r: Resolved) -> None:
         req = r.request

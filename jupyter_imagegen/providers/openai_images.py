@@ -71,6 +71,12 @@ class OpenAIImagesProvider(Provider):
     def max_n(self, r: Resolved) -> int:
         return 16 if r.model == "dall-e-3" else 10
 
+    def size_hint(self, r: Resolved) -> str:
+        sizes = sizes_for(r.model)
+        if not sizes:
+            return ""
+        return f"{r.model} takes --size {', '.join(sizes[:-1])} or {sizes[-1]} (or --aspect W:H for the nearest)"
+
     def validate(self, r: Resolved) -> None:
         super().validate(r)
         req, model = r.request, r.model

@@ -15,6 +15,10 @@ class OpenAIResponsesProvider(Provider):
     api_type = "openai_responses"
     one_image_per_call = True
 
+    def size_hint(self, r: Resolved) -> str:
+        return (f"the image_generation tool takes --size {', '.join(GPT_IMAGE_SIZES[:-1])} or {GPT_IMAGE_SIZES[-1]} "
+                "(or --aspect W:H for the nearest)")
+
     def validate(self, r: Resolved) -> None:
         super().validate(r)
         req = r.request

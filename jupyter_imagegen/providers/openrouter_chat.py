@@ -23,6 +23,10 @@ class OpenRouterChatProvider(Provider):
     api_type = "openrouter_chat"
     one_image_per_call = True
 
+    def size_hint(self, r: Resolved) -> str:
+        return (f"OpenRouter takes a scale, --size {', '.join(IMAGE_SIZES)}, and an aspect ratio, --aspect "
+                f"{', '.join(ASPECT_RATIOS)}; not a size in pixels")
+
     def validate(self, r: Resolved) -> None:
         super().validate(r)
         req = r.request
