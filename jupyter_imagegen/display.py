@@ -21,8 +21,10 @@ events and responses only carry masked hints, and `redact` strings are masked on
 """
 from __future__ import annotations
 
+import asyncio
+import math
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from . import events as ev
 from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, Output, clear_shown, error_html, error_text, esc,
@@ -179,6 +181,11 @@ class GenerationView:
         self._result_slots: List[Any] = []
         #: the latest partial image of each image index (``-n 2`` streams partials of both)
         self._partials: Dict[int, Any] = {}
+        #: `schedule(seconds, fn)`: have `fn` called on this view's thread later (a retry's countdown
+        #: draws the log once a second). Set by whoever drives the view (`Runtime.run`: through the
+        #: background loop, posted back to the waiting cell); None: the running event loop of the
+        #: thread `on_event` runs on (the form's), else no countdown.
+        self.schedule: Optional[Callable[[float, Callable[[], None]], Any]] = None
 
     # -- slots ------------------------------------------------------------------------------
     def _show_log(self) -> None:
@@ -224,6 +231,8 @@ class GenerationView:
     def on_event(self, event) -> None:
         """The client's event callback: add a line to the log and update it in place."""
         self.log.add_event(event)
+        if event.type == ev.API_RETRY and not self.quiet:
+            self._count_down(event.data.get("delay"))
         if event.type == ev.PARTIAL_IMAGE and event.data.get("artifact") is not None:
             # keep the latest partial of each image and show them together (with -n 2 the partials
             # of both images arrive interleaved; showing only the newest made them take turns)
@@ -243,6 +252,25 @@ class GenerationView:
                 "text/html": gallery_html(arts, max_side=self.preview_max_side, alt="partial image"),
             }, {})])
         self._refresh_log()
+
+    def _count_down(self, delay: Any) -> None:
+        """Draw the log again at each whole second of a retry wait ("retrying in 3 s … 2 s … 1 s")."""
+        if not isinstance(delay, (int, float)) or delay < 1.5:
+            return
+        schedule = self.schedule
+        if schedule is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            schedule = loop.call_later
+        for k in range(1, min(math.ceil(delay), 600)):
+            schedule(delay - k, self.tick)
+
+    def tick(self) -> None:
+        """Draw the log again if a retry wait is counting down (a no-op otherwise)."""
+        if self.log.counting():
+            self._refresh_log()
 
     def note(self, text: str, kind: str = "info") -> None:
         """Add a line of our own to the log (e.g. "saved 2 files")."""

@@ -48,8 +48,21 @@ def human_bytes(n: int) -> str:
 
 
 def truncate(text: str, limit: int) -> str:
+    """`text` on one line, at most `limit` characters: shortened at a word boundary with "…"
+    (never mid-word, unless a single word is longer than most of the limit, e.g. a URL)."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit * 0.6:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-—") + "…"
+
+
+#: a retry's status in words ("429 rate limited")
+STATUS_WORDS = {408: "request timeout", 409: "conflict", 429: "rate limited", 500: "server error",
+                502: "bad gateway", 503: "service unavailable", 504: "gateway timeout"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,6 +456,9 @@ class EventLog:
         self.images_expected = 1
         self.images_received = 0
         self._scrub = redactor(redact)
+        #: retry waits counting down: line index -> (monotonic deadline, text before, text after,
+        #: the wait, the image index of the call it retries)
+        self.countdowns: Dict[int, Tuple[float, str, str, float, Any]] = {}
 
     def _elapsed(self, now: Optional[float] = None) -> float:
         now = time.monotonic() if now is None else now
@@ -466,14 +482,12 @@ class EventLog:
                 self.images_received += 1
                 self.add("info", f"{event.describe()} · {self.images_received} of {self.images_expected}")
         elif t == ev.API_CALL:
+            self._waited(d.get("index"))
             self.add("call", event.describe())
         elif t == ev.API_RETRY:
-            text = event.describe()
-            reason = re.sub(r"^HTTP \d+:\s*", "", str(d.get("reason") or ""))
-            if reason and d.get("status_code"):
-                text += f" · {truncate(reason, 90)}"
-            self.add("retry", text)
+            self._add_retry(d)
         elif t == ev.GENERATION_COMPLETED:
+            self._waited(every=True)
             self.state = "done"
             n = d.get("artifact_count", 0)
             text = f"done: {n} image{'s' if n != 1 else ''} in {d.get('elapsed', self._elapsed()):.1f} s"
@@ -481,6 +495,7 @@ class EventLog:
                 text += f" ({d['failed']} failed)"
             self.add("done", text)
         elif t == ev.GENERATION_FAILED:
+            self._waited(every=True)
             if d.get("cancelled"):
                 self.cancel()
             else:
@@ -491,22 +506,63 @@ class EventLog:
         else:
             self.add("info", event.describe())
 
+    def _add_retry(self, d: Dict[str, Any]) -> None:
+        """"429 rate limited — retrying in 3 s (attempt 1 failed) · <the server's message>": the
+        seconds count down as the log is drawn again (`counting`), then "retried after 3 s"."""
+        status = d.get("status_code")
+        reason = str(d.get("reason") or "")
+        if isinstance(status, int) and status >= 300:
+            head = f"{status} {STATUS_WORDS.get(status, 'error')}"
+            said = re.sub(r"^HTTP \d+:\s*", "", reason)
+        else:   # no answer, or a 2xx with a broken body: the reason is what happened
+            head, said = truncate(reason or "network error", 120), ""
+        delay = d.get("delay") if isinstance(d.get("delay"), (int, float)) else 0.0
+        tail = f" (attempt {d.get('attempt')} failed)" + (f" · {truncate(said, 160)}" if said else "")
+        self.add("retry", f"{head} — retrying in {_seconds(delay)}{tail}")
+        self.countdowns[len(self.lines) - 1] = (time.monotonic() + delay, head, tail, delay, d.get("index"))
+
+    def _waited(self, index: Any = None, *, every: bool = False) -> None:
+        """The retry wait of the call for image `index` (or every wait) is over: its line says so
+        ("429 rate limited — retried after 3 s") and stops counting."""
+        for line, (_, head, tail, delay, of) in list(self.countdowns.items()):
+            if every or of == index:
+                del self.countdowns[line]
+                t, kind, _ = self.lines[line]
+                self.lines[line] = (t, kind, self._scrub(f"{head} — retried after {_seconds(delay)}{tail}"))
+
+    def counting(self) -> bool:
+        """True while a retry wait is counting down (drawing the log again changes it)."""
+        return bool(self.countdowns)
+
+    def text_of(self, index: int, now: Optional[float] = None) -> str:
+        """Line `index` as it reads now (a retry wait counts down to its next attempt)."""
+        if index not in self.countdowns:
+            return self.lines[index][2]
+        deadline, head, tail, delay, _ = self.countdowns[index]
+        left = deadline - (time.monotonic() if now is None else now)
+        if left <= 0.05:
+            return self._scrub(f"{head} — retrying now{tail}")
+        # whole seconds while a long wait counts down (3 s, 2 s, 1 s); a short wait as it was said
+        return self._scrub(f"{head} — retrying in {_seconds(max(left, 1.0) if delay >= 1 else left)}{tail}")
+
     def cancel(self, text: Optional[str] = None) -> None:
         if self.state == "cancelled":
             return
+        self.countdowns.clear()   # the wait was interrupted: its line keeps "retrying in N s"
         self.state = "cancelled"
         self.add("cancelled", text or f"cancelled after {self._elapsed():.1f} s (interrupted); nothing more will be sent")
 
     def to_text(self) -> str:
         head = f"{self.title} [{self.state}]"
-        return "\n".join([head] + [f"  {t:5.1f}s  {text}" for t, _, text in self.lines])
+        return "\n".join([head] + [f"  {t:5.1f}s  {self.text_of(i)}" for i, (t, _, _) in enumerate(self.lines)])
 
     def to_html(self) -> str:
         color = _LOG_COLORS.get(self.state, "#9e9e9e")
         icons = {"start": "▶", "call": "→", "retry": "↻", "done": "✔", "failed": "✖", "cancelled": "■",
                  "info": "·", "warn": "⚠"}
         rows = []
-        for t, kind, text in self.lines:
+        for i, (t, kind, _) in enumerate(self.lines):
+            text = self.text_of(i)
             weight = "font-weight: 600; " if kind in ("done", "failed", "cancelled") else ""
             kcolor = KIND_COLORS.get(kind)
             style = weight + (f"color: {kcolor}" if kcolor else "")
@@ -522,6 +578,11 @@ class EventLog:
 
     def bundle(self) -> Dict[str, str]:
         return {"text/plain": self.to_text(), "text/html": self.to_html()}
+
+
+def _seconds(s: float) -> str:
+    """A wait in whole seconds, rounded up ("3 s"); under a second with one decimal ("0.3 s")."""
+    return f"{math.ceil(s - 1e-9)} s" if s >= 1 else f"{max(s, 0.0):.1f} s"
 
 
 def refusal_message(error: Exception) -> str:

@@ -145,6 +145,12 @@ class Runtime:
         client = client if client is not None else self.client()
 
         def make(post: Post) -> Coroutine[Any, Any, Outcome]:
+            if view is not None and hasattr(view, "schedule"):
+                # the view's timers (a retry's countdown) run on the background loop and post
+                # back here: this thread is busy waiting for the run
+                loop = self.loops.loop
+                view.schedule = lambda seconds, fn: loop.call_soon_threadsafe(loop.call_later, seconds, post, fn)
+
             def events(event: Event) -> None:
                 if on_event is not None:
                     on_event(event)

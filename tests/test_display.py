@@ -164,6 +164,40 @@ def test_webp_and_large_images_are_previewed_as_png_or_jpeg():
 # ---------------------------------------------------------------------------------------------
 # the event log
 # ---------------------------------------------------------------------------------------------
+def test_a_retry_wait_counts_down_in_its_line():
+    """"429 rate limited — retrying in 3 s … 2 s … 1 s", then "retried after 3 s" once the next
+    attempt starts; the server's message is shortened at a word, never mid-word."""
+    log = EventLog()
+    said = "Rate limit reached for gpt-image-1 on requests per min. " * 4
+    log.add_event(Event(ev.API_RETRY, "r", {"attempt": 1, "status_code": 429, "delay": 3.0, "index": 0,
+                                            "reason": f"HTTP 429: {said}"}))
+    (line, (deadline, *_)), = log.countdowns.items()
+    assert [log.text_of(line, deadline - left).split(" (")[0] for left in (3.0, 2.2, 1.4, 0.6, 0.0)] == [
+        "429 rate limited — retrying in 3 s", "429 rate limited — retrying in 3 s",
+        "429 rate limited — retrying in 2 s", "429 rate limited — retrying in 1 s", "429 rate limited — retrying now"]
+    shown = log.text_of(line).split(" · ", 1)[1]
+    assert shown.endswith("…") and said.startswith(shown[:-1]) and len(shown) <= 160
+    assert said[len(shown) - 1] == " "                     # cut where a word ends
+    assert log.counting()
+    log.add_event(Event(ev.API_CALL, "r", {"attempt": 2, "max_attempts": 3, "index": 0}))
+    assert not log.counting() and log.to_text().count("429 rate limited — retried after 3 s (attempt 1 failed)") == 1
+
+
+def test_the_view_draws_a_countdown_each_second(recorder):
+    view = GenerationView()
+    asked = []
+    view.schedule = lambda seconds, fn: asked.append((seconds, fn))
+    view.on_event(Event(ev.API_RETRY, "r", {"attempt": 1, "status_code": 503, "delay": 3.0, "reason": "HTTP 503: x"}))
+    assert [s for s, _ in asked] == [2.0, 1.0]                      # at "2 s" and at "1 s"
+    before = len(recorder.messages)
+    asked[0][1]()
+    assert len(recorder.messages) == before + 1 and recorder.messages[-1]["msg_type"] == "update_display_data"
+    view.on_event(Event(ev.API_CALL, "r", {"attempt": 2, "max_attempts": 3}))
+    before = len(recorder.messages)
+    asked[1][1]()                                                   # the wait is over: nothing to draw
+    assert len(recorder.messages) == before
+
+
 def test_event_log_lines():
     log = EventLog()
     for e in RETRY_RUN:
@@ -172,7 +206,7 @@ def test_event_log_lines():
     assert log.state == "done"
     assert "started: gpt-image-1 via openai_images" in text
     assert "attempt 1/3" in text and "attempt 2/3" in text
-    assert "429 — retrying in 2.0 s" in text
+    assert "429 rate limited — retried after 2 s (attempt 1 failed) · slow <down>" in text
     assert "done: 1 image in 2.3 s" in text
     html = log.to_html()
     assert "slow &lt;down&gt;" in html and "<down>" not in html

@@ -58,7 +58,7 @@ def test_cell_magic_in_a_kernel_shows_live_log_then_images(kernel):
     assert len(updates) >= 3
     assert {u["content"]["transient"]["display_id"] for u in updates} == {log_id}
     final_log = updates[-1]["content"]["data"]["text/plain"]
-    assert "429" in final_log and "retrying in" in final_log and "done: 2 images" in final_log
+    assert "429 rate limited — retried after" in final_log and "done: 2 images" in final_log
 
     # the gallery: a second display_data with two inline images; each image is also a standard
     # image output (the gallery's own output carries the first)

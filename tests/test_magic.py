@@ -318,8 +318,8 @@ def test_event_log_updates_in_place(ip, emulator_thread):
     texts = [shown[0]["data"]["text/plain"]] + [u["data"]["text/plain"] for u in updates]
     assert all(len(a.splitlines()) <= len(b.splitlines()) for a, b in zip(texts, texts[1:]))
     final = texts[-1]
-    for needle in ("started: gpt-image-1", "attempt 1/3", "429 — retrying in 0.2 s", "attempt 2/3",
-                   "503 — retrying in 0.1 s", "attempt 3/3", "done: 1 image in"):
+    for needle in ("started: gpt-image-1", "attempt 1/3", "429 rate limited — retried after 0.2 s", "attempt 2/3",
+                   "503 service unavailable — retried after 0.1 s", "attempt 3/3", "done: 1 image in"):
         assert needle in final, (needle, final)
     assert 'data-state="done"' in updates[-1]["data"]["text/html"]
     sent = emulator_thread.requests[-3:]
@@ -784,3 +784,16 @@ def test_an_api_error_is_shown_once_and_readable(ip, emulator_thread, emulator_e
     run(shell, f"%%imagegen --debug --fault {fault}\na lighthouse")
     html = "".join(d.get("text/html", "") for d in _final(rec))
     assert "the answer as sent (--debug)" in html and "&quot;error&quot;" in html
+
+
+def test_a_retry_wait_counts_down_live_in_the_cell(ip, emulator_thread):
+    shell, rec = ip
+    res = run(shell, "%%imagegen --fault 429:retry_after=3\na lighthouse")
+    assert res.result.success
+    log_id = rec.messages[0]["display_id"]
+    lines = [re.search(r"429 rate limited — [a-z ]+\d* s?", m["data"]["text/plain"])
+             for m in rec.messages if m["display_id"] == log_id]
+    seen = [m.group(0).strip() for m in lines if m]
+    counted = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
+    assert counted == ["429 rate limited — retrying in 3 s", "429 rate limited — retrying in 2 s",
+                       "429 rate limited — retrying in 1 s", "429 rate limited — retried after 3 s"], seen
