@@ -36,6 +36,7 @@ from .render import (Output, display_unless_shown, error_html, esc, gallery_html
 from .errors import ConfigError, RequestError
 from .model import ImageRequest, ImageResponse
 from .runtime import runtime
+from .theme import BACKGROUND_SUBTLE, BORDER_SUBTLE, STYLE_CAPTION, STYLE_MUTED
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -56,11 +57,11 @@ ORDER = ("prompt", "model", "api", "size", "aspect", "quality")
 #: previews in the grid are at most this many pixels on their longer side
 GRID_PREVIEW_MAX_SIDE = 256
 
-_STYLE_CELL = ("padding: 6px; vertical-align: top; text-align: left; border: 1px solid rgba(127,127,127,0.25); "
+_STYLE_CELL = (f"padding: 6px; vertical-align: top; text-align: left; border: 1px solid {BORDER_SUBTLE}; "
                "min-width: 120px")
 _STYLE_HEAD = ("padding: 4px 8px; vertical-align: bottom; text-align: left; font-weight: 600; "
-               "border: 1px solid rgba(127,127,127,0.25); background: rgba(127,127,127,0.06)")
-_STYLE_NOTE = "font-size: 12px; opacity: 0.75; margin-top: 3px; line-height: 1.35; word-break: break-word"
+               f"border: 1px solid {BORDER_SUBTLE}; background: {BACKGROUND_SUBTLE}")
+_STYLE_NOTE = STYLE_CAPTION
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ class CompareResult:
         scrub = redactor(self._redact)
         r = c.response
         if r is None:
-            return f'<div style="opacity: 0.6; padding: 12px 4px">{esc(c.status)}</div>'
+            return f'<div style="{STYLE_MUTED}; padding: 12px 4px">{esc(c.status)}</div>'
         parts = []
         if r.artifacts:
             parts.append(gallery_html(r.artifacts, max_side=max_side, alt=truncate(c.request.prompt, 200),

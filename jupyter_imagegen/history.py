@@ -30,6 +30,7 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, 
 from .secret import secret_forms
 from .model import Artifact, ImageRequest, ImageResponse
 from .render import esc, preview, response_mimebundle
+from .theme import BORDER_SUBTLE, COLOR_ERROR, COLOR_WARN, STYLE_MUTED
 
 __all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
            "MAX_ENTRIES", "THUMB_SIDE"]
@@ -226,7 +227,7 @@ def _fmt_usage(e: HistoryEntry) -> str:
 
 def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str:
     import base64
-    cell = "padding: 4px 8px; text-align: left; vertical-align: top; border-bottom: 1px solid rgba(127,127,127,0.2)"
+    cell = "padding: 4px 8px; text-align: left; vertical-align: top; border-bottom: 1px solid " + BORDER_SUBTLE
     head = ("#", "time", "images", "prompt", "model / API", "settings", "result", "usage", "files")
     rows = []
     for e in items:
@@ -242,14 +243,14 @@ def _table(items: Sequence[HistoryEntry], *, total: Optional[int] = None) -> str
             result += " · from cache" if e.from_cache else f" · {e.elapsed:.1f} s · {e.attempts} attempt" + \
                 ("s" if e.attempts != 1 else "")
             if e.errors:
-                result += f"<br><span style='color:#ed6c02'>{len(e.errors)} failed</span>"
+                result += f"<br><span style='color:{COLOR_WARN}'>{len(e.errors)} failed</span>"
         else:
             code = f"HTTP {e.status_code}: " if e.status_code else ""
-            result = f"<span style='color:#d32f2f'>failed</span><br>{esc(code + (e.error or '')[:200])}"
+            result = f"<span style='color:{COLOR_ERROR}'>failed</span><br>{esc(code + (e.error or '')[:200])}"
         files = "<br>".join(f"<code>{esc(p)}</code>" for p in e.paths[:4])
         if len(e.paths) > 4:
             files += f"<br>(+{len(e.paths) - 4} more)"
-        src = f"<br><span style='opacity:.6'>{esc(e.source)}" + \
+        src = f"<br><span style='{STYLE_MUTED}'>{esc(e.source)}" + \
               (f" of #{e.rerun_of}" if e.rerun_of else "") + "</span>"
         prompt = e.prompt
         cells = [
