@@ -87,6 +87,7 @@ _MAGIC_WORDS = [
     (re.compile(r"partial images need streaming: set stream=True \(--stream\)"),
      "partial images need streaming: tick show progress"),
     (re.compile(r"^--compare (?=')"), "Compare "),
+    (re.compile(r" \(several prompts: separate them with a line '---' in the cell\)"), ""),
     (re.compile(r"\(--timeout, IMAGE_TIMEOUT\)"),
      "(request_options={'timeout': seconds} or IMAGE_TIMEOUT)"),
 ]
@@ -201,6 +202,15 @@ class ImageGenForm(W.VBox):
     ImageRequest fields for every run (``timeout``, ``max_attempts``, ``headers``, ``base_url``...).
     ``max_upload_bytes`` bounds one input image; ``preview_max_side`` the live preview;
     ``thumbnail_size`` the history thumbnails; ``max_history`` how many runs are kept.
+
+    Displayed in a notebook cell (``form`` as the cell's last line, ``display(form)``,
+    ``%imagegen_form``), the form remembers that cell (`display_parent`; the latest display
+    wins), and every run that produced images appends the magic's view of its images to that
+    cell's outputs, below the form, as ordinary ``display_data`` (no widget): they are saved with
+    the notebook and still there after a kernel restart, when the form itself can no longer be
+    shown. Clearing the cell's outputs or running it again removes them, as for any output.
+    Inside another widget, or with no kernel, nothing is added. The form's ``text/plain``
+    (what is shown without a widget manager) says what it is and does not count runs.
     """
 
     def __init__(self, config: Optional[ImageConfig] = None, client: Any = None, *,
@@ -653,7 +663,8 @@ class ImageGenForm(W.VBox):
     @property
     def message_text(self) -> str:
         """The inline message as plain text ('' when there is none)."""
-        return html.unescape(re.sub(r"<br>", "\n", re.sub(r"<(?!br>)[^>]+>", "", self.message.value))).strip()
+        value = re.sub(r"<style>.*?</style>", "", self.message.value, flags=re.S)
+        return html.unescape(re.sub(r"<br>", "\n", re.sub(r"<(?!br>)[^>]+>", "", value))).strip()
 
     # -- generate / cancel --------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:

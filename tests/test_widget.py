@@ -673,3 +673,190 @@ async def test_bad_compare_field_sends_nothing(emulator):
     form.generate_button.click()
     assert form.task is None and "KEY=V1,V2" in form.message_text
     assert emulator.request_count == 0
+
+
+# --------------------------------------------------------------------------------------------
+# messages follow the fields (issue 14, point 9)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field, wrong, fixed, words", [
+    ("prompt_text", "   ", "a fox", "prompt is empty"),
+    ("n_input", 0, 2, "ask for 1 to"),
+    ("size_input", "huge", "16:9", "size 'huge'"),
+], ids=["prompt", "n", "size"])
+async def test_a_message_goes_as_soon_as_its_field_is_fixed(emulator, field, wrong, fixed, words):
+    form = make_form(emulator, prompt="fine prompt")
+    widget = getattr(form, field)
+    widget.value = wrong
+    form.generate_button.click()
+    assert form.task is None and words in form.message_text
+    assert "imagegen-invalid" in widget._dom_classes            # the field is marked
+    form.quality_select.value = "low"                           # another field: the message stays
+    assert words in form.message_text
+    widget.value = fixed                                        # fixed: gone, with no second click
+    assert form.message_text == "" and form.message.value == ""
+    assert "imagegen-invalid" not in widget._dom_classes
+    assert emulator.request_count == 0
+
+
+async def test_with_two_wrong_fields_fixing_one_leaves_the_other(emulator):
+    form = make_form(emulator, prompt="")
+    form.n_input.value = 0
+    form.generate_button.click()
+    assert "prompt is empty" in form.message_text and "ask for 1 to" in form.message_text
+    form.prompt_text.value = "a fox"
+    assert "prompt is empty" not in form.message_text and "ask for 1 to" in form.message_text
+    assert "imagegen-invalid" not in form.prompt_text._dom_classes
+    assert "imagegen-invalid" in form.n_input._dom_classes
+    form.n_input.value = 3
+    assert form.message_text == ""
+    resp = await run(form)
+    assert resp.success and len(resp.artifacts) == 3
+
+
+async def test_the_providers_refusals_are_in_the_forms_words_and_go_when_fixed(emulator):
+    form = make_form(emulator, prompt="a fox", size="333x333")
+    form.generate_button.click()
+    text = form.message_text
+    assert "333x333" in text and "not available" in text
+    assert "--" not in text and "aspect ratio such as 16:9 in Size" in text, text
+    assert "imagegen-invalid" in form.size_input._dom_classes
+    form.size_input.value = "1024x1024"
+    assert form.message_text == ""
+
+    form.n_input.value = 12                                     # gpt-image-1 takes 1 to 10
+    form.generate_button.click()
+    assert "n=12" in form.message_text and "OpenAI Images" in form.message_text
+    assert "openai_images" not in form.message_text
+    form.n_input.value = 10
+    assert form.message_text == ""
+
+    form.compare_input.value = "colour=red,blue"
+    form.generate_button.click()
+    assert form.message_text.startswith("✖ Compare 'colour=red,blue'"), form.message_text
+    assert "cell" not in form.message_text                      # the form has no cell body
+    form.compare_input.value = "quality=low,high"
+    assert form.message_text == ""
+    assert emulator.request_count == 0
+
+
+def test_form_words():
+    from jupyter_imagegen.widget import form_words
+    assert form_words("use one of: 1024x1024 (or --aspect to pick the nearest)") == \
+        "use one of: 1024x1024 (or write an aspect ratio such as 16:9 in Size: the nearest size is used)"
+    assert form_words("n=20: ask for 1 to 16 images with openrouter_chat") == \
+        "n=20: ask for 1 to 16 images with OpenRouter (chat)"
+    assert form_words("raise the timeout (--timeout, IMAGE_TIMEOUT)") == \
+        "raise the timeout (request_options={'timeout': seconds} or IMAGE_TIMEOUT)"
+    assert form_words("pass --model or --quality") == "pass Model or Quality"
+    assert form_words("dall-e-3 cannot edit images; gpt-image-1 non-empty") == \
+        "dall-e-3 cannot edit images; gpt-image-1 non-empty"             # hyphenated words stay
+
+
+async def test_the_upload_button_counts_the_images_that_will_be_sent(emulator):
+    form = make_form(emulator, prompt="a teapot", n=2)
+    assert form.upload.value == ()
+    resp = await run(form)
+    form.history[0].use_buttons[0].click()                       # "use as input"
+    form.history[0].use_buttons[1].click()
+    assert len(form.upload.value) == 2                           # "Add input images (2)"
+    assert [v["name"] for v in form.upload.value] == [s.name for s in form.inputs]
+    assert all(len(v["content"]) == 0 for v in form.upload.value)  # no second copy of the bytes
+    _upload(form, "sketch.png", make_png(color=BLUE))
+    assert len(form.upload.value) == 3
+    _upload(form, "notes.txt", b"not an image")                  # refused: shown, not counted
+    assert len(form.inputs) == 4 and len(form.upload.value) == 3
+    form.remove_input(0)
+    assert len(form.upload.value) == 2
+    form.reuse(0)                                                # that run had no input images
+    assert form.upload.value == ()
+    form.add_input(resp)
+    assert len(form.upload.value) == 1
+    form.clear_inputs()
+    assert form.upload.value == ()
+
+
+# --------------------------------------------------------------------------------------------
+# the cell keeps each run's images (issue 14, point 8)
+# --------------------------------------------------------------------------------------------
+async def test_without_a_kernel_cell_nothing_is_published_and_the_text_is_truthful(emulator):
+    from jupyter_imagegen.widget import FALLBACK_TEXT, cell_parent, publish_to_cell
+    form = make_form(emulator, prompt="a kite")
+    bundle = form._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert cell_parent() is None and form.display_parent is None
+    for _ in range(2):
+        await run(form)
+    assert len(form.results) == 2
+    # what a saved notebook shows without the widget: no run count that goes stale
+    assert form._repr_mimebundle_()["text/plain"] == FALLBACK_TEXT
+    assert "result" not in FALLBACK_TEXT and "2 results" in repr(form)
+    assert publish_to_cell({"msg_id": "x", "msg_type": "execute_request"}, [({"text/plain": "x"}, {})]) == 0
+
+
+def _kernel_python(variant: str) -> str:
+    import sys
+    from kernels import ipykernel6_python
+    return sys.executable if variant == "ipykernel7" else ipykernel6_python()
+
+
+#: the form's cell, another cell, a cell that clicks Generate and returns (the run ends after it),
+#: a cell that clicks again and waits for the run (it ends while this cell runs)
+_FORM_CELLS = [
+    "from jupyter_imagegen.widget import ImageGenForm\nform = ImageGenForm(n=1, prompt='a kite at dawn')\nform",
+    "print('another cell')",
+    "form.generate_button.click()",
+]
+_SECOND_RUN = ("form.prompt_text.value = 'a kite at dusk'\nform.generate_button.click()\nawait form.wait(20)\n"
+               "print(len(form.results), 'runs')")
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", ["ipykernel7", "ipykernel6"])
+def test_each_run_leaves_an_ordinary_output_in_the_forms_cell(variant, emulator_thread, tmp_path):
+    """In a real kernel (ipykernel 7 and 6): every run's images are display_data messages whose
+    parent is the execute_request of the cell that displayed the form, whichever cell is running
+    (or none) when the run ends; plain image outputs, no widget, no token."""
+    import json
+
+    from kernels import kernel_env, ipykernel_version, running_kernel
+    from jupyter_imagegen.widget import FALLBACK_TEXT
+
+    python = _kernel_python(variant)
+    assert ipykernel_version(python).startswith("7." if variant == "ipykernel7" else "6.")
+    env = kernel_env(python, IMAGE_BASE_URL=emulator_thread.base_url_for("openai_images"),
+                     IMAGE_AUTH_TOKEN=EMULATOR_TOKEN, IMAGE_API_TYPE="openai_images", IMAGE_CACHE="0",
+                     IMAGE_CACHE_DIR=str(tmp_path / "cache"))
+    with running_kernel(python, env=env, cwd=tmp_path, workdir=tmp_path) as k:
+        def images(msgs):
+            return [m for m in msgs if m["msg_type"] == "display_data"
+                    and {"image/png", "image/jpeg"} & set(m["content"]["data"])]
+
+        # run 1 ends after every cell finished (no cell runs then)
+        run_ = k.queued(_FORM_CELLS)
+        run_.wait_all(60)
+        form_cell, other, click = run_.cells
+        assert [c.status for c in run_.cells] == ["ok"] * 3, run_.report()
+        run_.wait_for(lambda: len(images(form_cell.msgs)) == 1, 20, "run 1's images in the form's cell")
+        # run 2 ends while another cell runs (it waits for the run)
+        second_run = k.queued([_SECOND_RUN])
+        second_run.wait_all(60)
+        second = second_run.cells[0]
+        assert second.status == "ok" and "2 runs" in second.stream_text(), second_run.report()
+        second_run.pump(0.5)
+        late = [m for m in second_run.others if m["parent_header"].get("msg_id") == form_cell.msg_id]
+        shown = images(form_cell.msgs) + images(late)
+        assert len(shown) == 2, (run_.report(), second_run.report())
+        widget = form_cell.outputs("execute_result", "display_data")[0]["content"]["data"]   # Out[1]: the form
+        assert "application/vnd.jupyter.widget-view+json" in widget and widget["text/plain"] == FALLBACK_TEXT
+        for m, prompt in zip(shown, ("a kite at dawn", "a kite at dusk")):
+            data = m["content"]["data"]
+            assert "application/vnd.jupyter.widget-view+json" not in data
+            assert prompt in data.get("text/html", ""), data.get("text/html", "")[:300]
+            assert m["parent_header"]["msg_id"] == form_cell.msg_id
+            assert not m["content"].get("transient")
+        # the other cells got none of it
+        for c in (other, click, second):
+            assert not images(c.msgs)
+        assert EMULATOR_TOKEN not in json.dumps([m["content"] for m in run_.all_msgs() + second_run.all_msgs()])
+        assert "Traceback" not in k.stderr_text(), k.stderr_text()[-2000:]
