@@ -861,3 +861,37 @@ def test_each_run_leaves_an_ordinary_output_in_the_forms_cell(variant, emulator_
             assert not images(c.msgs)
         assert EMULATOR_TOKEN not in json.dumps([m["content"] for m in run_.all_msgs() + second_run.all_msgs()])
         assert "Traceback" not in k.stderr_text(), k.stderr_text()[-2000:]
+
+
+async def test_what_each_kind_of_run_leaves_in_the_cell(emulator, monkeypatch):
+    """A run with images: the magic's outputs (a standard image output per image, the gallery on
+    the first, the token masked); a failed or cancelled run and a refused field: nothing; a
+    compare run: the grid's outputs. (The kernel test above sends them for real.)"""
+    import jupyter_imagegen.widget as widget_mod
+    sent = []
+    monkeypatch.setattr(widget_mod, "publish_to_cell", lambda parent, outs: sent.append((parent, list(outs))) or len(outs))
+    form = make_form(emulator, prompt="two kites", n=2)
+    form.display_parent = {"msg_id": "cell-1", "msg_type": "execute_request"}
+
+    await run(form)
+    (parent, outs), = sent
+    assert parent["msg_id"] == "cell-1" and len(outs) == 2
+    assert all({"image/png", "image/jpeg"} & set(data) for data, _md in outs)
+    assert "two kites" in outs[0][0]["text/html"] and outs[0][0]["text/html"].count("<img") == 2
+    assert EMULATOR_TOKEN not in repr(outs)
+
+    emulator.add_faults("500")
+    form.request_options["max_attempts"] = 1
+    failed = await run(form)
+    assert not failed.success and len(sent) == 1                 # the error stays in the form
+    form.prompt_text.value = ""
+    task = form.task
+    form.generate_button.click()
+    assert form.task is task and "prompt is empty" in form.message_text and len(sent) == 1
+
+    form.prompt_text.value = "boats"
+    form.n_input.value = 1
+    form.compare_input.value = "quality=low,high"
+    grid = await run(form)
+    assert grid.ok == 2 and len(sent) == 2
+    assert sum(bool({"image/png", "image/jpeg"} & set(d)) for d, _m in sent[1][1]) == 2
