@@ -218,6 +218,10 @@ class ImageClient:
         use_cache = self.cache is not None and request.cache is not False
         key = request_key(resolved) if use_cache else None
         call = provider.build(resolved)  # once: every fan-out call and retry sends the same request
+        # what the API cannot take as asked: said in the log, kept in the response and the history
+        replaced = provider.replacements(resolved)
+        notices = [rep.notice for rep in replaced]
+        sent = {rep.sent: rep.sent_value for rep in replaced}
         # the keys this call may carry (its own, or the configured one): scrubbed from all it shows
         scrub = _Scrubber(request.token, self.config.token)
         api_url = scrub.thorough(call.url)   # as events show it
@@ -228,9 +232,10 @@ class ImageClient:
                 self.config.auth_hint if not request.token else None)
             if hit is not None:  # no token needed: nothing is sent
                 scrub.response(hit)
+                hit.notices, hit.sent = notices, sent
                 await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type,
                                  model=resolved.model, api_url=hit.api_url, n=request.n, calls=0,
-                                 prompt=request.prompt)
+                                 prompt=request.prompt, **({"notices": notices} if notices else {}))
                 await self._emit(callbacks, ev.CACHE_HIT, rid, artifact_count=len(hit.artifacts), key=key[:12])
                 await self._emit(callbacks, ev.GENERATION_COMPLETED, rid, artifact_count=len(hit.artifacts),
                                  elapsed=0.0, attempts=0, failed=0, api_url=hit.api_url, from_cache=True)
@@ -242,7 +247,8 @@ class ImageClient:
         t0 = time.monotonic()
         if callbacks:   # (each emit builds its fields: not on the hot path of scripts and benchmarks)
             await self._emit(callbacks, ev.GENERATION_STARTED, rid, api_type=resolved.api_type, model=resolved.model,
-                             api_url=api_url, n=request.n, calls=calls, prompt=request.prompt)
+                             api_url=api_url, n=request.n, calls=calls, prompt=request.prompt,
+                             **({"notices": notices} if notices else {}))
         ctx = _CallContext(self, provider, resolved, call, token, callbacks, rid, max_attempts, timeout, scrub,
                            fanout=calls > 1, shown_url=api_url)
         try:
@@ -262,6 +268,7 @@ class ImageClient:
                                             cancelled=True))
             raise
         resp = self._assemble(resolved, outcomes, rid, api_url, auth_hint, time.monotonic() - t0)
+        resp.notices, resp.sent = notices, sent
         if use_cache and resp.success and not resp.errors:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.cache.put, key, resp)

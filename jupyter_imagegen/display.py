@@ -284,6 +284,8 @@ class GenerationView:
         if self.log.state in ("waiting", "running"):
             self.log.state = "done" if resp.success else "failed"
             self._refresh_log()
+        if self.quiet:   # no log to say it: what was sent instead of what was asked goes with the images
+            extra_errors = [*extra_errors, *getattr(resp, "notices", ())]
         self._show_result(response_outputs(resp, max_side=self.preview_max_side, redact=self.redact,
                                            extra_errors=extra_errors, debug=self.debug))
 

@@ -208,6 +208,8 @@ def _fmt_settings(s: Dict[str, Any]) -> str:
             parts.append(f"{label}={v}")
     if s.get("images"):
         parts.append(f"inputs={len(s['images'])}")
+    if isinstance(s.get("sent"), dict) and s["sent"]:
+        parts.append("(sent " + " ".join(f"{k}={v}" for k, v in s["sent"].items()) + ")")
     return " ".join(parts)
 
 

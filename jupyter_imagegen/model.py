@@ -598,6 +598,10 @@ class ImageResponse:
     from_cache: bool = False
     paths: List[str] = field(default_factory=list)
     exception: Optional[ImageAPIError] = field(default=None, repr=False, compare=False)
+    #: what the API could not take as asked and what was sent instead ("size 5000x5000 was sent as
+    #: aspect_ratio 1:1: OpenRouter takes no size in pixels"); `sent` the wire values sent instead
+    notices: List[str] = field(default_factory=list)
+    sent: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def images(self) -> list:

@@ -477,6 +477,8 @@ class EventLog:
             self.state = "running"
             self.images_expected = d.get("n") if isinstance(d.get("n"), int) else 1
             self.add("start", event.describe())
+            for notice in d.get("notices") or ():
+                self.add("warn", str(notice))
         elif t == ev.IMAGE_RECEIVED:
             if self.images_expected > 1:   # progress of a fan-out; with one image "done" says it
                 self.images_received += 1

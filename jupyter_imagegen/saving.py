@@ -191,6 +191,8 @@ def request_settings(request: Optional[ImageRequest], resp: Optional[ImageRespon
             out["model"] = resp.model
         if resp.api_type:
             out["api_type"] = resp.api_type
+        if getattr(resp, "sent", None):   # what the API got instead of a field it cannot take as asked
+            out["sent"] = dict(resp.sent)
     if request is not None:
         out["images"] = [_describe_input(v, f"input image {i + 1}")[0] for i, v in enumerate(request.images or [])]
         out["mask"] = _describe_input(request.mask, "mask")[0] if request.mask is not None else None

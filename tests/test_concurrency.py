@@ -92,9 +92,9 @@ async def test_three_calls_with_views_and_a_form_at_once(emulator):
     # each view shows only its own story
     texts = {k: v.log.to_text() for k, v in views.items()}
     texts["F"] = form_lines
-    assert texts["C"].count("503 — retrying") == 2 and "failed" in texts["C"]
+    assert texts["C"].count("503 service unavailable — retried") == 2 and "failed" in texts["C"]
     for k in ("A", "B", "F"):
-        assert "503" not in texts[k] and "retrying" not in texts[k], (k, texts[k])
+        assert "503" not in texts[k] and "retr" not in texts[k], (k, texts[k])
         assert texts[k].count("attempt ") == 1, (k, texts[k])
     assert "done: 1 image" in texts["A"] and "done: 2 images" in texts["B"] and "done: 1 image" in texts["F"]
     assert img_count(views["A"]._surface.output) == 1
@@ -206,7 +206,7 @@ def test_a_form_and_two_magics_in_one_kernel(kernel):
         return "\n".join(m["content"].get("data", {}).get("text/plain", "") + m["content"].get("text", "")
                          for m in msgs)
     text_one, text_two = plain(one), plain(two)
-    assert "429 — retrying" in text_one and "retrying" not in text_two, (text_one, text_two)
+    assert "429 rate limited — retrying" in text_one and "retr" not in text_two, (text_one, text_two)
     assert "(form)" not in text_one + text_two and "magic two" not in text_one and "magic one" not in text_two
 
 

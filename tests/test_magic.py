@@ -797,3 +797,31 @@ def test_a_retry_wait_counts_down_live_in_the_cell(ip, emulator_thread):
     counted = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
     assert counted == ["429 rate limited — retrying in 3 s", "429 rate limited — retrying in 2 s",
                        "429 rate limited — retrying in 1 s", "429 rate limited — retried after 3 s"], seen
+
+
+@pytest.mark.parametrize("api, option, asked, sent, wire", [
+    ("openrouter_chat", "--size 5000x5000", ("size", "5000x5000"), ("aspect_ratio", "1:1"),
+     lambda got: got["aspect_ratio"] == "1:1" and got["image_size"] is None and "size" not in got),
+    ("openai_images", "--aspect 16:9", ("aspect", "16:9"), ("size", "1536x1024"),
+     lambda got: got["size"] == "1536x1024" and "aspect_ratio" not in got["body_keys"]),
+])
+def test_what_the_api_cannot_take_is_said_with_what_was_sent(ip, emulator_thread, emulator_env, api, option,
+                                                             asked, sent, wire):
+    """Never silently replaced: the log says what was sent instead, the response and the history
+    keep it (and --quiet shows it with the images)."""
+    from jupyter_imagegen import history
+    shell, rec = ip
+    emulator_env(emulator_thread, api=api)
+    res = run(shell, f"%%imagegen {option} --out r\na lighthouse")
+    resp = shell.user_ns["r"]
+    assert res.error_in_exec is None and resp.success
+    notice = f"{asked[0]} {asked[1]} was sent as {sent[0]} {sent[1]}: "
+    assert resp.notices and resp.notices[0].startswith(notice) and resp.sent == {sent[0]: sent[1]}
+    assert wire(emulator_thread.requests[-1])            # what the emulator received
+    log = [m for m in rec.messages if "imagegen-log" in m["data"].get("text/html", "")][-1]["data"]["text/plain"]
+    assert notice in log
+    assert history[-1].settings["sent"] == {sent[0]: sent[1]}
+    assert f"(sent {sent[0]}={sent[1]})" in history._repr_mimebundle_()["text/html"]
+    rec.messages.clear()
+    run(shell, f"%%imagegen --quiet {option}\na lighthouse at night")
+    assert notice in "".join(m["data"].get("text/html", "") for m in rec.messages)

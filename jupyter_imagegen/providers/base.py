@@ -39,6 +39,21 @@ class Resolved:
         return self.request.prompt
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """A request field the API cannot take as asked, and what is sent in its place (never
+    silently: the log shows `notice`, the response and the history keep it)."""
+    asked: str        # the request field, e.g. "size"
+    value: Any        # what was asked, e.g. "5000x5000"
+    sent: str         # the wire field sent instead, e.g. "aspect_ratio"
+    sent_value: Any   # e.g. "1:1"
+    why: str          # e.g. "OpenRouter takes no size in pixels"
+
+    @property
+    def notice(self) -> str:
+        return f"{self.asked} {self.value} was sent as {self.sent} {self.sent_value}: {self.why}"
+
+
 @dataclass
 class FormField:
     name: str
@@ -366,6 +381,10 @@ class Provider:
     def size_hint(self, r: Resolved) -> str:
         """The sizes this API takes for r's model, in words (for an error's suggestion)."""
         return ""
+
+    def replacements(self, r: Resolved) -> List[Replacement]:
+        """The fields of r this API cannot take as asked, with what `build` sends instead."""
+        return []
 
     def validate(self, r: Resolved) -> None:
         req = r.request

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from ..errors import NoImageError, RequestError
 from ..model import Usage
-from .base import (FormField, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken,
+from .base import (FormField, HttpCall, Replacement, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken,
                    StreamState, as_text, decode_b64, image_ref_from_url, kind_of, nearest, no_image_error,
                    output_format, parse_ratio, parse_size, partial_index, raise_answer_error, raise_stream_error,
                    shape_detail, sse_json)
@@ -43,6 +43,14 @@ def size_for_aspect(model: str, ratio: str) -> str:
     return nearest(w / h, [(s, parse_size(s)[0] / parse_size(s)[1]) for s in options])
 
 
+def aspect_replacements(req, model: str, who: str) -> List[Replacement]:
+    """--aspect on an API that takes sizes: the nearest size is sent (`image_options`)."""
+    if req.aspect_ratio and not req.size:
+        return [Replacement("aspect", req.aspect_ratio, "size", size_for_aspect(model, req.aspect_ratio),
+                            f"{who} takes sizes, not aspect ratios; this is the nearest it takes")]
+    return []
+
+
 def image_options(req, model: str) -> Dict[str, Any]:
     """size (or the size nearest the aspect ratio), quality, output_format, background: the fields
     /images/generations and the /responses image_generation tool share."""
@@ -76,6 +84,9 @@ class OpenAIImagesProvider(Provider):
         if not sizes:
             return ""
         return f"{r.model} takes --size {', '.join(sizes[:-1])} or {sizes[-1]} (or --aspect W:H for the nearest)"
+
+    def replacements(self, r: Resolved) -> List[Replacement]:
+        return aspect_replacements(r.request, r.model, r.model)
 
     def validate(self, r: Resolved) -> None:
         super().validate(r)

@@ -5,10 +5,10 @@ from typing import Any, Dict, List
 
 from ..errors import NoImageError, RequestError
 from ..model import Usage
-from .base import (HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
+from .base import (HttpCall, Replacement, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
                    answer_error, as_text, decode_b64, field_of, kind_of, no_image_error, partial_index,
                    raise_answer_error, raise_stream_error, shape_detail, sse_json)
-from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, image_options
+from .openai_images import GPT_IMAGE_QUALITIES, GPT_IMAGE_SIZES, aspect_replacements, image_options
 
 
 class OpenAIResponsesProvider(Provider):
@@ -18,6 +18,9 @@ class OpenAIResponsesProvider(Provider):
     def size_hint(self, r: Resolved) -> str:
         return (f"the image_generation tool takes --size {', '.join(GPT_IMAGE_SIZES[:-1])} or {GPT_IMAGE_SIZES[-1]} "
                 "(or --aspect W:H for the nearest)")
+
+    def replacements(self, r: Resolved) -> List[Replacement]:
+        return aspect_replacements(r.request, "gpt-image-1", "the image_generation tool")
 
     def validate(self, r: Resolved) -> None:
         super().validate(r)

@@ -5,9 +5,10 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import NoImageError, RequestError
 from ..model import Usage
-from .base import (MAX_NOTES, HttpCall, ImageRef, Parsed, PartialImage, Provider, Resolved, StreamBroken, StreamState,
-                   as_text, field_of, image_ref_from_url, kind_of, nearest, no_image_error, parse_ratio,
-                   parse_size, raise_answer_error, raise_stream_error, shape_detail, sse_json)
+from .base import (MAX_NOTES, HttpCall, ImageRef, Replacement, Parsed, PartialImage, Provider, Resolved, StreamBroken,
+                   StreamState, as_text, field_of, image_ref_from_url, kind_of, nearest,
+                   no_image_error, parse_ratio, parse_size, raise_answer_error, raise_stream_error,
+                   shape_detail, sse_json)
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGE_SIZES = ("1K", "2K", "4K")
@@ -26,6 +27,14 @@ class OpenRouterChatProvider(Provider):
     def size_hint(self, r: Resolved) -> str:
         return (f"OpenRouter takes a scale, --size {', '.join(IMAGE_SIZES)}, and an aspect ratio, --aspect "
                 f"{', '.join(ASPECT_RATIOS)}; not a size in pixels")
+
+    def replacements(self, r: Resolved) -> List[Replacement]:
+        size = r.request.size
+        if size and size not in IMAGE_SIZES and size != "auto" and not r.request.aspect_ratio:
+            return [Replacement("size", size, "aspect_ratio", aspect_for_size(size),
+                                "OpenRouter takes no size in pixels (the model picks them; --size 1K, 2K or 4K "
+                                "picks a scale)")]
+        return []
 
     def validate(self, r: Resolved) -> None:
         super().validate(r)
