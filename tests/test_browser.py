@@ -10,9 +10,9 @@ widget-browser-form.png (the form alone), widget-browser-cancel.png (after Cance
 widget-browser-failure.png when the test fails.
 
 A second test opens a copy of notebooks/quickstart.ipynb and runs it the way a user does: the
-menu Run > Run All Cells (once: the cell that shows an error on purpose is tagged
-raises-exception, so JupyterLab sends it with stop_on_error=False and Run All carries on past
-it). It waits until every code cell has an execution count and the kernel is idle, then checks
+menu Run > Run All Cells, once. No cell may raise (a cell that fails stops JupyterLab's Run All,
+whatever its tags): the cells that show a mistake or an API error on purpose show it as an error
+box. It waits until every code cell has an execution count and the kernel is idle, then checks
 that every %imagegen cell rendered its images and that no output shows an asyncio error. It runs on
 the default python3 kernel (ipykernel 7) and on ipykernel 6 (tests/kernels.py's ipykernel6_python():
 $IMAGEGEN_IPYKERNEL6_PYTHON, else a virtualenv it builds once; skipped only when that cannot be
@@ -420,10 +420,18 @@ def _magic_cells(state: dict):
     return [c for c in state["cells"] if re.match(r"\s*%%?imagegen\b(?!_)", c["source"])]
 
 
+#: the quickstart's cell that shows a mistake on purpose (a size openai_images cannot make)
+REFUSED_CELL = re.compile(r"--api openai_images --size 800x600")
+
+
+def _refused(cell: dict) -> bool:
+    return "raises-exception" in cell["tags"] or bool(REFUSED_CELL.search(cell["source"]))
+
+
 def _expected_images(cell: dict) -> int:
     """How many images a %imagegen cell of the quickstart shows: -n N (1 by default), none for
     the cells that demonstrate an error."""
-    if "raises-exception" in cell["tags"] or re.search(r"--fault\s+(?!408|409|429)4\d\d\b", cell["source"]):
+    if _refused(cell) or re.search(r"--fault\s+(?!408|409|429)4\d\d\b", cell["source"]):
         return 0
     m = re.search(r"(?:^|\s)-n\s+(\d+)", cell["source"].splitlines()[0])
     return int(m.group(1)) if m else 1
@@ -500,7 +508,7 @@ def test_run_all_quickstart_in_jupyterlab(quickstart_lab):
         else:
             focus = gallery[0] if gallery else code[0]
         _screenshot_at(page, focus["index"], shot)
-        demo = [k for k, c in enumerate(code) if "raises-exception" in c["tags"]]
+        demo = [k for k, c in enumerate(code) if _refused(c)]
         _screenshot_at(page, code[max(demo[-1] - 1, 0) if demo else -1]["index"], end_shot)
 
         # every output, in full (the model's JSON, rendered or not)
@@ -523,13 +531,14 @@ def test_run_all_quickstart_in_jupyterlab(quickstart_lab):
     assert not stuck, (f"{len(stuck)} code cells never ran ({', '.join(c['prompt'] or '?' for c in stuck[:5])}) "
                        f"{summary}\nasyncio errors: {asyncio_errors}\n{first_error}")
     assert not asyncio_errors, f"asyncio errors {asyncio_errors} {summary}\n{first_error}"
-    # the only cell that raised is the deliberate one (and Run All went on past it)
+    # no cell raised (a cell that fails stops Run All); the mistake on purpose says what it is
     raised = [c["index"] for c in state["cells"] if c["raised"]]
-    deliberate = [c["index"] for c in state["cells"] if "raises-exception" in c["tags"]]
-    assert raised == deliberate, f"cells {raised} raised, only {deliberate} should: {summary}"
-    for c in state["cells"]:
-        if c["index"] in deliberate:
-            assert "UsageError" in c["text"], f"cell {c['index']} shows {c['text'][:300]!r}, not its UsageError"
+    assert not raised, f"cells {raised} raised: {summary}"
+    deliberate = [c for c in state["cells"] if _refused(c)]
+    assert deliberate, "the quickstart's cell with a mistake on purpose is gone: update REFUSED_CELL"
+    for c in deliberate:
+        assert c["errorBox"] and "800x600" in c["text"], \
+            f"cell {c['index']} shows {c['text'][:300]!r}, not an error box about its size"
     # every %imagegen cell shows its images, decoded by the browser; the error demos show an error
     magic = _magic_cells(state)
     assert len(magic) >= 15, f"only {len(magic)} %imagegen cells found in the quickstart"
@@ -539,7 +548,7 @@ def test_run_all_quickstart_in_jupyterlab(quickstart_lab):
         rendered = [im for im in c["images"] if im[0] and im[1] > 0 and im[2] > 0]
         assert len(c["images"]) == want and len(rendered) == want, \
             f"cell {c['index']} ({first}) shows {len(rendered)} rendered of {len(c['images'])} images, want {want}"
-        if want == 0 and "raises-exception" not in c["tags"]:
+        if want == 0:
             assert c["errorBox"], f"cell {c['index']} ({first}) should show the API's error box"
     # the --save cell and .save() wrote into IMAGEGEN_OUT, nothing went next to the notebook
     saved = sorted(p.name for p in lab["out"].rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))

@@ -467,8 +467,10 @@ _DECLARATIONS_JS = f"""(path) => {{
 def outputs_run(outputs_lab, lab_page):
     """outputs.ipynb run (Run All) in the module's page, in the light theme; yields the page."""
     page, _ = lab_page
-    close = "() => window.jupyterapp.commands.execute('application:close-all')"
-    page.evaluate(close)
+    # close what an earlier test opened, without the "save your changes?" dialog
+    page.evaluate("""() => Array.from(window.jupyterapp.shell.widgets('main')).forEach(w => {
+        if (w.context && w.context.model) w.context.model.dirty = false;
+        w.close(); })""")
     _open(page, OUTPUTS_NB)
     _run_all(page, OUTPUTS_NB)
     state = _wait_all(page, [OUTPUTS_NB], time.monotonic() + 60)
@@ -549,8 +551,11 @@ def test_text_contrast_light_and_dark(outputs_lab, outputs_run):
     (ARTIFACTS / "outputs-contrast.txt").write_text("\n\n".join(report) + "\n", encoding="utf-8")
     print("\n\n".join(report))
     assert trusted is False, "the copy should be untrusted"
-    lines = sorted({f"  {t:<5} {w:<9} {r['ratio']:.2f} < {r['need']} {r['kind']} <{r['tag']}> {r['fg']} on {r['bg']}: "
-                    f"{r['text'][:40]!r}" for t, w, r in failures})
+    cases = {}
+    for t, w, r in failures:
+        key = f"{t:<5} {w:<9} {r['ratio']:.2f} < {r['need']} {r['kind']} <{r['tag']}> {r['fg']} on {r['bg']}"
+        cases.setdefault(key, []).append(r["text"][:40])
+    lines = [f"  {k} x{len(v)}: {v[0]!r}" for k, v in sorted(cases.items())]
     assert not failures, f"{len(failures)} texts below WCAG AA (distinct cases below):\n" + "\n".join(lines)
 
 
