@@ -48,7 +48,7 @@ from .magic_options import (BACKGROUNDS, FORMATS, FaultSequence, apply_overrides
                             opt_retries, opt_seconds, opt_whole, parse_compare_options, parse_line,
                             request_arguments, resolve_image)
 from .model import ImageRequest, ImageResponse
-from .runtime import runtime, save_dir_problem
+from .runtime import one_line_cancel, runtime, save_dir_problem
 from .widget import ImageGenForm
 
 __all__ = ["ImageGenMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -353,12 +353,6 @@ class ImageGenMagics(Magics):
             clear_shown(resp)
 
 
-def _show_cancelled(shell, etype, value, tb, tb_offset=None):
-    """`GenerationCancelled` in a cell: one line, no traceback (the cell still ends in error, so
-    the cells queued after it are not run, as after any interrupt)."""
-    shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
-
-
 #: --raise-error written on a magic's line (found even when the line does not parse)
 _RAISE_ERROR = re.compile(r"(?:^|\s)--raise-error(?=\s|$)")
 
@@ -392,8 +386,7 @@ def load_ipython_extension(ipython) -> None:
     ipython.register_magics(magics)
     ipython.configurables.append(magics)   # %config ImageGenMagics.raise_errors = True
     ipython.events.register("post_run_cell", magics._post_run_cell)
-    if not ipython.custom_exceptions:  # never replace a handler someone else set
-        ipython.set_custom_exc((GenerationCancelled,), _show_cancelled)
+    one_line_cancel(ipython)
     _loaded[id(ipython)] = magics
 
 

@@ -33,7 +33,7 @@ from .saving import save_response
 
 log = logging.getLogger("jupyter_imagegen")
 
-__all__ = ["Runtime", "Outcome", "runtime", "notebook_config", "save_dir_problem", "show_outcome"]
+__all__ = ["Runtime", "Outcome", "runtime", "notebook_config", "save_dir_problem", "show_outcome", "one_line_cancel"]
 
 
 def notebook_config(config: Optional[ImageConfig] = None) -> ImageConfig:
@@ -160,7 +160,7 @@ class Runtime:
                                 rerun_of=rerun_of, preview=getattr(view, "preview_max_side", None))
 
         try:
-            outcome = self.loops.run(make)
+            outcome = self.block(make)
         except GenerationCancelled as e:
             if view is not None:
                 view.cancelled(str(e))
@@ -175,6 +175,7 @@ class Runtime:
 
     def block(self, make: Callable[[Post], Coroutine[Any, Any, Any]]) -> Any:
         """Run ``make(post)`` on the background loop, blocking; `post` runs callables here."""
+        one_line_cancel()   # interrupted in a cell: one line, whichever entry point blocked
         return self.loops.run(make)
 
     async def arun(self, request: ImageRequest, **kwargs: Any) -> ImageResponse:
@@ -216,6 +217,25 @@ class _Previews:
                 self._start(artifact)
         # a preview that fails shows as "cannot be decoded" in the gallery, not here
         await asyncio.gather(*self.pending, return_exceptions=True)
+
+
+def _show_cancelled(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+    """`GenerationCancelled` in a cell: one line, no traceback through the package (the cell
+    still ends in error, so the cells queued after it are not run, as after any interrupt)."""
+    shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+
+
+def one_line_cancel(shell: Any = None) -> None:
+    """Have IPython show `GenerationCancelled` as one line in `shell` (default: the running one),
+    unless something else already set IPython's custom exception handler (never replaced)."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - no IPython: nothing to do
+            return
+        shell = get_ipython()
+    if shell is not None and not shell.custom_exceptions:
+        shell.set_custom_exc((GenerationCancelled,), _show_cancelled)
 
 
 def show_outcome(view: Any, outcome: Outcome, save: Optional[str]) -> None:

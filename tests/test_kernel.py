@@ -170,6 +170,30 @@ def test_interrupt_kernel_mid_retry_then_next_cell_works(kernel, emulator_thread
     assert any("<img" in m["content"]["data"].get("text/html", "") for m in outputs(msgs, "display_data"))
 
 
+def test_interrupting_a_python_call_ends_with_one_line(kernel):
+    """Interrupting compare() (or history[N].rerun(), load(...).rerun()) in a cell, with or
+    without %load_ext: the cell ends with one line, not a traceback through the package."""
+    km, kc, workdir = kernel
+    msg_id = kc.execute("from jupyter_imagegen import compare, ImageRequest\n"
+                        "slow = ImageRequest('a slow fox', headers={'X-Emulator-Fault': 'slow_headers:delay=10'})\n"
+                        "grid = compare(models=['gpt-image-1', 'gpt-image-1-mini'], base=slow, record=False)\n")
+    time.sleep(2.0)
+    km.interrupt_kernel()
+    errors = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=15)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "error":
+            errors.append(msg["content"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert len(errors) == 1 and errors[0]["ename"] == "GenerationCancelled"
+    (line,) = errors[0]["traceback"]
+    assert line.startswith("GenerationCancelled: image generation cancelled after") and "\n" not in line
+
+
+
 def test_kernel_shutdown_closes_the_session_quietly(kernel):
     """Last in this module: the shared aiohttp session is closed at exit, without warnings."""
     km, kc, workdir = kernel
