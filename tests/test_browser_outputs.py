@@ -16,7 +16,8 @@ notebook this module writes (its own emulator, latency 0.2 s).
   (getComputedStyle colour with its alpha, the opacity of every ancestor, the backgrounds of
   every ancestor composited from the page's root down), in JupyterLab's light and dark themes;
   each must be >= 4.5 (3 for large text). The same on an untrusted copy of the executed notebook
-  (JupyterLab's sanitizer drops some style declarations: those are listed).
+  (JupyterLab's sanitizer drops some style declarations, e.g. colours given with var() or
+  color-mix(): those are listed in test-artifacts/outputs-contrast.txt, with every measurement).
   Screenshots: test-artifacts/outputs-{light,dark}-log-error.png (a cell with a retry, a failure
   and its error box), outputs-{light,dark}-gallery4.png (an n=4 gallery), outputs-form-{light,dark}.png.
 * test_gallery_layout: the figures of an n=4 gallery lay out as 2x2, those of an n=9 gallery as 3x3.
@@ -531,7 +532,6 @@ def test_text_contrast_light_and_dark(outputs_lab, outputs_run):
     page.evaluate("async (path) => { await window.jupyterapp.commands.execute('docmanager:open', {path}); }", UNTRUSTED_NB)
     page.wait_for_function(f"(path) => {{ const w = ({_PANEL_JS})(path); return w && w.node.querySelector('.imagegen-log'); }}",
                            arg=UNTRUSTED_NB, timeout=30_000)
-    untrusted_id = _panel_id(page, UNTRUSTED_NB)
     trusted = page.evaluate(f"(path) => ({_PANEL_JS})(path).content.model.cells.get(1).trusted", UNTRUSTED_NB)
     _render_all(page, UNTRUSTED_NB)
     decl = page.evaluate(_DECLARATIONS_JS, UNTRUSTED_NB)
