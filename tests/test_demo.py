@@ -155,6 +155,37 @@ def test_executed_notebook_shows_images_and_no_errors(demo):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(450)
+def test_nbconvert_keeps_one_image_per_generated_image(demo):
+    """Exported to markdown and to LaTeX (the road to PDF), the executed quickstart keeps every
+    image the magics made exactly once: each is a standard image output, and the HTML gallery
+    (which shows them all) rides on the first of them only."""
+    import nbformat
+    from nbconvert import LatexExporter, MarkdownExporter
+    out, _ = demo
+    nb = nbformat.read(out / "quickstart.executed.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+
+    def images(cells):
+        return sum(1 for c in cells for o in c.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {})))
+    magic = [c for c in code if c.source.lstrip().startswith("%")]
+    generated = images(magic)
+    figures = sum(_html(o).count('<figure class="imagegen-figure"') for c in magic for o in c.outputs)
+    assert generated >= 12 and figures == generated      # one image output per image in a gallery
+    others = images([c for c in code if c not in magic])  # Pillow images shown by plain Python cells
+    assert others >= 2
+
+    # LaTeX converts markdown cells with pandoc (not needed here: the outputs are what is tested)
+    code_only = nbformat.from_dict({**nb, "cells": code})
+    latex, _ = LatexExporter().from_notebook_node(code_only)
+    shown = re.findall(r"\\adjustimage\{max size=\{[^}]*\}\{[^}]*\}\}\{(output_[\d_]+\.(?:png|jpg))\}", latex)
+    assert len(shown) == generated + others, latex[:2000]
+
+    markdown, resources = MarkdownExporter().from_notebook_node(nb)
+    in_galleries = sum(m.count("<img ") for m in re.findall(r'<div class="imagegen-gallery".*?</div>', markdown, re.S))
+    extracted = len(re.findall(r"!\[[^\]]*\]\([^)]+\)", markdown))
+    assert in_galleries == generated and extracted == others, (in_galleries, extracted)
+
+
 def test_demo_used_the_emulator_and_leaked_no_key(demo):
     out, proc = demo
     assert proc.returncode == 0, proc.stderr[-3000:]
