@@ -20,13 +20,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import events as ev
 from .secret import SecretScrubber
 from .errors import MissingTokenError
-from .theme import (KIND_COLORS, LOG_COLORS as _LOG_COLORS, STYLE_CAPTION as _STYLE_CAPTION,
+from .theme import (KIND_COLORS, LOG_COLORS as _LOG_COLORS, STYLE_CAPTION as _STYLE_CAPTION, STYLE_MUTED,
                     STYLE_ERROR as _STYLE_ERROR, STYLE_LOG as _STYLE_LOG, STYLE_WARN)
 
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "PREVIEW_MIMES", "Output", "response_outputs", "image_output", "layout_outputs",
-    "publish_outputs", "display_unless_shown", "gallery_columns", "file_link", "EventLog", "preview", "downscale", "gallery_html", "response_html", "response_text",
-    "response_mimebundle", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
+    "publish_outputs", "display_unless_shown", "gallery_columns", "file_link", "EventLog", "preview", "downscale",
+    "gallery_html", "response_html", "response_text", "response_mimebundle", "without_status", "STATUS_WORDS", "error_html", "error_text", "mark_shown", "clear_shown", "refusal_message",
     "esc", "truncate", "human_bytes", "redactor", "is_shown", "select_mimetypes",
 ]
 
@@ -168,7 +168,7 @@ def _figure(artifact, number: Optional[int], *, max_side: Optional[int], alt: st
         style = "max-width: 100%; height: auto; border-radius: 3px; display: block"
         img = (f'<img src="{_data_url(mime, data)}" alt="{esc(alt)}"{size_attrs} style="{style}"/>')
     else:
-        img = '<div style="padding: 20px; opacity: 0.6">(this image cannot be decoded for a preview)</div>'
+        img = f'<div style="padding: 20px; {STYLE_MUTED}">(this image cannot be decoded for a preview)</div>'
     fig_style = "margin: 0; display: inline-block; vertical-align: top" if single else "margin: 0; min-width: 0"
     return (f'<figure class="imagegen-figure" style="{fig_style}">{img}'
             f'<figcaption style="{_STYLE_CAPTION}">{"<br>".join(caption)}</figcaption></figure>')
@@ -568,11 +568,11 @@ class EventLog:
             weight = "font-weight: 600; " if kind in ("done", "failed", "cancelled") else ""
             kcolor = KIND_COLORS.get(kind)
             style = weight + (f"color: {kcolor}" if kcolor else "")
-            rows.append(f'<div style="{style}"><span style="opacity: 0.55">{t:5.1f}s</span> '
+            rows.append(f'<div style="{style}"><span style="{STYLE_MUTED}">{t:5.1f}s</span> '
                         f'{icons.get(kind, "·")} {esc(text)}</div>')
         if not rows:
-            rows.append('<div style="opacity: 0.6">waiting…</div>')
-        head = (f'<div style="opacity: 0.7">{esc(self.title)}'
+            rows.append(f'<div style="{STYLE_MUTED}">waiting…</div>')
+        head = (f'<div style="{STYLE_MUTED}">{esc(self.title)}'
                 + (f' · <span title="request id">{esc(self.request_id)}</span>' if self.request_id else "")
                 + "</div>")
         return (f'<div class="imagegen-log" data-state="{esc(self.state)}" '
