@@ -697,16 +697,18 @@ class _CallContext:
                 pending.append((art, lambda problem: NoImageError(
                     200, f"the API sent an unusable image: {problem}", api_url)))
 
-        async def check(art: Artifact) -> Optional[str]:
+        async def check(art: Artifact, k: int) -> Optional[str]:
             problem = await _decode_problem(art)
             if problem is None and self.callbacks:
-                await self.client._emit(self.callbacks, ev.IMAGE_RECEIVED, self.rid, index=index, artifact=art)
+                # the image's place in the response: the call's index in a fan-out (one image per
+                # call), its place in the answer when one call brings several
+                await self.client._emit(self.callbacks, ev.IMAGE_RECEIVED, self.rid, index=index + k, artifact=art)
             return problem
 
         if len(pending) == 1:    # no task for one image (a task and a loop turn cost ~50 us)
-            problems = [await check(pending[0][0])]
+            problems = [await check(pending[0][0], 0)]
         else:
-            problems = await asyncio.gather(*(check(art) for art, _ in pending))
+            problems = await asyncio.gather(*(check(art, k) for k, (art, _) in enumerate(pending)))
         for (_, error), problem in zip(pending, problems):
             if problem:
                 raise error(problem)

@@ -64,10 +64,14 @@ async def test_text_to_image_each_format(emulator, api_type):
 
 
 async def test_openai_images_n_in_one_call_and_sizes(emulator):
+    rec = Recorder()
     async with make_client(emulator, "openai_images") as client:
-        resp = await client.generate(ImageRequest("three cats", n=3, size="1536x1024"))
+        resp = await client.generate(ImageRequest("three cats", n=3, size="1536x1024"), on_event=rec)
     assert resp.success and len(resp.artifacts) == 3
     assert emulator.request_count == 1, "gpt-image takes n in one call"
+    # each image of the one answer has its own index (the log says "image 2 received", not "image 1" thrice)
+    got = {e.data["index"]: e.data["artifact"] for e in rec.of("image_received")}
+    assert sorted(got) == [0, 1, 2] and [got[i] for i in range(3)] == resp.artifacts
     assert [a.index for a in resp.artifacts] == [0, 1, 2]
     assert all(decoded(a).size == (1536, 1024) for a in resp.artifacts)
     assert len({a.data for a in resp.artifacts}) == 3, "each image differs"
