@@ -29,7 +29,7 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, 
 
 from .secret import secret_forms
 from .model import Artifact, ImageRequest, ImageResponse
-from .render import esc, preview, response_mimebundle
+from .render import Output, esc, preview, publish_outputs, response_mimebundle, response_outputs
 from .theme import BORDER_SUBTLE, COLOR_ERROR, COLOR_WARN, STYLE_MUTED
 
 __all__ = ["History", "HistoryEntry", "record", "clear", "entries", "get", "table_html", "text", "show",
@@ -189,12 +189,26 @@ class HistoryEntry:
     def __repr__(self) -> str:
         return f"<HistoryEntry {self.summary()}>"
 
+    def _head(self) -> str:
+        return f"<div style='{STYLE_MUTED}; font-size:12px'>history #{self.number} · {esc(self.prompt[:200])}</div>"
+
+    def outputs(self) -> List[Output]:
+        """The entry as cell outputs: its response's (one standard image output per image) under
+        a 'history #N' line, or its table row when its images are no longer kept."""
+        if self._response is None:
+            return [({"text/plain": repr(self), "text/html": _table([self])}, {})]
+        outputs = response_outputs(self._response)
+        (data, md), rest = outputs[0], outputs[1:]
+        return [({**data, "text/html": self._head() + data.get("text/html", "")}, md), *rest]
+
+    def _ipython_display_(self) -> None:
+        publish_outputs(self.outputs())
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self._response is not None:
             bundle = dict(response_mimebundle(self._response))
-            head = f"<div style='opacity:.7;font-size:12px'>history #{self.number} · {esc(self.prompt[:200])}</div>"
             if "text/html" in bundle:
-                bundle["text/html"] = head + bundle["text/html"]
+                bundle["text/html"] = self._head() + bundle["text/html"]
             return bundle
         return {"text/plain": repr(self), "text/html": _table([self])}
 

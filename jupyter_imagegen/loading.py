@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .render import esc, gallery_html
+from .render import esc, gallery_html, image_output, select_mimetypes
 from .model import MAX_INPUT_BYTES, Artifact, ImageRequest, ImageResponse, sniff_mime
 from .runtime import runtime
 from .config import DEFAULT_BASE_URLS
@@ -235,8 +235,9 @@ class LoadedImage:
         note = "" if self.metadata else "<div style='opacity:.7'>(no jupyter-imagegen metadata)</div>"
         html_ = (f"<div class='imagegen-loaded'>{gallery_html([self.artifact], alt=self.prompt or '')}"
                  f"<table style='font-size:12px'>{table}</table>{note}</div>")
-        text = repr(self)
-        return {"text/plain": text, "text/html": html_}
+        # the image itself as a standard image output too (nbconvert, GitHub), with the HTML beside it
+        data, md = image_output(self.artifact, html=html_, text=repr(self))
+        return select_mimetypes(data, include, exclude), md
 
 
 #: the fields of a metadata document and the type each must have to be used

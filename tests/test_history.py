@@ -117,9 +117,17 @@ def test_table_renders_thumbnails_escaped_prompts_and_failures():
 
 
 def test_entry_displays_its_gallery():
-    e = History().record(fake("a fox"))
+    e = History().record(fake("a fox", n=2))
     bundle = e._repr_mimebundle_()
     assert "<img " in bundle["text/html"] and "history #1" in bundle["text/html"]
+    # displayed in a cell: one standard image output per image, the gallery on the first
+    from IPython.display import display
+    from IPython.testing import globalipapp
+    from _magic_helpers import recording_display
+    with recording_display(globalipapp.get_ipython()) as rec:
+        display(e)
+    assert len(rec.messages) == 2 and len(rec.images()) == 2
+    assert "history #1" in rec.messages[0]["data"]["text/html"] and rec.messages[0]["data"]["text/html"].count("<img ") == 2
 
 
 def test_rerun_sends_the_same_request_and_records_it(env):

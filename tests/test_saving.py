@@ -1,6 +1,7 @@
 """Saving images with embedded metadata + sidecar, and loading them back (real HTTP to the emulator)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import io
@@ -254,8 +255,10 @@ def test_load_without_metadata_and_from_the_sidecar_path(tmp_path):
     assert load(res.sidecars[0]).prompt == "from the sidecar"
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.png")
-    bundle = load(res.paths[0])._repr_mimebundle_()
+    bundle, md = load(res.paths[0])._repr_mimebundle_()
     assert "from the sidecar" in bundle["text/html"] and "<img " in bundle["text/html"]
+    # the image is a standard image output too (what nbconvert's LaTeX and GitHub show)
+    assert base64.b64decode(bundle["image/png"]) == Path(res.paths[0]).read_bytes() and md["image/png"]["width"] > 0
 
 
 def test_embed_leaves_other_and_damaged_files_alone():
