@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import ARTIFACTS, ASYNCIO_ERRORS, ROOT, _chromium_page, _jupyterlab, _menu
+from test_browser import ARTIFACTS, ASYNCIO_ERRORS, ROOT, _chromium_page, _jupyterlab, _menu, _notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -79,16 +79,6 @@ form.generate()
 form""",
 ]
 CELL_LOG_ERROR, CELL_RETRY, CELL_N4, CELL_N9, CELL_SAVE, CELL_FORM = 1, 2, 3, 4, 5, 6
-
-
-def _notebook(cells) -> dict:
-    return {
-        "cells": [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
-                  for src in cells],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                     "language_info": {"name": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
