@@ -10,6 +10,7 @@ import ipywidgets as W
 from .form_fields import FormRun, InputSlot
 from .model import Artifact
 from .render import esc, preview, truncate
+from .theme import KIND_COLORS, LOG_COLORS
 
 __all__ = ["input_card", "history_card", "history_title_html"]
 
@@ -34,10 +35,10 @@ def input_card(slot: InputSlot, on_remove: Callable[[InputSlot], Any], side: int
                        f"{esc(slot.name)}</div>")
         slot.widget = W.VBox([top, label, remove], layout=W.Layout(width=f"{side + 8}px", padding="2px"))
     else:
-        top = W.HTML(f"<div style='font-size: 11px; color: #d32f2f; max-width: 160px; word-break: break-word'>"
-                     f"✖ <b>{esc(slot.name)}</b>: {esc(slot.error)}</div>")
+        top = W.HTML(f"<div style='font-size: 11px; color: {KIND_COLORS['failed']}; max-width: 160px; "
+                     f"overflow-wrap: break-word'>✖ <b>{esc(slot.name)}</b>: {esc(slot.error)}</div>")
         slot.widget = W.VBox([top, remove], layout=W.Layout(width="170px", padding="2px",
-                                                            border="1px solid #d32f2f"))
+                                                            border=f"1px solid {LOG_COLORS['failed']}"))
     slot.widget.add_class("imagegen-input")
     return slot
 
