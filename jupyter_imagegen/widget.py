@@ -67,7 +67,7 @@ from .model import EXT_BY_MIME, MAX_INPUT_BYTES, Artifact, ImageRequest, ImageRe
 from . import render
 from .render import esc, truncate
 from .runtime import Outcome, runtime, save_dir_problem, show_outcome
-from .theme import KIND_COLORS
+from .theme import KIND_COLORS, STYLE_MUTED
 
 log = logging.getLogger("jupyter_imagegen")
 
@@ -176,15 +176,16 @@ def publish_to_cell(parent: Dict[str, Any], outputs: Sequence[Tuple[Dict[str, An
     return sent
 
 
-def _response_outputs(resp: ImageResponse, *, max_side: Optional[int], redact: Sequence[str],
+def _response_outputs(resp: ImageResponse, prompt: str, *, max_side: Optional[int], redact: Sequence[str],
                       extra_errors: Sequence[str] = ()) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """The magic's view of a response as cell outputs (`render.response_outputs`; older render
-    modules: the response's mimebundle as one output)."""
-    outputs = getattr(render, "response_outputs", None)
-    if outputs is not None:
-        return list(outputs(resp, max_side=max_side, redact=list(redact), extra_errors=list(extra_errors)))
-    bundle = dict(render.response_mimebundle(resp, max_side=max_side))  # pragma: no cover - older render
-    return [(bundle, {})]
+    """The magic's view of a response as cell outputs (`render.response_outputs`), under a line
+    that says which prompt the form sent (the cell's source does not say it, as a magic's does)."""
+    outputs = render.response_outputs(resp, max_side=max_side, redact=list(redact), extra_errors=list(extra_errors))
+    (data, md), rest = outputs[0], outputs[1:]
+    said = render.redactor(redact)(truncate(prompt, 200))
+    head = f"<div style='{STYLE_MUTED}; font-size: 12px'>form run · {esc(said)}</div>"
+    return [({**data, "text/html": head + data.get("text/html", ""),
+              "text/plain": f"form run · {said}\n" + data.get("text/plain", "")}, md), *rest]
 
 # --------------------------------------------------------------------------------------------
 # the form
@@ -776,8 +777,8 @@ class ImageGenForm(W.VBox):
                 show_outcome(view, _in_form_words(outcome), settings.save_dir)
                 if resp.artifacts:
                     self._add_history(FormRun(resp, settings, request, time.time()))
-                    self._publish(_response_outputs(resp, max_side=self.preview_max_side, redact=view.redact,
-                                                    extra_errors=outcome.save_errors))
+                    self._publish(_response_outputs(resp, request.prompt, max_side=self.preview_max_side,
+                                                    redact=view.redact, extra_errors=outcome.save_errors))
         except Exception as e:  # pragma: no cover - display problems must not lose the response
             log.exception("showing the response failed")
             view.show_error(f"{type(e).__name__}: {e}", title="Could not show the result")

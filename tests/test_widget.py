@@ -873,7 +873,8 @@ async def test_what_each_kind_of_run_leaves_in_the_cell(emulator, monkeypatch):
     (parent, outs), = sent
     assert parent["msg_id"] == "cell-1" and len(outs) == 2
     assert all({"image/png", "image/jpeg"} & set(data) for data, _md in outs)
-    assert "two kites" in outs[0][0]["text/html"] and outs[0][0]["text/html"].count("<img") == 2
+    assert "form run · two kites" in outs[0][0]["text/html"] and outs[0][0]["text/html"].count("<img") == 2
+    assert outs[0][0]["text/plain"].startswith("form run · two kites\n")     # which prompt made them
     assert EMULATOR_TOKEN not in repr(outs)
 
     emulator.add_faults("500")
