@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import events as ev
 from . import history
 from .cache import request_key
-from .display import NotebookSurface, OutputSurface, rich_frontend
+from .display import NotebookSurface, OutputSurface, fill_slots, rich_frontend
 from .render import (Output, display_unless_shown, error_html, esc, gallery_html, is_shown, layout_outputs, mark_shown,
                      redactor, select_mimetypes, truncate)
 from .errors import ConfigError, RequestError
@@ -376,11 +376,7 @@ class _GridView:
         standard image output per image (`CompareResult.outputs`)."""
         outputs = self.result.outputs() if final else [({"text/plain": self.result.text(),
                                                          "text/html": self.result.html()}, {})]
-        for i, (data, md) in enumerate(outputs):
-            if i < len(self._slots):
-                self._surface.update(self._slots[i], data, None, md)
-            else:
-                self._slots.append(self._surface.new(data, None, md))
+        fill_slots(self._surface, self._slots, outputs)
         self._last = time.monotonic()
 
     def start(self) -> None:

@@ -34,7 +34,7 @@ from .render import (DEFAULT_PREVIEW_MAX_SIDE, STYLE_WARN, EventLog, Output, cle
 __all__ = [
     "DEFAULT_PREVIEW_MAX_SIDE", "GenerationView", "EventLog", "preview", "gallery_html", "response_html",
     "response_text", "response_mimebundle", "response_outputs", "error_html", "error_text", "mark_shown", "clear_shown",
-    "refusal_message", "show_refusal", "NotebookSurface", "OutputSurface", "TerminalSurface", "rich_frontend",
+    "refusal_message", "show_refusal", "fill_slots", "NotebookSurface", "OutputSurface", "TerminalSurface", "rich_frontend",
 ]
 
 
@@ -117,6 +117,18 @@ class TerminalSurface:
         pass
 
 
+def fill_slots(surface: Any, slots: List[Any], outputs: Sequence[Output]) -> None:
+    """Show `outputs` in `surface`'s `slots` (a list kept by the caller), updating each in place
+    and adding the slots that are missing; slots left over from a longer show are emptied."""
+    for i, (data, md) in enumerate(outputs):
+        if i < len(slots):
+            surface.update(slots[i], data, None, md)
+        else:
+            slots.append(surface.new(data, None, md))
+    for slot in slots[len(outputs):]:
+        surface.update(slot, {"text/plain": "", "text/html": ""}, None, {})
+
+
 def show_refusal(message: str) -> None:
     """A mistake in a cell, nothing sent: an error box in the cell's output (text/plain
     "UsageError: ..." for text consumers), which does not fail the cell."""
@@ -197,15 +209,8 @@ class GenerationView:
             self._surface.update(self._log_slot, bundle, self.log)
 
     def _show_result(self, outputs: Sequence[Output]) -> None:
-        """The result area: one slot per output (a partial preview, or one per image), updated in
-        place; slots left over from a longer result before are emptied."""
-        for i, (data, md) in enumerate(outputs):
-            if i < len(self._result_slots):
-                self._surface.update(self._result_slots[i], data, None, md)
-            else:
-                self._result_slots.append(self._surface.new(data, None, md))
-        for slot in self._result_slots[len(outputs):]:
-            self._surface.update(slot, {"text/plain": "", "text/html": ""}, None, {})
+        """The result area: one slot per output (a partial preview, or one per image)."""
+        fill_slots(self._surface, self._result_slots, outputs)
 
     def _refresh_log(self) -> None:
         if not self.quiet:
