@@ -11,11 +11,15 @@ Options come from IPython's `magic_arguments`, so `%%imagegen?` shows them. The 
 for the line form, the text after the options) is the prompt; `{name}` / `{expr}` are replaced
 by notebook values as IPython does for shell commands (`{{` and `}}` for literal braces), and an
 unknown name is an error rather than left as is. Every mistake in the options, the prompt or the
-configuration is a one-line ``UsageError`` and nothing is sent.
+configuration is one line ("unknown option --sise; did you mean --size?") and nothing is sent; it
+is shown as an error box and the cell does not fail, so JupyterLab's Run All goes on past it
+(``--raise-error``, or ``%config ImageGenMagics.raise_errors = True``: a ``UsageError`` instead).
 
 The magic blocks until the images are there (so "Run all" stays in order), shows a live event
-log updated in place, then the gallery; it returns the ImageResponse (so ``_`` works). Interrupt
-the kernel to cancel: the request is cancelled cleanly and the cell stops with KeyboardInterrupt.
+log updated in place, then the images (each a standard image output; the gallery on the first);
+it returns the ImageResponse (so ``_`` and ``Out[n]`` work) and the cell shows no ``Out[]`` line.
+Interrupt the kernel to cancel: the request is cancelled cleanly and the cell ends with one line,
+``GenerationCancelled: ...``.
 ``--stream`` (``--partials K``) shows the image forming: each partial image replaces the last in
 one output, then the final image takes its place; interrupting drops the stream at once.
 
