@@ -263,7 +263,8 @@ def test_form_in_jupyterlab_shows_retry_and_image(lab):
             sizes = page.eval_on_selector_all(".imagegen-output img", "els => els.map(i => [i.naturalWidth, i.naturalHeight])")
             assert sizes and all(w > 0 and h > 0 for w, h in sizes), sizes
             log_text = page.inner_text(".imagegen-output .imagegen-log")
-            assert "429" in log_text and "retrying" in log_text and "done" in log_text, log_text
+            # the retry's line counted down while it waited, then says it retried
+            assert "429 rate limited — retried after 1 s (attempt 1 failed)" in log_text and "done" in log_text, log_text
             # the run is in the history, with a rendered thumbnail and its buttons
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.imagegen-history-entry img')]"
