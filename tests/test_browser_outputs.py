@@ -617,3 +617,301 @@ def test_saved_path_is_a_link(outputs_lab, outputs_run):
     page.wait_for_function(
         "(rel) => { const w = window.jupyterapp.shell.currentWidget; return w && w.context && w.context.path === rel; }",
         arg=rel, timeout=15_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# points 1-5: what a cell shows (points.ipynb: Run All, an interrupt, then the saved file)
+# ---------------------------------------------------------------------------------------------
+POINTS_NB = "points.ipynb"
+POINT_CELLS = [
+    OUTPUT_CELLS[0],                                                                   # 0: its emulator
+    "%%imagegen -n 2 --out pair\na pair of red kites over a green hill",              # 1: point 1
+    # 2: point 2, the response is there without an Out[] line
+    'print("_ is", type(_).__name__, "| pair is", type(pair).__name__)\n'
+    'print("Out:", sorted((k, type(v).__name__) for k, v in Out.items()))',
+    "%%imagegen --fault 429:retry_after=3\na lighthouse in the fog",                   # 3: point 3
+    "%%imagegen --fault 402\na golden retriever puppy",                                # 4: point 4
+    "%%imagegen --fault 402 --debug\na golden retriever puppy",                        # 5
+    "%%imagegen --api openrouter --fault 400:kind=size\na golden retriever puppy",     # 6
+    "%%imagegen --sise 10\na cat",                                                    # 7: point 5
+    'print("queued after the mistake, and ran")',                                      # 8
+    "%%imagegen --api openrouter --size 5000x5000\na wide mountain range",            # 9
+    "%%imagegen?",                                                                     # 10
+    "%%imagegen --fault slow_headers:delay=20\na slow snail",                          # 11: point 2, interrupted
+]
+(P_PAIR, P_CHECK, P_RETRY, P_402, P_402_DEBUG, P_OR_SIZE, P_SISE, P_AFTER, P_5000, P_HELP,
+ P_SLOW) = range(1, 12)
+#: the text of the 429 the emulator sends (the log may shorten it, at a word boundary)
+RETRY_MESSAGE_MODEL = "gpt-image-1"
+
+#: what cell `index` of the notebook at `path` shows, and what its outputs hold
+_POINT_JS = f"""async ([path, index]) => {{
+  const nb = ({_PANEL_JS})(path).content, c = nb.widgets[index];
+  // in view, so innerText is the rendered text (a cell out of view is not rendered)
+  await nb.scrollToItem(index, 'start');
+  for (let k = 0; k < 3; k++) await new Promise(r => requestAnimationFrame(r));
+  const area = c.node.querySelector('.jp-OutputArea');
+  const outputs = c.model.outputs.toJSON();
+  const imgs = area ? [...area.querySelectorAll('img')] : [];
+  const log = c.node.querySelector('.jp-OutputArea .imagegen-log');
+  const box = c.node.querySelector('.jp-OutputArea .imagegen-error');
+  return {{
+    prompt: (c.node.querySelector('.jp-InputArea-prompt') || {{textContent: ''}}).textContent.trim(),
+    text: area ? area.textContent : '',
+    inner: area ? area.innerText : '',
+    outputPrompts: [...c.node.querySelectorAll('.jp-OutputArea-prompt')].map(p => p.textContent.trim()).filter(Boolean),
+    images: imgs.length,
+    rendered: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    sources: imgs.map(i => i.src.slice(-64)),
+    outputs: outputs.map(o => ({{type: o.output_type, mimes: Object.keys(o.data || {{}}), ename: o.ename || '',
+                                evalue: o.evalue || '', traceback: o.traceback || [],
+                                text: Array.isArray(o.text) ? o.text.join('') : (o.text || ''),
+                                plain: [].concat((o.data || {{}})['text/plain'] || []).join(''),
+                                html: [].concat((o.data || {{}})['text/html'] || []).join('')}})),
+    logs: c.node.querySelectorAll('.jp-OutputArea .imagegen-log').length,
+    log: log ? log.textContent : '',
+    logState: log ? log.dataset.state : '',
+    box: box ? box.innerText : '',
+    boxTitle: box ? [...box.children].slice(0, 2).map(e => e.textContent).join(' ') : '',
+    details: box ? [...box.querySelectorAll('details')].map(d => d.textContent) : [],
+    errorText: [...c.node.querySelectorAll('.jp-OutputArea [data-mime-type="application/vnd.jupyter.stderr"]')]
+               .map(e => e.textContent),
+    areaHtml: area ? area.outerHTML.slice(-3000) : '',
+  }};
+}}"""
+
+
+def _point(page, index: int) -> dict:
+    return page.evaluate(_POINT_JS, [POINTS_NB, index])
+
+
+def _retry_line(log_text: str) -> str:
+    """The retry line of a log (its textContent: the lines run together, each from its "N.Ns")."""
+    m = re.search(r"429 rate limited — (?:retrying in|retried after|retrying now).*?(?=\s*\d+\.\ds\s|$)", log_text)
+    return m.group(0) if m else ""
+
+
+@pytest.fixture(scope="module")
+def points_run(outputs_lab, lab_page):
+    """points.ipynb run with Run > Run All Cells in the module's page; while it runs, the log of
+    the 429 cell is read every 150 ms, and when the last cell (a request that hangs) shows
+    "attempt 1/", Kernel > Interrupt Kernel. Yields (page, {"retry_texts": [...], ...})."""
+    page, _ = lab_page
+    root = outputs_lab["root"]
+    (root / POINTS_NB).write_text(json.dumps(_notebook(POINT_CELLS), indent=1), encoding="utf-8")
+    page.evaluate("""() => Array.from(window.jupyterapp.shell.widgets('main')).forEach(w => {
+        if (w.context && w.context.model) w.context.model.dirty = false;
+        w.close(); })""")
+    _open(page, POINTS_NB)
+    ARTIFACTS.mkdir(exist_ok=True)
+    _run_all(page, POINTS_NB)
+    seen = {"retry_texts": [], "retry_logs": set(), "retry_lines": set(), "retry_shot": False}
+    deadline = time.monotonic() + 60
+    while True:
+        # the retry cell's log, every 150 ms: each distinct text of its retry line, in order, with
+        # where the log is (JupyterLab draws an updated output anew: the element changes, the
+        # output it is, its place among the cell's outputs, does not), how many logs and retry lines
+        r = page.evaluate(f"""([path, index]) => {{
+            const node = ({_PANEL_JS})(path).content.widgets[index].node;
+            const children = [...node.querySelectorAll('.jp-OutputArea-child')];
+            return [...node.querySelectorAll('.jp-OutputArea .imagegen-log')].map(l => [
+                children.findIndex(ch => ch.contains(l)), l.textContent,
+                (l.textContent.match(/429 rate limited/g) || []).length]); }}""", [POINTS_NB, P_RETRY])
+        if r:
+            seen["retry_logs"].add(len(r))
+        for slot, text, lines in r:
+            line = _retry_line(text)
+            if line:
+                seen["retry_lines"].add(lines)
+            if line and (not seen["retry_texts"] or seen["retry_texts"][-1][1] != line):
+                seen["retry_texts"].append((slot, line))
+            if "retrying in 2 s" in line and not seen["retry_shot"]:
+                seen["retry_shot"] = True
+                _shot(page, POINTS_NB, P_RETRY, ARTIFACTS / "outputs-3-countdown.png")
+        slow = _point(page, P_SLOW)
+        if "attempt 1/" in slow["log"]:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the last cell never showed 'attempt 1/': {slow['text'][:300]!r}; "
+                        f"retry lines seen: {seen['retry_texts']}")
+        page.wait_for_timeout(150)
+    page.wait_for_timeout(300)
+    seen["interrupted_at"] = time.monotonic()
+    _menu(page, "Kernel", "Interrupt Kernel")
+    state = _wait_all(page, [POINTS_NB], time.monotonic() + 30)
+    seen["interrupt_took"] = time.monotonic() - seen["interrupted_at"]
+    assert _done(state[POINTS_NB]), _describe(state[POINTS_NB])
+    _render_all(page, POINTS_NB)
+    page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea img')].every(i => i.complete)")
+    yield page, seen
+
+
+def _saved_points(page, root: Path):
+    """Save points.ipynb from the page (the menu File > Save Notebook) and read the file with nbformat."""
+    import nbformat
+
+    _activate(page, POINTS_NB)
+    before = (root / POINTS_NB).stat().st_mtime_ns
+    _menu(page, "File", "Save Notebook")
+    deadline = time.monotonic() + 15
+    while (root / POINTS_NB).stat().st_mtime_ns == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    nb = nbformat.read(str(root / POINTS_NB), as_version=4)
+    assert any(c.get("outputs") for c in nb.cells), "the saved notebook has no outputs"
+    return nb
+
+
+def test_images_are_standard_image_outputs(outputs_lab, points_run):
+    """Point 1: an -n 2 cell's images are image/png or image/jpeg outputs (2, the first with the
+    gallery HTML) in the saved file; the page shows each image once."""
+    page, _ = points_run
+    nb = _saved_points(page, outputs_lab["root"])
+    cell = nb.cells[P_PAIR]
+    kinds = [(o["output_type"], sorted(o.get("data", {}))) for o in cell.outputs]
+    with_image = [o for o in cell.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {}))]
+    assert len(with_image) == 2, f"the -n 2 cell saved {len(with_image)} image outputs: {kinds}"
+    assert all(o["output_type"] == "display_data" for o in with_image), kinds
+    for o in with_image:
+        mime = "image/png" if "image/png" in o["data"] else "image/jpeg"
+        data = o["data"][mime]
+        assert isinstance(data, str) and len(data) > 1000 and not data.startswith("data:"), \
+            f"{mime} is not base64 image data: {data[:80]!r}"
+    first_html = with_image[0]["data"].get("text/html", "")
+    assert "imagegen-gallery" in first_html, f"the first image output carries no gallery HTML: {kinds}"
+    assert "imagegen-gallery" not in with_image[1]["data"].get("text/html", ""), \
+        f"the second image output carries a gallery too (shown twice): {kinds}"
+    shown = _point(page, P_PAIR)
+    _shot(page, POINTS_NB, P_PAIR, ARTIFACTS / "outputs-1.png")
+    assert shown["images"] == 2 and shown["rendered"] == 2, \
+        f"the -n 2 cell shows {shown['rendered']} rendered of {shown['images']} images (want 2): {shown['sources']}"
+    assert len(set(shown["sources"])) == 2, f"an image is shown twice: {shown['sources']}"
+
+
+def test_no_out_line_and_one_line_cancel(outputs_lab, points_run):
+    """Point 2: no execute_result (no Out[] prompt, no <ImageResponse text) after a magic cell,
+    yet `_`, Out[n] and --out give the response; Kernel > Interrupt Kernel ends a cell with one
+    line, GenerationCancelled: image generation cancelled after ..., and the log says cancelled."""
+    page, seen = points_run
+    nb = _saved_points(page, outputs_lab["root"])
+    for i, cell in enumerate(nb.cells):
+        if _MAGIC.match(cell.source) and "?" not in cell.source.splitlines()[0]:
+            results = [o for o in cell.outputs if o["output_type"] == "execute_result"]
+            assert not results, f"saved cell {i} ({cell.source.splitlines()[0]!r}) has an Out[]: {results[0]['data']}"
+    for i in (P_PAIR, P_RETRY, P_402, P_5000):
+        shown = _point(page, i)
+        assert not shown["outputPrompts"], f"cell {i} shows output prompts {shown['outputPrompts']}"
+        assert "<ImageResponse" not in shown["text"] and "ImageResponse" not in shown["text"], \
+            f"cell {i} shows the response's repr: {shown['text'][:300]!r}"
+        assert not [o for o in shown["outputs"] if o["type"] == "execute_result"], f"cell {i}: {shown['outputs']}"
+    n = re.fullmatch(r"\[(\d+)\]:", _point(page, P_PAIR)["prompt"]).group(1)
+    check = _point(page, P_CHECK)
+    assert "_ is ImageResponse | pair is ImageResponse" in check["text"], check["text"]
+    assert f"({n}, 'ImageResponse')" in check["text"], f"Out[{n}] is not the response: {check['text']}"
+
+    slow = _point(page, P_SLOW)
+    _shot(page, POINTS_NB, P_SLOW, ARTIFACTS / "outputs-2.png")
+    errors = [o for o in slow["outputs"] if o["type"] == "error"]
+    assert len(errors) == 1, f"the interrupted cell's outputs: {[(o['type'], o['mimes']) for o in slow['outputs']]}"
+    assert errors[0]["ename"] == "GenerationCancelled", errors[0]
+    lines = [ln for ln in "\n".join(errors[0]["traceback"]).splitlines() if ln.strip()]
+    assert len(lines) == 1, f"the cancel shows {len(lines)} lines, not one:\n" + "\n".join(lines)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", lines[0])
+    assert re.fullmatch(r"GenerationCancelled: image generation cancelled after \d+(\.\d+)? s\b.*", plain), plain
+    shown_error = [t for t in slow["errorText"] if t.strip()]
+    assert len(shown_error) == 1 and len(shown_error[0].strip().splitlines()) == 1, \
+        f"the page shows the error as {shown_error}: {slow['areaHtml']}"
+    assert "Traceback" not in slow["text"], slow["text"][:500]
+    assert slow["logState"] == "cancelled" and re.search(r"cancelled after \d+\.\d s", slow["log"]), slow["log"]
+    assert seen["interrupt_took"] < 10, f"the interrupt took {seen['interrupt_took']:.1f} s"
+
+
+def test_retry_countdown(points_run):
+    """Point 3: the retry line of one log counts down 3 s, 2 s, 1 s, then says "retried after 3 s";
+    the server's message in it is whole or shortened with "…" at a word boundary."""
+    from jupyter_imagegen.emulator.faults import openai_fault_error, parse_fault
+
+    page, seen = points_run
+    _shot(page, POINTS_NB, P_RETRY, ARTIFACTS / "outputs-3.png")
+    texts = [t for _, t in seen["retry_texts"]]
+    slots = {slot for slot, _ in seen["retry_texts"]}
+    assert seen["retry_logs"] == {1} and seen["retry_lines"] == {1} and len(slots) == 1, \
+        (f"the countdown was not one line of one log updated in place: logs in the cell {seen['retry_logs']}, "
+         f"retry lines in a log {seen['retry_lines']}, output slots {slots}")
+    assert _point(page, P_RETRY)["logs"] == 1
+    wanted = ["retrying in 3 s", "retrying in 2 s", "retrying in 1 s"]
+    at = [next((k for k, t in enumerate(texts) if w in t), None) for w in wanted]
+    assert None not in at and at == sorted(at), f"the countdown read {texts}"
+    final = _retry_line(_point(page, P_RETRY)["log"])
+    assert "retried after 3 s" in final, f"the retry line ends as {final!r}"
+    assert len([t for t in texts if "retrying in" in t]) >= 3
+    full = " ".join(openai_fault_error(parse_fault("429:retry_after=3"), RETRY_MESSAGE_MODEL, None)["message"].split())
+    said = final.split(" · ", 1)[1].strip() if " · " in final else ""
+    assert said, f"the retry line does not show the server's message: {final!r}"
+    if said != full:
+        assert said.endswith("…"), f"the server's message is cut without '…': {said!r}"
+        kept = said[:-1]
+        assert full.startswith(kept) and len(kept) > 20, f"{said!r} is not the start of {full!r}"
+        assert not (kept[-1].isalnum() and full[len(kept)].isalnum()), f"the message is cut mid-word: {said!r}"
+
+
+def test_errors_once_and_readable(points_run):
+    """Point 4: a 402's message once, "HTTP 402 · insufficient_quota" beside the title, a
+    suggestion about credits, the masked key, no raw JSON; --debug folds the raw answer away.
+    OpenRouter's 400 (size): the message once, the sizes it takes, no raw JSON."""
+    page, _ = points_run
+    message = "You exceeded your current quota, please check your plan and billing details."
+    masked = f"{EMU_TOKEN[:4]}...{EMU_TOKEN[-4:]}"
+    c = _point(page, P_402)
+    _shot(page, POINTS_NB, P_402, ARTIFACTS / "outputs-4.png")
+    assert c["box"], f"the 402 cell shows no error box: {c['text'][:300]!r}"
+    assert c["text"].count(message) == 1, f"the message shows {c['text'].count(message)} times: {c['inner']!r}"
+    assert re.fullmatch(r"Image generation failed\s*\(HTTP 402 · insufficient_quota\)", c["boxTitle"].strip()), c["boxTitle"]
+    assert re.search(r"credits", c["box"], re.I), c["box"]
+    assert masked in c["box"] and EMU_TOKEN not in c["text"], c["box"]
+    assert '{"error"' not in c["text"] and not any('{"error"' in o["html"] + o["plain"] + o["text"]
+                                                   for o in c["outputs"]), c["outputs"]
+    assert not c["details"]
+    assert not [o for o in c["outputs"] if o["type"] == "error"], "the 402 cell failed (it stops Run All)"
+    d = _point(page, P_402_DEBUG)
+    assert len(d["details"]) == 1 and d["text"].count(message) - d["details"][0].count(message) == 1, d["inner"]
+    assert len(d["details"]) == 1 and '{"error"' in d["details"][0] and "--debug" in d["details"][0], d["details"]
+    _cell_locator(page, POINTS_NB, P_402_DEBUG).locator("details summary").click()
+    _shot(page, POINTS_NB, P_402_DEBUG, ARTIFACTS / "outputs-4-debug.png")
+    o = _point(page, P_OR_SIZE)
+    _shot(page, POINTS_NB, P_OR_SIZE, ARTIFACTS / "outputs-4-openrouter.png")
+    said = "Unsupported image size. Supported sizes are 1K, 2K and 4K."
+    assert o["text"].count(said) == 1, f"OpenRouter's message shows {o['text'].count(said)} times: {o['inner']!r}"
+    assert "HTTP 400" in o["boxTitle"] and re.search(r"1K, 2K, 4K", o["box"]), o["box"]
+    assert masked in o["box"] and '{"error"' not in o["text"] and '\\"error\\"' not in o["text"], o["box"]
+
+
+def test_bad_options_say_what_to_do(points_run):
+    """Point 5: --sise shows "unknown option --sise; did you mean --size?" in a box and the cell
+    queued after it runs; %%imagegen? starts with the usage line; --size 5000x5000 on OpenRouter
+    says what was sent instead."""
+    page, _ = points_run
+    s = _point(page, P_SISE)
+    _shot(page, POINTS_NB, P_SISE, ARTIFACTS / "outputs-5.png")
+    assert "unknown option --sise; did you mean --size?" in s["box"], f"the --sise cell shows {s['inner']!r}"
+    assert not [o for o in s["outputs"] if o["type"] == "error"] and not s["errorText"], s["outputs"]
+    after = _point(page, P_AFTER)
+    assert re.fullmatch(r"\[\d+\]:", after["prompt"]) and "queued after the mistake, and ran" in after["text"], after
+    big = _point(page, P_5000)
+    _shot(page, POINTS_NB, P_5000, ARTIFACTS / "outputs-5-size.png")
+    assert "size 5000x5000 was sent as aspect_ratio 1:1" in big["log"], big["log"]
+    assert big["rendered"] == 1, big
+    h = _point(page, P_HELP)
+    # the top of the help (the whole is taller than the page)
+    loc = _cell_locator(page, POINTS_NB, P_HELP)
+    page.evaluate(f"(path) => ({_PANEL_JS})(path).content.scrollToItem({P_HELP}, 'start')", POINTS_NB)
+    page.wait_for_timeout(200)
+    box = loc.bounding_box()
+    page.screenshot(path=str(ARTIFACTS / "outputs-5-help.png"),
+                    clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": min(box["height"], 500)})
+    help_text = h["inner"] or h["text"]
+    lines = [ln for ln in help_text.splitlines() if ln.strip()]
+    assert lines, f"%%imagegen? shows nothing in its cell: {h}"
+    k = 1 if re.match(r"\s*Docstring:\s*$", lines[0]) else 0
+    assert lines[k].strip().startswith("%%imagegen [options]"), f"the help starts with {lines[:3]}"
+    assert not [ln for ln in lines if ln.strip() == "::" or ln.rstrip().endswith("::")], \
+        [ln for ln in lines if "::" in ln][:3]
